@@ -1,0 +1,427 @@
+"""The whole specification of a run: four frozen dataclasses and the helpers that layer them.
+
+Config layers (DESIGN.md, style example 4): dataclass defaults, then a preset or a file, then
+command-line ``field=value`` overrides. Every layer goes through :func:`apply_overrides`, which
+rejects unknown keys and checks types, so a typo is an error and never a silent default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+DATA_ENV_VAR = "RESNET_CORE_DATA"
+
+SHORTCUTS = ("A", "B", "C", "conv3x3")
+NORMS = ("batch", "none")
+BLOCKS = ("basic", "bottleneck")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("step", "cosine", "onecycle", "constant")
+AUGMENTS = ("padcrop_flip", "none", "seed")
+AMP_MODES = ("auto", "bf16", "off")
+
+
+def _fail(field_name: str, value: Any, allowed: str) -> None:
+    raise ValueError(f"{field_name}={value!r} is invalid: {allowed}")
+
+
+def _check_choice(field_name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        _fail(field_name, value, "expected one of " + ", ".join(map(str, choices)))
+
+
+def _check_positive(field_name: str, value: Any, allow_zero: bool = False) -> None:
+    low_ok = value >= 0 if allow_zero else value > 0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low_ok:
+        _fail(field_name, value, "expected a number " + (">= 0" if allow_zero else "> 0"))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of one network of the CIFAR ResNet family (He et al. 2015 §4.2, 2016).
+
+    ``depth`` counts weighted layers: 6n+2 with basic blocks, 9n+2 with bottleneck blocks, spread
+    evenly over the stages. ``blocks`` (explicit blocks per stage) overrides ``depth`` for layouts
+    such as the four-stage "ResNet-18" (blocks=(2, 2, 2, 2), widths=(64, 128, 256, 512)).
+
+    ``residual=False`` gives the *plain* twin: the same layers without the identity additions.
+    A plain net has no shortcut at all, so ``shortcut`` has no effect on it (its parameter count
+    equals the residual twin's under option A, which adds no parameters).
+    """
+
+    depth: int = 20
+    blocks: tuple[int, ...] | None = None
+    widths: tuple[int, ...] = (16, 32, 64)
+    width_multiplier: float = 1.0
+    num_classes: int | None = None  # None: follows the data (10 when built without data)
+    in_channels: int = 3
+    residual: bool = True
+    shortcut: str = "A"
+    norm: str = "batch"
+    preact: bool = False
+    block: str = "basic"
+    zero_init_residual: bool = False
+
+    def __post_init__(self) -> None:
+        _check_choice("shortcut", self.shortcut, SHORTCUTS)
+        _check_choice("norm", self.norm, NORMS)
+        _check_choice("block", self.block, BLOCKS)
+        if not self.widths or any(not isinstance(w, int) or w <= 0 for w in self.widths):
+            _fail("widths", self.widths, "expected one positive integer per stage")
+        _check_positive("width_multiplier", self.width_multiplier)
+        if any(round(w * self.width_multiplier) < 1 for w in self.widths):
+            _fail("width_multiplier", self.width_multiplier, "it makes a stage width 0")
+        if self.num_classes is not None and (not isinstance(self.num_classes, int) or self.num_classes < 2):
+            _fail("num_classes", self.num_classes, "expected an integer >= 2 or None (from the data)")
+        if not isinstance(self.in_channels, int) or self.in_channels < 1:
+            _fail("in_channels", self.in_channels, "expected an integer >= 1")
+        if self.blocks is not None:
+            if len(self.blocks) != len(self.widths) or any(
+                not isinstance(b, int) or b < 1 for b in self.blocks
+            ):
+                _fail("blocks", self.blocks, f"expected {len(self.widths)} positive integers, one per stage in widths")
+        else:
+            self._check_depth()
+
+    def _check_depth(self) -> None:
+        per_block = 2 if self.block == "basic" else 3
+        stages = len(self.widths)
+        step = per_block * stages
+        if not isinstance(self.depth, int) or self.depth < step + 2 or (self.depth - 2) % step:
+            examples = ", ".join(str(step * n + 2) for n in (1, 2, 3, 9))
+            _fail(
+                "depth",
+                self.depth,
+                f"{self.block} blocks over {stages} stages need depth = {step}n+2 (e.g. {examples})",
+            )
+
+    @property
+    def blocks_per_stage(self) -> tuple[int, ...]:
+        if self.blocks is not None:
+            return tuple(self.blocks)
+        per_block = 2 if self.block == "basic" else 3
+        n = (self.depth - 2) // (per_block * len(self.widths))
+        return (n,) * len(self.widths)
+
+    @property
+    def stage_widths(self) -> tuple[int, ...]:
+        return tuple(max(1, round(w * self.width_multiplier)) for w in self.widths)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where images come from and how the training set is split.
+
+    ``source``: ``cifar10`` | ``cifar100`` (torchvision, under ``root``), ``synthetic``, or a
+    directory (ImageFolder ``train/`` + ``test/``, or one holding ``cifar-10-batches-py``).
+    Its default is the environment variable ``RESNET_CORE_DATA``, else ``cifar10``.
+    The validation split is carved first with ``split_seed`` (not the run seed), so it is the same
+    for every run seed and every ``subset``.
+    """
+
+    source: str = field(default_factory=lambda: os.environ.get(DATA_ENV_VAR) or "cifar10")
+    root: str = "./data"
+    val_size: int = 5000
+    subset: int | None = None
+    split_seed: int = 0
+    resize: bool = False  # resize non-32x32 images to 32x32 (only when asked)
+    cache_dir: str | None = None  # None: $RESNET_CORE_CACHE or the user cache directory
+    download: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.source, str) or not self.source:
+            _fail("source", self.source, "expected cifar10, cifar100, synthetic or a directory path")
+        _check_positive("val_size", self.val_size, allow_zero=True)
+        if self.subset is not None:
+            _check_positive("subset", self.subset)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation recipe. Exactly one of ``epochs`` and ``iterations`` sets the budget.
+
+    ``milestones`` are fractions of the whole budget, so a recipe keeps its shape when the budget
+    is overridden: the paper's lr steps at 32k and 48k of 64k iterations are (0.5, 0.75).
+    """
+
+    epochs: int | None = 10
+    iterations: int | None = None
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    schedule: str = "step"
+    milestones: tuple[float, ...] = (0.5, 0.75)
+    gamma: float = 0.1
+    warmup_iterations: int = 0
+    warmup_lr: float = 0.01
+    label_smoothing: float = 0.0
+    augment: str = "padcrop_flip"
+    normalize: bool = True
+    amp: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    eval_batch_size: int = 1000
+    checkpoint: bool = True
+
+    def __post_init__(self) -> None:
+        if (self.epochs is None) == (self.iterations is None):
+            _fail("epochs", self.epochs, "set exactly one of epochs and iterations")
+        for name in ("epochs", "iterations"):
+            if getattr(self, name) is not None:
+                value = getattr(self, name)
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    _fail(name, value, "expected an integer >= 1")
+        for name in ("batch_size", "eval_batch_size"):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                _fail(name, getattr(self, name), "expected an integer >= 1")
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("augment", self.augment, AUGMENTS)
+        _check_choice("amp", self.amp, AMP_MODES)
+        _check_positive("lr", self.lr)
+        _check_positive("warmup_lr", self.warmup_lr)
+        _check_positive("weight_decay", self.weight_decay, allow_zero=True)
+        _check_positive("warmup_iterations", self.warmup_iterations, allow_zero=True)
+        if not 0 <= self.momentum < 1:
+            _fail("momentum", self.momentum, "expected 0 <= momentum < 1")
+        if not 0 <= self.label_smoothing < 1:
+            _fail("label_smoothing", self.label_smoothing, "expected 0 <= label_smoothing < 1")
+        if not 0 < self.gamma <= 1:
+            _fail("gamma", self.gamma, "expected 0 < gamma <= 1")
+        if any(not 0 < m < 1 for m in self.milestones) or list(self.milestones) != sorted(self.milestones):
+            _fail("milestones", self.milestones, "expected increasing fractions of the budget in (0, 1)")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run: what to train (model, data, recipe) and with which seed.
+
+    ``device`` says where, not what: it is left out of the run's identity (see :func:`run_id`).
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            _fail("seed", self.seed, "expected an integer >= 0")
+        if not isinstance(self.device, str) or not (
+            self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")
+        ):
+            _fail("device", self.device, "expected auto, cpu, cuda, cuda:N or mps")
+
+
+# ----------------------------------------------------------------------------------- layering
+
+SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
+# Fields that do not change what is computed: excluded from the run's identity hash.
+NON_IDENTITY_FIELDS = {"device", "data.cache_dir", "data.root", "data.download", "train.checkpoint"}
+
+
+def field_index() -> dict[str, str]:
+    """Map every settable name to its dotted path: ``depth`` -> ``model.depth``, ``seed`` -> ``seed``.
+
+    Bare names work when unambiguous; ``section.field`` always works.
+    """
+    index: dict[str, str] = {"seed": "seed", "device": "device"}
+    seen: dict[str, list[str]] = {}
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            dotted = f"{section}.{f.name}"
+            index[dotted] = dotted
+            seen.setdefault(f.name, []).append(dotted)
+    for name, paths in seen.items():
+        if len(paths) == 1:
+            index[name] = paths[0]
+    return index
+
+
+def resolve_field(name: str) -> str:
+    """The dotted path of a settable name, or a one-line ValueError listing what is valid."""
+    index = field_index()
+    if name not in index:
+        known = sorted(k for k in index if "." not in k)
+        raise ValueError(f"unknown config field {name!r}: expected one of {', '.join(known)} (or section.field)")
+    return index[name]
+
+
+def _field_type(cls: type, name: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    return hints[name]
+
+
+def coerce(value: Any, annotation: Any, name: str) -> Any:
+    """Convert ``value`` (often a string from the command line or TOML) to ``annotation``."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return coerce(value, arg, name)
+            except ValueError as exc:
+                errors.append(str(exc))
+        raise ValueError(errors[0] if errors else f"{name}={value!r} is invalid")
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{name}={value!r} is invalid: expected a comma-separated list")
+        return tuple(coerce(v, args[0], name) for v in value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "1", "yes", "on"):
+            return True
+        if text in ("false", "0", "no", "off"):
+            return False
+        raise ValueError(f"{name}={value!r} is invalid: expected true or false")
+    if annotation is int:
+        if isinstance(value, bool):
+            raise ValueError(f"{name}={value!r} is invalid: expected an integer")
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            raise ValueError(f"{name}={value!r} is invalid: expected an integer") from None
+    if annotation is float:
+        if isinstance(value, bool):
+            raise ValueError(f"{name}={value!r} is invalid: expected a number")
+        try:
+            return float(str(value).strip())
+        except ValueError:
+            raise ValueError(f"{name}={value!r} is invalid: expected a number") from None
+    if annotation is str:
+        if isinstance(value, (dict, list, tuple)):
+            raise ValueError(f"{name}={value!r} is invalid: expected a string")
+        return str(value)
+    raise ValueError(f"{name}: unsupported type {annotation!r}")
+
+
+def apply_overrides(run: RunConfig, overrides: Mapping[str, Any]) -> RunConfig:
+    """Return ``run`` with ``{name: value}`` applied; names as in :func:`field_index`.
+
+    Values may be strings (command line) or typed values (TOML). Unknown names, bad types and
+    values a config rejects all raise a one-line ValueError naming the field.
+    """
+    changes: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
+    top: dict[str, Any] = {}
+    for name, value in overrides.items():
+        dotted = resolve_field(name)
+        if "." in dotted:
+            section, fname = dotted.split(".", 1)
+            changes[section][fname] = coerce(value, _field_type(SECTIONS[section], fname), name)
+        else:
+            top[dotted] = coerce(value, _field_type(RunConfig, dotted), name)
+    for section, values in changes.items():
+        if not values:
+            continue
+        current = getattr(run, section)
+        if section == "model" and "depth" in values and "blocks" not in values:
+            values["blocks"] = None  # a depth asks for the CIFAR layout, not explicit blocks
+        if section == "train":  # a budget given one way replaces the recipe's budget given the other
+            if "epochs" in values and values["epochs"] is not None and "iterations" not in values:
+                values["iterations"] = None
+            if "iterations" in values and values["iterations"] is not None and "epochs" not in values:
+                values["epochs"] = None
+        top[section] = dataclasses.replace(current, **values)
+    return dataclasses.replace(run, **top)
+
+
+def parse_assignments(items: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """Parse ``["depth=56", "lr=0.05"]`` into a dict; a malformed item is a one-line ValueError."""
+    result: dict[str, str] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r} is invalid: expected field=value (e.g. depth=56)")
+        key, value = item.split("=", 1)
+        result[key.strip()] = value.strip()
+    return result
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def _tuples(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s) {sorted(unknown)}: expected {sorted(known)}")
+    hints = typing.get_type_hints(cls)
+    return {k: coerce(v, hints[k], k) if v is not None else None for k, v in values.items()}
+
+
+def run_config_from_dict(values: Mapping[str, Any]) -> RunConfig:
+    """Inverse of ``to_dict(run_config)``: rebuilds a RunConfig from a record's JSON."""
+    return RunConfig(
+        model=ModelConfig(**_tuples(ModelConfig, values["model"])),
+        train=TrainConfig(**_tuples(TrainConfig, values["train"])),
+        data=DataConfig(**_tuples(DataConfig, values["data"])),
+        seed=int(values.get("seed", 0)),
+        device=str(values.get("device", "auto")),
+    )
+
+
+def identity_dict(run: RunConfig) -> dict[str, Any]:
+    """The part of a run config that decides what is computed (device, paths to caches excluded)."""
+    full = to_dict(run)
+    full.pop("device", None)
+    for dotted in NON_IDENTITY_FIELDS:
+        if "." in dotted:
+            section, name = dotted.split(".", 1)
+            full[section].pop(name, None)
+    return full
+
+
+def run_id(run: RunConfig) -> str:
+    """Stable identity of a run: a short hash of its config and seed (JSON with sorted keys)."""
+    payload = json.dumps(identity_dict(run), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------ recipes
+
+# He et al. 2015 §4.2: SGD momentum 0.9, weight decay 1e-4, batch 128, lr 0.1 divided by 10 at 32k
+# and 48k iterations, stop at 64k; pad-4 crop + flip. (ResNet-110 adds warmup_iterations=400.)
+PAPER = TrainConfig(
+    epochs=None, iterations=64000, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9,
+    weight_decay=1e-4, schedule="step", milestones=(0.5, 0.75), gamma=0.1, augment="padcrop_flip",
+)
+# The tutorial this project grew from: Adam lr 1e-3, batch 100, lr divided by 3 every 20 of its
+# 80 epochs, resize-40/crop-32/flip augmentation without normalisation.
+SEED = TrainConfig(
+    epochs=80, batch_size=100, optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="step",
+    milestones=(0.25, 0.5, 0.75), gamma=1 / 3, augment="seed", normalize=False,
+)
+# A smoke-run recipe: few epochs, one-cycle so that a short budget still converges somewhat.
+QUICK = TrainConfig(
+    epochs=3, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True,
+    weight_decay=5e-4, schedule="onecycle", augment="padcrop_flip",
+)
+RECIPES = {"paper": PAPER, "seed": SEED, "quick": QUICK}
+
+
+def recipe(name: str) -> TrainConfig:
+    """A TrainConfig preset by name; an unknown name lists the known ones."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}: expected one of {', '.join(RECIPES)}")
+    return RECIPES[name]

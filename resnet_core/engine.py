@@ -1,0 +1,488 @@
+"""fit(): train one RunConfig and return its RunRecord. Knows nothing of Optuna or grids.
+
+One path (DESIGN.md): config -> build_model / load_data -> fit -> RunRecord -> result store.
+Data stay on the training device as uint8 tensors; each step indexes a batch, augments it on the
+device, and runs the model under the configured precision and memory format.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from resnet_core import augment as augment_module
+from resnet_core.config import RunConfig, TrainConfig, run_id, to_dict
+from resnet_core.data import DataBundle, load_data
+from resnet_core.devices import resolve_amp, resolve_device
+from resnet_core.models import build_model, count_macs, count_parameters, stage_parameters
+from resnet_core.provenance import collect_provenance
+from resnet_core.store import (
+    FINAL_STATUSES,
+    RunRecord,
+    atomic_write_bytes,
+    checkpoint_path,
+    find_record,
+    write_record,
+)
+
+Callback = Callable[[dict[str, Any]], Any]
+DIVERGENCE_CHECK_EVERY = 20  # steps between finiteness checks (each check syncs the device)
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite: a result (status "diverged"), not a crash."""
+
+
+# ------------------------------------------------------------------------------ optimisation
+
+def _sgd(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                           weight_decay=cfg.weight_decay)
+
+
+def _adam(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _adamw(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+OPTIMIZERS = {"sgd": _sgd, "adam": _adam, "adamw": _adamw}
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    return OPTIMIZERS[cfg.optimizer](model.parameters(), cfg)
+
+
+def _step_factor(progress: float, cfg: TrainConfig) -> float:
+    return cfg.gamma ** sum(progress >= m for m in cfg.milestones)
+
+
+def _cosine_factor(progress: float, cfg: TrainConfig) -> float:
+    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _onecycle_factor(progress: float, cfg: TrainConfig) -> float:
+    # Smith & Topin 2017: rise from lr/25 to lr over the first 30%, then cosine down to ~lr/1e4.
+    rise = 0.3
+    if progress < rise:
+        return 1 / 25 + (1 - 1 / 25) * progress / rise
+    return 1e-4 + (1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * min((progress - rise) / (1 - rise), 1.0)))
+
+
+def _constant_factor(progress: float, cfg: TrainConfig) -> float:
+    return 1.0
+
+
+SCHEDULES = {"step": _step_factor, "cosine": _cosine_factor, "onecycle": _onecycle_factor, "constant": _constant_factor}
+
+
+def lr_at(iteration: int, total_iterations: int, cfg: TrainConfig) -> float:
+    """Learning rate of step ``iteration`` (0-based) of ``total_iterations``.
+
+    Warm-up is the paper's, not a ramp: "we use 0.01 to warm up the training until the training
+    error is below 80% (about 400 iterations), and then go back to 0.1" (He et al. 2015 §4.2).
+    """
+    if iteration < cfg.warmup_iterations:
+        return cfg.warmup_lr
+    return cfg.lr * SCHEDULES[cfg.schedule](iteration / total_iterations, cfg)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+# -------------------------------------------------------------------------------- the budget
+
+@dataclass(frozen=True)
+class Budget:
+    steps_per_epoch: int
+    total_iterations: int
+    epochs: int
+
+
+def make_budget(cfg: TrainConfig, train_size: int) -> Budget:
+    """Steps per epoch drop the last partial batch (a 1-image batch would upset BatchNorm)."""
+    if train_size < 1:
+        raise ValueError("the training split is empty: lower val_size or raise subset")
+    steps = max(1, train_size // cfg.batch_size)
+    if cfg.iterations is not None:
+        return Budget(steps, cfg.iterations, math.ceil(cfg.iterations / steps))
+    return Budget(steps, cfg.epochs * steps, cfg.epochs)
+
+
+# ---------------------------------------------------------------------------- training state
+
+@dataclass
+class Trainer:
+    """Everything one run mutates while it trains: built once by :func:`make_trainer`."""
+
+    run: RunConfig
+    device: torch.device
+    model: nn.Module
+    step_model: nn.Module  # the compiled model when compile=True, else ``model``
+    optimizer: torch.optim.Optimizer
+    data: DataBundle
+    budget: Budget
+    amp_dtype: torch.dtype | None
+    generator: torch.Generator
+    train_transform: Callable
+    eval_transform: Callable
+    stages: dict[str, list[nn.Parameter]]
+    iteration: int = 0
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.run.train.channels_last else torch.contiguous_format
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+
+def make_trainer(run: RunConfig, data: DataBundle) -> Trainer:
+    device = resolve_device(run.device)
+    torch.manual_seed(run.seed)
+    data = data.to(device)
+    num_classes = run.model.num_classes or data.num_classes
+    model = build_model(dataclasses.replace(run.model, in_channels=data.train_x.shape[1]), num_classes=num_classes)
+    model = model.to(device=device, memory_format=torch.channels_last if run.train.channels_last else torch.contiguous_format)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(run.seed)
+    return Trainer(
+        run=run,
+        device=device,
+        model=model,
+        step_model=torch.compile(model) if run.train.compile else model,
+        optimizer=build_optimizer(model, run.train),
+        data=data,
+        budget=make_budget(run.train, len(data.train_y)),
+        amp_dtype=resolve_amp(run.train.amp, device),
+        generator=generator,
+        train_transform=augment_module.make_train_transform(run.train.augment, data.mean, data.std, run.train.normalize),
+        eval_transform=augment_module.make_eval_transform(data.mean, data.std, run.train.normalize),
+        stages=stage_parameters(model),
+    )
+
+
+# ------------------------------------------------------------------------------- one epoch
+
+def _stage_grad_norms(stages: dict[str, list[nn.Parameter]]) -> torch.Tensor:
+    """L2 norm of each stage's gradient, (n_stages,), computed on the device without a sync."""
+    norms = []
+    for params in stages.values():
+        grads = [p.grad for p in params if p.grad is not None]
+        norms.append(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else None)
+    reference = next(n for n in norms if n is not None)
+    return torch.stack([n if n is not None else torch.zeros_like(reference) for n in norms])
+
+
+def train_step(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step on a uint8 batch; returns (summed loss, number correct) as device tensors."""
+    x = trainer.train_transform(images, trainer.generator).contiguous(memory_format=trainer.memory_format)  # (N, C, 32, 32)
+    with trainer.autocast():
+        logits = trainer.step_model(x)
+    loss = F.cross_entropy(logits.float(), labels, label_smoothing=trainer.run.train.label_smoothing)
+    trainer.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    trainer.optimizer.step()
+    correct = (logits.argmax(dim=1) == labels).sum()
+    return loss.detach() * len(labels), correct
+
+
+def train_one_epoch(trainer: Trainer, bar=None) -> dict[str, Any]:
+    """One pass (or the budget's remainder) over a fresh permutation of the training split.
+
+    ``bar`` (a tqdm bar over iterations) is advanced each step and shows the running loss and
+    images/s at each finiteness check, so the bar adds no device syncs of its own.
+    """
+    trainer.step_model.train()
+    data, budget = trainer.data, trainer.budget
+    steps = min(budget.steps_per_epoch, budget.total_iterations - trainer.iteration)
+    order = torch.randperm(len(data.train_y), generator=trainer.generator, device=trainer.device)
+    batch = trainer.run.train.batch_size
+    loss_sum = torch.zeros((), device=trainer.device)
+    correct = torch.zeros((), device=trainer.device, dtype=torch.long)
+    grad_sum = torch.zeros(len(trainer.stages), device=trainer.device)
+    start = time.perf_counter()
+    for step in range(steps):
+        lr = lr_at(trainer.iteration, budget.total_iterations, trainer.run.train)
+        set_lr(trainer.optimizer, lr)
+        index = order[step * batch:(step + 1) * batch]
+        step_loss, step_correct = train_step(trainer, data.train_x[index], data.train_y[index])
+        loss_sum += step_loss
+        correct += step_correct
+        grad_sum += _stage_grad_norms(trainer.stages)
+        trainer.iteration += 1
+        if bar is not None:
+            bar.update(1)
+        if (step + 1) % DIVERGENCE_CHECK_EVERY == 0:
+            running_loss = loss_sum.item() / ((step + 1) * batch)
+            if not math.isfinite(running_loss):
+                raise Diverged(f"training loss became {running_loss} at iteration {trainer.iteration}")
+            if bar is not None:
+                bar.set_postfix(epoch=len(trainer.history) + 1, loss=f"{running_loss:.3f}",
+                                ips=f"{(step + 1) * batch / (time.perf_counter() - start):.0f}", refresh=False)
+    seconds = time.perf_counter() - start
+    seen = steps * batch
+    train_loss = loss_sum.item() / seen
+    if not math.isfinite(train_loss):
+        raise Diverged(f"training loss became {train_loss} at iteration {trainer.iteration}")
+    grads = (grad_sum / steps).tolist()
+    return {
+        "iteration": trainer.iteration,
+        "train_loss": train_loss,
+        "train_error": 100.0 * (1 - correct.item() / seen),
+        "lr": lr,
+        "seconds": seconds,
+        "images_per_s": seen / seconds,
+        "grad_norm": dict(zip(trainer.stages, grads)),
+    }
+
+
+@torch.no_grad()
+def evaluate(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """(mean loss, error in percent) over a split; (nan, nan) for an empty split."""
+    if len(labels) == 0:
+        return math.nan, math.nan
+    trainer.step_model.eval()
+    loss_sum, correct = torch.zeros((), device=trainer.device), torch.zeros((), device=trainer.device, dtype=torch.long)
+    size = trainer.run.train.eval_batch_size
+    for start in range(0, len(labels), size):
+        x = trainer.eval_transform(images[start:start + size]).contiguous(memory_format=trainer.memory_format)
+        y = labels[start:start + size]
+        with trainer.autocast():
+            logits = trainer.step_model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(dim=1) == y).sum()
+    return loss_sum.item() / len(labels), 100.0 * (1 - correct.item() / len(labels))
+
+
+def run_epoch(trainer: Trainer, bar=None) -> dict[str, Any]:
+    """Train one epoch, then measure validation and test: one history entry."""
+    metrics = {"epoch": len(trainer.history) + 1, **train_one_epoch(trainer, bar)}
+    metrics["val_loss"], metrics["val_error"] = evaluate(trainer, trainer.data.val_x, trainer.data.val_y)
+    metrics["test_loss"], metrics["test_error"] = evaluate(trainer, trainer.data.test_x, trainer.data.test_y)
+    return metrics
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def _rng_state(trainer: Trainer) -> dict[str, torch.Tensor]:
+    state = {"torch": torch.get_rng_state(), "generator": trainer.generator.get_state()}
+    if trainer.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(trainer.device)
+    return state
+
+
+def save_checkpoint(trainer: Trainer, path: Path) -> None:
+    """Model, optimizer, RNG states, iteration and history after an epoch, written atomically."""
+    buffer = io.BytesIO()
+    torch.save(
+        {
+            "run_id": run_id(trainer.run),
+            "iteration": trainer.iteration,
+            "history": trainer.history,
+            "model": trainer.model.state_dict(),
+            "optimizer": trainer.optimizer.state_dict(),
+            "rng": _rng_state(trainer),
+        },
+        buffer,
+    )
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(trainer: Trainer, path: Path) -> bool:
+    """Restore a checkpoint (``weights_only=True``); a corrupt or foreign one is ignored with a warning."""
+    if not path.exists():
+        return False
+    try:
+        state = torch.load(path, map_location=trainer.device, weights_only=True)
+        if state.get("run_id") != run_id(trainer.run):
+            raise ValueError("it belongs to another run")
+        trainer.model.load_state_dict(state["model"])
+        trainer.optimizer.load_state_dict(state["optimizer"])
+    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint means "start again"
+        warnings.warn(f"checkpoint {path} is unusable ({exc}); training this run from scratch", stacklevel=2)
+        return False
+    trainer.iteration = int(state["iteration"])
+    trainer.history = list(state["history"])
+    torch.set_rng_state(state["rng"]["torch"].cpu())
+    trainer.generator.set_state(state["rng"]["generator"].cpu() if trainer.device.type == "cpu" else state["rng"]["generator"])
+    if "cuda" in state["rng"] and trainer.device.type == "cuda":
+        torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), trainer.device)
+    return True
+
+
+# ------------------------------------------------------------------------------------ fit
+
+def _final_metrics(history: list[dict[str, Any]], trainer: Trainer | None) -> dict[str, Any]:
+    """Final-epoch numbers (DESIGN.md: report the final epoch, not the best)."""
+    if not history:
+        return {}
+    last = history[-1]
+    keys = ("train_loss", "train_error", "val_loss", "val_error", "test_loss", "test_error")
+    final = {k: last[k] for k in keys}
+    final.update(epochs=last["epoch"], iterations=last["iteration"])
+    return final
+
+
+def _record(run: RunConfig, status: str, trainer: Trainer | None, started: float, data: DataBundle | None,
+            error: str | None = None, stop_reason: str | None = None, previous_seconds: float = 0.0) -> RunRecord:
+    history = trainer.history if trainer else []
+    model = trainer.model if trainer else None
+    return RunRecord(
+        run_id=run_id(run),
+        status=status,
+        config=to_dict(run),
+        history=history,
+        final=_final_metrics(history, trainer),
+        wall_seconds=previous_seconds + time.perf_counter() - started,
+        params=count_parameters(model) if model is not None else 0,
+        macs=count_macs(model, (1, data.train_x.shape[1], *data.train_x.shape[2:])) if model is not None else 0,
+        provenance=collect_provenance(run, trainer.device if trainer else None, trainer.amp_dtype if trainer else None, data),
+        error=error,
+        stop_reason=stop_reason,
+    )
+
+
+def _progress_bar(trainer: Trainer, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=trainer.budget.total_iterations, initial=trainer.iteration, disable=not enabled,
+                desc=f"run {run_id(trainer.run)[:8]}", unit="it", dynamic_ncols=True, leave=False)
+
+
+def _epoch_line(m: dict[str, Any]) -> str:
+    return (f"epoch {m['epoch']:>3}  it {m['iteration']:>6}  lr {m['lr']:.4g}  train loss {m['train_loss']:.3f}"
+            f"  train err {m['train_error']:5.2f}%  val err {m['val_error']:5.2f}%  test err {m['test_error']:5.2f}%"
+            f"  {m['images_per_s']:.0f} img/s  {m['seconds']:.1f} s")
+
+
+def _train_loop(trainer: Trainer, callbacks: Iterable[Callback], ckpt: Path, progress: bool) -> str | None:
+    """Run the remaining epochs; returns a stop reason if a callback stopped the run."""
+    with _progress_bar(trainer, progress) as bar:
+        while trainer.iteration < trainer.budget.total_iterations:
+            metrics = run_epoch(trainer, bar if progress else None)
+            trainer.history.append(metrics)
+            if trainer.run.train.checkpoint:
+                save_checkpoint(trainer, ckpt)
+            if progress:
+                bar.write(_epoch_line(metrics))
+            if any(bool(cb(metrics)) for cb in list(callbacks)):
+                return "callback"
+    return None
+
+
+def fit(run: RunConfig, callbacks: Iterable[Callback] = (), results_dir: str | Path = "results",
+        data: DataBundle | None = None, progress: bool = False) -> RunRecord:
+    """Train ``run`` (or resume it, or return its finished record) and write its record.
+
+    A completed or diverged record is returned as it is. Otherwise training resumes from the
+    run's checkpoint if one exists. Divergence (NaN/inf loss) gives status ``diverged``; an
+    exception gives ``failed`` with the message; a callback returning True gives ``stopped``.
+    Ctrl-C or SystemExit writes a ``stopped`` record and re-raises; the checkpoint stays.
+    """
+    callbacks = list(callbacks)
+    identity = run_id(run)
+    existing = find_record(results_dir, identity)
+    if existing is not None and existing.status in FINAL_STATUSES:
+        return existing
+    previous_seconds = existing.wall_seconds if existing is not None else 0.0
+    ckpt = checkpoint_path(results_dir, identity)
+    # Data errors (a missing directory, a split that leaves no training images) are the user's to
+    # fix, not results: they raise here, before any record is written.
+    data = data if data is not None else load_data(run.data, resolve_device(run.device))
+    started = time.perf_counter()
+    trainer = None
+    try:
+        trainer = make_trainer(run, data)
+        load_checkpoint(trainer, ckpt)
+        stop_reason = _train_loop(trainer, callbacks, ckpt, progress)
+        status = "stopped" if stop_reason else "completed"
+        record = _record(run, status, trainer, started, data, stop_reason=stop_reason, previous_seconds=previous_seconds)
+    except Diverged as exc:
+        record = _record(run, "diverged", trainer, started, data, error=str(exc), previous_seconds=previous_seconds)
+    except Exception as exc:  # noqa: BLE001 - a failed run is a recorded result
+        record = _record(run, "failed", trainer, started, data,
+                         error=f"{type(exc).__name__}: {exc}", previous_seconds=previous_seconds)
+    except BaseException as exc:  # Ctrl-C, SystemExit: keep what is known, then stop
+        write_record(results_dir, _record(run, "stopped", trainer, started, data,
+                                          stop_reason=type(exc).__name__, previous_seconds=previous_seconds))
+        raise
+    finally:
+        _release(trainer)
+    write_record(results_dir, record)
+    if record.status in FINAL_STATUSES:
+        ckpt.unlink(missing_ok=True)  # the record now holds everything the checkpoint did
+    return record
+
+
+def _release(trainer: Trainer | None) -> None:
+    """Free device memory between runs in a long-lived worker (studies, grids)."""
+    if trainer is not None and trainer.device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------------- rates and estimates
+
+def measure_step_rate(run: RunConfig, steps: int = 5, warmup: int = 2) -> float:
+    """Training images/s of the engine's step for ``run``'s model and recipe, on random tensors.
+
+    A short measurement for time estimates (dry runs, study plans), not a benchmark.
+    """
+    device = resolve_device(run.device)
+    channels = run.model.in_channels
+    batch = run.train.batch_size
+    n = batch * (steps + warmup)
+    images = torch.randint(0, 256, (n, channels, 32, 32), dtype=torch.uint8)
+    labels = torch.randint(0, run.model.num_classes or 10, (n,))
+    data = _random_bundle(images, labels, run.model.num_classes or 10)
+    trainer = make_trainer(run, data)
+    trainer.step_model.train()
+    for i in range(warmup):
+        train_step(trainer, data.train_x[i * batch:(i + 1) * batch], data.train_y[i * batch:(i + 1) * batch])
+    _sync(device)
+    start = time.perf_counter()
+    for i in range(warmup, warmup + steps):
+        train_step(trainer, data.train_x[i * batch:(i + 1) * batch], data.train_y[i * batch:(i + 1) * batch])
+    _sync(device)
+    return steps * batch / (time.perf_counter() - start)
+
+
+def _random_bundle(images: torch.Tensor, labels: torch.Tensor, num_classes: int) -> DataBundle:
+    empty_x, empty_y = images[:0], labels[:0]
+    channels = images.shape[1]
+    return DataBundle(
+        train_x=images, train_y=labels, val_x=empty_x, val_y=empty_y, test_x=empty_x, test_y=empty_y,
+        classes=tuple(str(i) for i in range(num_classes)), mean=(0.5,) * channels, std=(0.25,) * channels,
+        fingerprint="random", description="random tensors",
+    )
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def estimate_seconds(run: RunConfig, images_per_s: float, train_size: int, eval_size: int = 15000) -> float:
+    """Wall-time estimate: training images over the measured rate, plus evaluation each epoch."""
+    budget = make_budget(run.train, train_size)
+    trained = budget.total_iterations * run.train.batch_size
+    evaluated = budget.epochs * eval_size
+    return trained / images_per_s + evaluated / (3 * images_per_s)  # inference ~3x a training step

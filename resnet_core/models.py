@@ -1,0 +1,537 @@
+"""The CIFAR ResNet family: one factory from a :class:`ModelConfig` (or a preset name) to a module.
+
+Variants are composed, not branched (DESIGN.md, style example 2): the block class is chosen by
+``(block, preact)`` from :data:`BLOCKS`, the shortcut by name from :data:`SHORTCUTS` and the norm
+layer from :data:`NORMS`. ``forward()`` holds no flags; the one test left in a block is whether it
+has a shortcut at all (plain nets, He et al. 2015 §4.2, have none, so they pay for no addition).
+
+Module names are fixed for every model (checkpoint compatibility with the seed tutorial network):
+stem ``conv``/``bn``, stages ``layer1..layerK`` of blocks with ``conv1``/``bn1``/``conv2``/``bn2``
+(bottlenecks add ``conv3``/``bn3``) and, where a projection exists, ``downsample`` =
+``Sequential(conv, norm)``; pool ``avg_pool``; head ``fc``.
+
+Decisions worth knowing:
+
+- ``norm="none"`` puts ``nn.Identity`` where the norms were; convolutions stay bias-free (so
+  parameter counts differ from the BN net only by the BN affine terms) and projections are a bare
+  conv. Such nets still train at CIFAR depths with the usual small learning rates.
+- Pre-activation nets (He et al. 2016, Fig. 4e): the stem is a conv alone, each block starts with
+  norm + ReLU, and a final norm + ReLU (``final_bn``) comes before the pool. Projection shortcuts
+  read the pre-activated input and are a bare conv, as in the authors' code (the next block's
+  pre-activation normalises the sum); identity and option-A shortcuts read the raw input so the
+  identity path stays clean.
+- ``zero_init_residual`` zeroes the last norm's gamma of every residual branch (Goyal et al. 2017).
+  Where the branch ends in a conv instead (pre-activation, or ``norm="none"``) that conv's weight is
+  zeroed: zeroing a gamma that a ReLU follows would leave it with no gradient. Plain nets ignore
+  the flag: they have no residual branch, and zeroing would cut the signal.
+- Option A (zero-padding) pads the missing channels with zeros at the end, whatever the ratio of
+  widths, so it also serves bottleneck and four-stage layouts; it cannot shrink channels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+from typing import Callable, Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from resnet_core.cli import run_cli
+from resnet_core.config import ModelConfig, coerce, parse_assignments
+
+NormFactory = Callable[[int], nn.Module]
+
+# --------------------------------------------------------------------------------------- norms
+
+
+def no_norm(channels: int) -> nn.Module:
+    """The ``norm="none"`` layer: nothing (an ablation of BatchNorm, Ioffe & Szegedy 2015)."""
+    return nn.Identity()
+
+
+NORMS: dict[str, NormFactory] = {"batch": nn.BatchNorm2d, "none": no_norm}
+
+
+def _lookup(registry: dict, key, what: str):
+    """``registry[key]`` or a one-line ValueError listing the known keys."""
+    if key not in registry:
+        known = ", ".join(map(str, registry))
+        raise ValueError(f"unknown {what} {key!r}: expected one of {known}")
+    return registry[key]
+
+
+def conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
+    # Bias-free: every conv is followed by a norm whose shift makes a bias redundant.
+    return nn.Conv2d(in_ch, out_ch, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+def conv1x1(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_ch, out_ch, kernel_size=1, stride=stride, bias=False)
+
+
+# ----------------------------------------------------------------------------------- shortcuts
+# Every shortcut is called as shortcut(x, x_pre): x is the block input, x_pre its pre-activation
+# (the same tensor in post-activation blocks). Identity paths read x; projections read x_pre.
+
+
+class IdentityShortcut(nn.Module):
+    def forward(self, x: torch.Tensor, x_pre: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class ZeroPadShortcut(nn.Module):
+    """Option A, He et al. 2015 §4.1/§4.2: subsample by striding, pad new channels with zeros.
+
+    No parameters, no multiply-accumulates; a strided view plus one ``F.pad`` (keeps channels_last).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        self.extra = out_ch - in_ch
+
+    def forward(self, x: torch.Tensor, x_pre: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]  # (N, C_in, H/s, W/s)
+        return F.pad(x, (0, 0, 0, 0, 0, self.extra))  # (N, C_out, H/s, W/s)
+
+    def extra_repr(self) -> str:
+        return f"stride={self.stride}, pad_channels={self.extra}"
+
+
+class Projection(nn.Sequential):
+    """Options B/C and the tutorial's 3x3 variant: ``Sequential(conv, norm)`` on the pre-activation."""
+
+    def forward(self, x: torch.Tensor, x_pre: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(x_pre)
+
+
+def _projection(conv: nn.Conv2d, norm: NormFactory) -> Projection:
+    return Projection(conv, norm(conv.out_channels))
+
+
+def _option_a(in_ch: int, out_ch: int, stride: int, norm: NormFactory) -> nn.Module:
+    if stride == 1 and in_ch == out_ch:
+        return IdentityShortcut()
+    if out_ch < in_ch:
+        raise ValueError(
+            f"shortcut='A' cannot go from {in_ch} to {out_ch} channels (zero-padding only adds "
+            "channels): use shortcut B, C or conv3x3, or non-decreasing widths"
+        )
+    return ZeroPadShortcut(in_ch, out_ch, stride)
+
+
+def _option_b(in_ch: int, out_ch: int, stride: int, norm: NormFactory) -> nn.Module:
+    # Option B, He et al. 2015 §3.3: project only where the shape changes, identity elsewhere.
+    if stride == 1 and in_ch == out_ch:
+        return IdentityShortcut()
+    return _projection(conv1x1(in_ch, out_ch, stride), norm)
+
+
+def _option_c(in_ch: int, out_ch: int, stride: int, norm: NormFactory) -> nn.Module:
+    # Option C, He et al. 2015 §4.1 (Table 3): every shortcut is a projection.
+    return _projection(conv1x1(in_ch, out_ch, stride), norm)
+
+
+def _option_conv3x3(in_ch: int, out_ch: int, stride: int, norm: NormFactory) -> nn.Module:
+    # The seed tutorial's shortcut: a 3x3 conv (padding 1) + BN where the shape changes.
+    if stride == 1 and in_ch == out_ch:
+        return IdentityShortcut()
+    return _projection(conv3x3(in_ch, out_ch, stride), norm)
+
+
+ShortcutBuilder = Callable[[int, int, int, NormFactory], nn.Module]
+SHORTCUTS: dict[str, ShortcutBuilder] = {
+    "A": _option_a,
+    "B": _option_b,
+    "C": _option_c,
+    "conv3x3": _option_conv3x3,
+}
+
+# -------------------------------------------------------------------------------------- blocks
+# Every block: Block(in_ch, width, stride, norm, shortcut); out channels = width * expansion.
+# shortcut=None makes the plain twin (no addition at all).
+
+
+class BasicBlock(nn.Module):
+    """conv3x3-norm-relu-conv3x3-norm, add shortcut, relu (He et al. 2015 Fig. 2)."""
+
+    expansion = 1
+    preact = False
+
+    def __init__(self, in_ch: int, width: int, stride: int, norm: NormFactory, shortcut: nn.Module | None) -> None:
+        super().__init__()
+        self.conv1 = conv3x3(in_ch, width, stride)
+        self.bn1 = norm(width)
+        self.conv2 = conv3x3(width, width)
+        self.bn2 = norm(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = shortcut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C_in, H, W) -> (N, width, H/s, W/s)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.downsample is not None:
+            out = out + self.downsample(x, x)
+        return self.relu(out)
+
+    def branch_end(self) -> tuple[nn.Module, nn.Conv2d]:
+        return self.bn2, self.conv2
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (carries the stride, as torchvision), 1x1 expand x4 (He et al. 2015 Fig. 5)."""
+
+    expansion = 4
+    preact = False
+
+    def __init__(self, in_ch: int, width: int, stride: int, norm: NormFactory, shortcut: nn.Module | None) -> None:
+        super().__init__()
+        self.conv1 = conv1x1(in_ch, width)
+        self.bn1 = norm(width)
+        self.conv2 = conv3x3(width, width, stride)
+        self.bn2 = norm(width)
+        self.conv3 = conv1x1(width, width * self.expansion)
+        self.bn3 = norm(width * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = shortcut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C_in, H, W) -> (N, 4*width, H/s, W/s)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.downsample is not None:
+            out = out + self.downsample(x, x)
+        return self.relu(out)
+
+    def branch_end(self) -> tuple[nn.Module, nn.Conv2d]:
+        return self.bn3, self.conv3
+
+
+class PreActBasicBlock(nn.Module):
+    """Full pre-activation: norm-relu-conv3x3-norm-relu-conv3x3, add (He et al. 2016 Fig. 4e)."""
+
+    expansion = 1
+    preact = True
+
+    def __init__(self, in_ch: int, width: int, stride: int, norm: NormFactory, shortcut: nn.Module | None) -> None:
+        super().__init__()
+        self.bn1 = norm(in_ch)
+        self.conv1 = conv3x3(in_ch, width, stride)
+        self.bn2 = norm(width)
+        self.conv2 = conv3x3(width, width)
+        # Not in-place: with norm="none" bn1 is the identity and x must survive for the shortcut.
+        self.relu = nn.ReLU()
+        self.downsample = shortcut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C_in, H, W) -> (N, width, H/s, W/s)
+        x_pre = self.relu(self.bn1(x))
+        out = self.conv1(x_pre)
+        out = self.conv2(self.relu(self.bn2(out)))
+        if self.downsample is not None:
+            out = out + self.downsample(x, x_pre)
+        return out
+
+    def branch_end(self) -> tuple[nn.Module, nn.Conv2d]:
+        return nn.Identity(), self.conv2  # the branch ends in a conv: no gamma to zero
+
+
+class PreActBottleneck(nn.Module):
+    """Pre-activation bottleneck of ResNet-164/1001 (He et al. 2016 Fig. 4e, Table 2)."""
+
+    expansion = 4
+    preact = True
+
+    def __init__(self, in_ch: int, width: int, stride: int, norm: NormFactory, shortcut: nn.Module | None) -> None:
+        super().__init__()
+        self.bn1 = norm(in_ch)
+        self.conv1 = conv1x1(in_ch, width)
+        self.bn2 = norm(width)
+        self.conv2 = conv3x3(width, width, stride)
+        self.bn3 = norm(width)
+        self.conv3 = conv1x1(width, width * self.expansion)
+        self.relu = nn.ReLU()  # not in-place, see PreActBasicBlock
+        self.downsample = shortcut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C_in, H, W) -> (N, 4*width, H/s, W/s)
+        x_pre = self.relu(self.bn1(x))
+        out = self.conv1(x_pre)
+        out = self.conv2(self.relu(self.bn2(out)))
+        out = self.conv3(self.relu(self.bn3(out)))
+        if self.downsample is not None:
+            out = out + self.downsample(x, x_pre)
+        return out
+
+    def branch_end(self) -> tuple[nn.Module, nn.Conv2d]:
+        return nn.Identity(), self.conv3
+
+
+BLOCKS: dict[tuple[str, bool], type[nn.Module]] = {
+    ("basic", False): BasicBlock,
+    ("bottleneck", False): Bottleneck,
+    ("basic", True): PreActBasicBlock,
+    ("bottleneck", True): PreActBottleneck,
+}
+
+# ------------------------------------------------------------------------------------- network
+
+
+class ResNet(nn.Module):
+    """Stem, stages ``layer1..layerK``, (final norm for pre-activation), global pool, linear head."""
+
+    def __init__(
+        self,
+        stem: tuple[nn.Module, nn.Module, nn.Module],
+        stages: list[nn.Sequential],
+        final: tuple[nn.Module, nn.Module],
+        fc: nn.Linear,
+    ) -> None:
+        super().__init__()
+        self.conv, self.bn, self.relu = stem
+        self.stage_names = tuple(f"layer{i}" for i in range(1, len(stages) + 1))
+        for name, stage in zip(self.stage_names, stages):
+            self.add_module(name, stage)
+        self.final_bn, self.final_relu = final
+        self.avg_pool = nn.AdaptiveAvgPool2d(1)  # = AvgPool2d(8) at 32x32 input
+        self.fc = fc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) -> (N, classes)
+        x = self.relu(self.bn(self.conv(x)))  # (N, C0, H, W)
+        for name in self.stage_names:
+            x = getattr(self, name)(x)  # (N, C_k, H / 2^(k-1), W / 2^(k-1))
+        x = self.final_relu(self.final_bn(x))
+        x = self.avg_pool(x).flatten(1)  # (N, C_K)
+        return self.fc(x)
+
+
+def _build_stage(cfg: ModelConfig, in_ch: int, width: int, n_blocks: int, stride: int) -> tuple[nn.Sequential, int]:
+    """One stage of ``n_blocks`` blocks; the first carries the stride. Returns (stage, out channels)."""
+    block_cls = _lookup(BLOCKS, (cfg.block, cfg.preact), "block (kind, preact)")
+    norm = _lookup(NORMS, cfg.norm, "norm")
+    # He et al. 2016's code: a pre-activation projection is a bare conv (the next block normalises).
+    shortcut_norm = no_norm if block_cls.preact else norm
+    make_shortcut = _lookup(SHORTCUTS, cfg.shortcut, "shortcut")
+    out_ch = width * block_cls.expansion
+    blocks = []
+    for i in range(n_blocks):
+        s = stride if i == 0 else 1
+        shortcut = make_shortcut(in_ch, out_ch, s, shortcut_norm) if cfg.residual else None
+        blocks.append(block_cls(in_ch, width, s, norm, shortcut))
+        in_ch = out_ch
+    return nn.Sequential(*blocks), out_ch
+
+
+def _build_stem(cfg: ModelConfig, width: int) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """3x3 conv + norm + ReLU; a conv alone for pre-activation nets (the first block normalises)."""
+    conv = conv3x3(cfg.in_channels, width)
+    if cfg.preact:
+        return conv, nn.Identity(), nn.Identity()
+    return conv, NORMS[cfg.norm](width), nn.ReLU(inplace=True)
+
+
+def _build_final(cfg: ModelConfig, channels: int) -> tuple[nn.Module, nn.Module]:
+    """Pre-activation nets end with norm + ReLU before the pool (He et al. 2016); others need none."""
+    if cfg.preact:
+        return NORMS[cfg.norm](channels), nn.ReLU(inplace=True)
+    return nn.Identity(), nn.Identity()
+
+
+def _init_weights(model: nn.Module, zero_init_residual: bool) -> None:
+    """Kaiming normal (fan_out, relu) convs, unit-gamma norms, as torchvision does."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    if zero_init_residual:
+        _zero_init_branches(model)
+
+
+def _zero_init_branches(model: nn.Module) -> None:
+    """Each residual branch starts as zero, so each block starts as its shortcut (Goyal et al. 2017)."""
+    for m in model.modules():
+        if getattr(m, "downsample", None) is None or not hasattr(m, "branch_end"):
+            continue  # plain blocks have no residual branch
+        last_norm, last_conv = m.branch_end()
+        if getattr(last_norm, "weight", None) is not None:
+            nn.init.zeros_(last_norm.weight)
+        else:
+            nn.init.zeros_(last_conv.weight)
+
+
+# ------------------------------------------------------------------------------------- presets
+
+
+def _four_stage(blocks: tuple[int, ...], block: str, depth: int) -> ModelConfig:
+    # The CIFAR adaptation of ImageNet ResNet-18/34/50: 3x3 stem, no max-pool, projection "B".
+    return ModelConfig(depth=depth, blocks=blocks, widths=(64, 128, 256, 512), shortcut="B", block=block)
+
+
+_CIFAR = ModelConfig()  # depth 20, widths 16/32/64, option A: He et al. 2015 §4.2
+_RESNET18 = _four_stage((2, 2, 2, 2), "basic", 18)
+_RESNET34 = _four_stage((3, 4, 6, 3), "basic", 34)
+
+PRESETS: dict[str, ModelConfig] = {
+    **{f"resnet{d}": dataclasses.replace(_CIFAR, depth=d) for d in (20, 32, 44, 56, 110, 1202)},
+    **{f"plain{d}": dataclasses.replace(_CIFAR, depth=d, residual=False) for d in (20, 32, 44, 56, 110)},
+    # Option A like resnet110, so the pair differs only in where the activations sit.
+    "preact-resnet110": dataclasses.replace(_CIFAR, depth=110, preact=True),
+    # He et al. 2016 Table 2: bottleneck widths 16/32/64 (outputs 64/128/256), projection "B".
+    "preact-resnet164": dataclasses.replace(_CIFAR, depth=164, block="bottleneck", preact=True, shortcut="B"),
+    "preact-resnet1001": dataclasses.replace(_CIFAR, depth=1001, block="bottleneck", preact=True, shortcut="B"),
+    "resnet18": _RESNET18,
+    "resnet34": _RESNET34,
+    "resnet50": _four_stage((3, 4, 6, 3), "bottleneck", 50),
+    "plain18": dataclasses.replace(_RESNET18, residual=False),
+    "plain34": dataclasses.replace(_RESNET34, residual=False),
+    # The tutorial network this project grew from: 3x(2 basic blocks), 3x3-conv shortcuts.
+    "seed": dataclasses.replace(_CIFAR, depth=14, shortcut="conv3x3"),
+}
+
+
+def resolve_model(spec: ModelConfig | str) -> ModelConfig:
+    """A ModelConfig as is, or the preset of that name (unknown names list the known ones)."""
+    if isinstance(spec, ModelConfig):
+        return spec
+    if isinstance(spec, str):
+        return _lookup(PRESETS, spec, "model preset")
+    raise ValueError(f"model spec {spec!r} is invalid: expected a ModelConfig or one of {', '.join(PRESETS)}")
+
+
+def build_model(spec: ModelConfig | str, num_classes: int | None = None) -> ResNet:
+    """The network for ``spec``. ``num_classes`` wins over ``spec.num_classes``; both None -> 10."""
+    cfg = resolve_model(spec)
+    classes = num_classes or cfg.num_classes or 10
+    widths = cfg.stage_widths
+    stem = _build_stem(cfg, widths[0])
+    stages, channels = [], widths[0]
+    for i, (width, n_blocks) in enumerate(zip(widths, cfg.blocks_per_stage)):
+        stage, channels = _build_stage(cfg, channels, width, n_blocks, stride=1 if i == 0 else 2)
+        stages.append(stage)
+    model = ResNet(stem, stages, _build_final(cfg, channels), nn.Linear(channels, classes))
+    _init_weights(model, cfg.zero_init_residual and cfg.residual)
+    return model
+
+
+# ------------------------------------------------------------------------------- introspection
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def count_macs(model: nn.Module, input_size: tuple[int, ...] = (1, 3, 32, 32)) -> int:
+    """Forward multiply-accumulates per image of Conv2d and Linear layers (biases and norms excluded).
+
+    Runs one no-grad forward in eval mode (running statistics untouched; a model built under
+    ``torch.device("meta")`` is counted without computing anything). Option A adds 0.
+    """
+    total = 0
+
+    def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            k = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            total += output.numel() * k
+        else:
+            total += output.numel() * module.in_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(input_size, device=_device_of(model)))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return total // input_size[0]
+
+
+def stage_parameters(model: ResNet) -> dict[str, list[nn.Parameter]]:
+    """Parameters grouped as ``stem``, ``stage1..stageK``, ``head`` (for per-stage gradient norms)."""
+    groups = {"stem": [*model.conv.parameters(), *model.bn.parameters()]}
+    for i, name in enumerate(model.stage_names, 1):
+        groups[f"stage{i}"] = list(getattr(model, name).parameters())
+    groups["head"] = [*model.final_bn.parameters(), *model.fc.parameters()]
+    return groups
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+def override_model(cfg: ModelConfig, assignments: dict[str, str]) -> ModelConfig:
+    """``cfg`` with ``{"depth": "56"}``-style model fields set; other names are a one-line error."""
+    hints = typing.get_type_hints(ModelConfig)
+    values = {}
+    for key, raw in assignments.items():
+        name = key.removeprefix("model.")
+        if name not in hints:
+            raise ValueError(f"unknown model field {key!r}: expected one of {', '.join(hints)}")
+        values[name] = coerce(raw, hints[name], key)
+    if "depth" in values and "blocks" not in values:
+        values["blocks"] = None  # a depth asks for the even CIFAR layout, as apply_overrides does
+    return dataclasses.replace(cfg, **values)
+
+
+def summarize(cfg: ModelConfig) -> dict[str, int]:
+    """Params and MACs per 32x32 image, counted on a meta-device build (no memory, no compute)."""
+    with torch.device("meta"):
+        model = build_model(cfg)
+    return {"params": count_parameters(model), "macs": count_macs(model, (1, cfg.in_channels, 32, 32))}
+
+
+def format_table(names: Iterable[str]) -> str:
+    rows = [f"{'name':<18} {'params':>12} {'params (M)':>10} {'MACs (M)':>10}"]
+    for name in names:
+        s = summarize(PRESETS[name])
+        rows.append(f"{name:<18} {s['params']:>12,} {s['params'] / 1e6:>10.3f} {s['macs'] / 1e6:>10.1f}")
+    return "\n".join(rows)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m resnet_core.models",
+        description="Show a model's module tree, parameter count and forward MACs per 32x32 image.",
+    )
+    p.add_argument("name", nargs="?", help=f"preset: {', '.join(PRESETS)}")
+    p.add_argument("--set", dest="assignments", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a ModelConfig field (repeatable), e.g. --set depth=56")
+    p.add_argument("--table", action="store_true", help="params and MACs of every preset")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.table:
+        print(format_table(PRESETS))
+        return 0
+    if args.name is None:
+        raise ValueError(f"a preset name is required (or --table): expected one of {', '.join(PRESETS)}")
+    cfg = override_model(resolve_model(args.name), parse_assignments(args.assignments))
+    stats = summarize(cfg)
+    if args.json:
+        print(json.dumps({"name": args.name, **stats, "config": dataclasses.asdict(cfg)}))
+        return 0
+    with torch.device("meta"):
+        print(build_model(cfg))
+    print(f"params: {stats['params']:,} ({stats['params'] / 1e6:.3f}M)")
+    print(f"MACs per 32x32 image: {stats['macs']:,} ({stats['macs'] / 1e6:.1f}M)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

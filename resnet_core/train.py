@@ -1,0 +1,120 @@
+"""Train one configuration from the command line.
+
+    python -m resnet_core.train --model resnet20 --recipe paper --epochs 2 --data PATH \
+        --subset 5000 --val-size 5000 --seed 0 --device auto --results results
+
+Layers (DESIGN.md, style example 4): the model preset and the recipe, then ``--config FILE``
+(TOML of ``field = value``), then the flags, then ``--set field=value``. The resolved config is
+saved in the run's record. Exit code 0 when the run completed, 1 when it diverged, failed or was
+stopped, 2 for a usage error, 130 on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from resnet_core.cli import run_cli
+from resnet_core.config import DataConfig, RunConfig, apply_overrides, parse_assignments, recipe
+from resnet_core.store import record_path
+
+# flag name -> config field, for the flags that are shortcuts of --set
+FLAG_FIELDS = {
+    "epochs": "train.epochs",
+    "iterations": "train.iterations",
+    "lr": "train.lr",
+    "batch_size": "train.batch_size",
+    "optimizer": "train.optimizer",
+    "schedule": "train.schedule",
+    "weight_decay": "train.weight_decay",
+    "data": "data.source",
+    "subset": "data.subset",
+    "val_size": "data.val_size",
+    "seed": "seed",
+    "device": "device",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m resnet_core.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="resnet20", help="model preset (python -m resnet_core.models --table)")
+    parser.add_argument("--recipe", default="paper", help="training recipe: paper, seed or quick")
+    parser.add_argument("--config", type=Path, help="TOML file of field = value pairs (applied before flags)")
+    parser.add_argument("--epochs", type=int, help="budget in epochs (replaces the recipe's budget)")
+    parser.add_argument("--iterations", type=int, help="budget in iterations (replaces the recipe's budget)")
+    parser.add_argument("--data", help="cifar10, cifar100, synthetic, or a directory (default: $RESNET_CORE_DATA)")
+    parser.add_argument("--subset", type=int, help="train on N images (seeded, class-stratified)")
+    parser.add_argument("--val-size", type=int, help="validation images carved from the training set (default 5000)")
+    parser.add_argument("--seed", type=int, help="run seed (default 0)")
+    parser.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps (default auto)")
+    parser.add_argument("--results", type=Path, default=Path("results"), help="results directory (default results)")
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--optimizer", help="sgd, adam or adamw")
+    parser.add_argument("--schedule", help="step, cosine, onecycle or constant")
+    parser.add_argument("--weight-decay", type=float)
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="any config field, e.g. --set depth=56 --set amp=off (repeatable)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A TOML file of ``field = value`` (or ``[model]``/``[train]``/``[data]`` tables); data only."""
+    try:
+        values = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--config {path}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"--config {path}: malformed TOML ({exc})") from None
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{inner}": v for inner, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def resolve_run_config(args: argparse.Namespace) -> RunConfig:
+    """Preset and recipe, then the config file, then the flags, then --set."""
+    from resnet_core.models import resolve_model
+
+    run = RunConfig(model=resolve_model(args.model), train=recipe(args.recipe), data=DataConfig())
+    if args.config:
+        run = apply_overrides(run, read_config_file(args.config))
+    flags = {field: getattr(args, name) for name, field in FLAG_FIELDS.items() if getattr(args, name) is not None}
+    run = apply_overrides(run, flags)
+    return apply_overrides(run, parse_assignments(args.set))
+
+
+def summary_line(record, model_name: str, path: Path) -> str:
+    final = record.final
+    parts = [f"{record.status}: {model_name}", f"run {record.run_id}"]
+    if final:
+        parts.append(f"epochs {final['epochs']} ({final['iterations']} it)")
+        parts.append(f"train err {final['train_error']:.2f}%")
+        parts.append(f"val err {final['val_error']:.2f}%")
+        parts.append(f"test err {final['test_error']:.2f}%")
+    parts.append(f"{record.wall_seconds:.0f} s")
+    if record.error:
+        parts.append(f"error: {record.error}")
+    parts.append(f"record {path}")
+    return " | ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    run = resolve_run_config(args)
+    from resnet_core.engine import fit
+
+    record = fit(run, results_dir=args.results, progress=not args.quiet)
+    print(summary_line(record, args.model, record_path(args.results, record.run_id)))
+    return 0 if record.status == "completed" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,210 @@
+"""fit(): records, statuses, resume, schedules. Tiny synthetic data unless a test says otherwise."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+
+from resnet_core import engine
+from resnet_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig, recipe, run_id
+from resnet_core.engine import fit, lr_at, make_budget
+from resnet_core.store import checkpoint_path, load_histories, load_runs, read_record, record_path
+
+TINY_MODEL = ModelConfig(depth=8)
+TINY_DATA = DataConfig(source="synthetic", val_size=200, subset=600)
+
+
+def tiny_run(**train_changes) -> RunConfig:
+    train = dataclasses.replace(TrainConfig(epochs=2, batch_size=64, lr=0.05, eval_batch_size=500), **train_changes)
+    return RunConfig(model=TINY_MODEL, train=train, data=TINY_DATA, seed=0, device="cpu")
+
+
+RECORD_KEYS = {"run_id", "status", "config", "history", "final", "wall_seconds", "params", "macs", "provenance",
+               "error", "stop_reason", "format"}
+EPOCH_KEYS = {"epoch", "iteration", "train_loss", "train_error", "val_loss", "val_error", "test_loss", "test_error",
+              "lr", "seconds", "images_per_s", "grad_norm"}
+PROVENANCE_KEYS = {"git_commit", "torch", "cuda", "device", "device_name", "amp", "hostname", "python",
+                   "data_source", "data_fingerprint", "data_description", "created_utc"}
+
+
+def test_completed_run_writes_a_full_record(tmp_path):
+    record = fit(tiny_run(), results_dir=tmp_path)
+    assert record.status == "completed", record.error
+    stored = json.loads(record_path(tmp_path, record.run_id).read_text())
+    assert RECORD_KEYS <= set(stored)
+    assert len(stored["history"]) == 2
+    for epoch in stored["history"]:
+        assert EPOCH_KEYS <= set(epoch)
+        assert set(epoch["grad_norm"]) >= {"stem", "stage1", "stage2", "stage3", "head"}
+        assert all(v > 0 for v in epoch["grad_norm"].values())
+    assert PROVENANCE_KEYS <= set(stored["provenance"])
+    assert stored["final"]["test_error"] == stored["history"][-1]["test_error"]  # final epoch, not best
+    assert stored["params"] > 0 and stored["macs"] > 0
+    assert not checkpoint_path(tmp_path, record.run_id).exists()  # a finished run keeps no checkpoint
+
+
+def test_training_learns_synthetic_data(tmp_path):
+    record = fit(tiny_run(epochs=3), results_dir=tmp_path)
+    errors = [h["val_error"] for h in record.history]
+    assert errors[-1] < 75 and errors[-1] < errors[0], errors  # chance is 90% on 10 classes
+
+
+def test_a_complete_record_is_returned_without_training(tmp_path, monkeypatch):
+    first = fit(tiny_run(epochs=1), results_dir=tmp_path)
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(engine, "make_trainer", must_not_train)
+    again = fit(tiny_run(epochs=1), results_dir=tmp_path)
+    assert again.status == "completed"
+    assert again.history == json.loads(json.dumps(first.history))
+
+
+def test_device_does_not_change_the_identity():
+    assert run_id(tiny_run()) == run_id(dataclasses.replace(tiny_run(), device="auto"))
+    assert run_id(tiny_run()) != run_id(dataclasses.replace(tiny_run(), seed=1))
+
+
+def test_forced_divergence_is_a_diverged_record(tmp_path):
+    run = dataclasses.replace(tiny_run(lr=1e4, momentum=0.9), model=ModelConfig(depth=8, norm="none"))
+    record = fit(run, results_dir=tmp_path)
+    assert record.status == "diverged"
+    assert "loss became" in record.error
+    assert read_record(record_path(tmp_path, record.run_id)).status == "diverged"
+
+
+def test_an_exception_is_a_failed_record(tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(engine, "train_step", boom)
+    record = fit(tiny_run(epochs=1), results_dir=tmp_path)
+    assert record.status == "failed"
+    assert "CUDA out of memory (simulated)" in record.error
+    assert record_path(tmp_path, record.run_id).exists()
+
+
+def test_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path):
+    torch.set_num_threads(1)  # bitwise-repeatable CPU kernels for the comparison below
+    reference = fit(tiny_run(epochs=3), results_dir=tmp_path / "reference")
+
+    def kill_after_first_epoch(metrics):
+        if metrics["epoch"] == 1:
+            raise SystemExit("killed")
+
+    with pytest.raises(SystemExit):
+        fit(tiny_run(epochs=3), callbacks=[kill_after_first_epoch], results_dir=tmp_path / "killed")
+    identity = run_id(tiny_run(epochs=3))
+    stopped = read_record(record_path(tmp_path / "killed", identity))
+    assert stopped.status == "stopped" and len(stopped.history) == 1
+    assert checkpoint_path(tmp_path / "killed", identity).exists()
+
+    resumed = fit(tiny_run(epochs=3), results_dir=tmp_path / "killed")
+    assert resumed.status == "completed"
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    for got, want in zip(resumed.history, reference.history):
+        assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-5)
+        assert got["test_error"] == pytest.approx(want["test_error"], abs=1e-9)
+
+
+def test_callback_stop_gives_stopped_then_resumes(tmp_path):
+    record = fit(tiny_run(epochs=2), callbacks=[lambda m: True], results_dir=tmp_path)
+    assert record.status == "stopped" and record.stop_reason == "callback"
+    assert len(record.history) == 1
+    finished = fit(tiny_run(epochs=2), results_dir=tmp_path)
+    assert finished.status == "completed" and len(finished.history) == 2
+
+
+def test_corrupt_checkpoint_restarts_from_scratch_with_a_warning(tmp_path):
+    run = tiny_run(epochs=1)
+    path = checkpoint_path(tmp_path, run_id(run))
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a checkpoint")
+    with pytest.warns(UserWarning, match="unusable"):
+        record = fit(run, results_dir=tmp_path)
+    assert record.status == "completed" and len(record.history) == 1
+
+
+def test_seed_recipe_runs(tmp_path):
+    train = dataclasses.replace(recipe("seed"), epochs=1)
+    run = RunConfig(model=ModelConfig(depth=14, shortcut="conv3x3"), train=train, data=TINY_DATA, device="cpu")
+    record = fit(run, results_dir=tmp_path)
+    assert record.status == "completed", record.error
+    # Adam at 1e-3, divided by 3 at each quarter of the budget: the last step runs at 1e-3 / 27.
+    assert record.history[0]["lr"] == pytest.approx(1e-3 / 27)
+
+
+def test_iteration_budget_stops_mid_epoch(tmp_path):
+    record = fit(tiny_run(epochs=None, iterations=13), results_dir=tmp_path)
+    assert record.final["iterations"] == 13
+    assert [h["iteration"] for h in record.history] == [9, 13]  # 600 images / 64 = 9 steps an epoch
+
+
+def test_paper_schedule_and_warmup():
+    paper = recipe("paper")
+    assert lr_at(0, 64000, paper) == pytest.approx(0.1)
+    assert lr_at(31999, 64000, paper) == pytest.approx(0.1)
+    assert lr_at(32000, 64000, paper) == pytest.approx(0.01)
+    assert lr_at(48000, 64000, paper) == pytest.approx(0.001)
+    warm = dataclasses.replace(paper, warmup_iterations=400)
+    assert lr_at(399, 64000, warm) == pytest.approx(0.01)
+    assert lr_at(400, 64000, warm) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle", "constant"])
+def test_schedules_stay_positive_and_peak_at_lr(schedule):
+    cfg = dataclasses.replace(recipe("paper"), schedule=schedule)
+    lrs = [lr_at(i, 1000, cfg) for i in range(1000)]
+    assert all(0 < lr <= cfg.lr + 1e-12 for lr in lrs)
+    assert max(lrs) == pytest.approx(cfg.lr, rel=1e-2)
+    if schedule != "constant":
+        assert lrs[-1] < 0.05 * cfg.lr
+
+
+def test_budget_drops_the_last_partial_batch():
+    assert make_budget(TrainConfig(epochs=2, batch_size=128), 1000) == engine.Budget(7, 14, 2)
+    with pytest.raises(ValueError, match="training split is empty"):
+        make_budget(TrainConfig(epochs=1), 0)
+
+
+def test_load_runs_and_histories_are_flat(tmp_path):
+    fit(tiny_run(epochs=1), results_dir=tmp_path)
+    fit(dataclasses.replace(tiny_run(epochs=1), seed=1), results_dir=tmp_path)
+    runs = load_runs(tmp_path)
+    assert len(runs) == 2
+    assert {"model.depth", "train.lr", "data.source", "final.test_error", "params", "seed"} <= set(runs.columns)
+    histories = load_histories(tmp_path)
+    assert len(histories) == 2 and "grad_norm.stage1" in histories.columns
+
+
+def test_non_finite_values_are_stored_as_null(tmp_path):
+    run = dataclasses.replace(tiny_run(epochs=1), data=dataclasses.replace(TINY_DATA, val_size=0))
+    record = fit(run, results_dir=tmp_path)
+    assert math.isnan(record.final["val_error"])
+    text = record_path(tmp_path, record.run_id).read_text()
+    assert "NaN" not in text and '"val_error": null' in text
+
+
+@pytest.mark.slow
+def test_one_epoch_on_2000_real_images(tmp_path, real_data_dir):
+    run = RunConfig(
+        model=ModelConfig(depth=20),
+        train=dataclasses.replace(recipe("quick"), epochs=1),
+        data=DataConfig(source=str(real_data_dir), subset=2000, val_size=5000),
+        device="cpu",
+    )
+    record = fit(run, results_dir=tmp_path)
+    assert record.status == "completed", record.error
+    stored = json.loads(record_path(tmp_path, record.run_id).read_text())
+    assert RECORD_KEYS <= set(stored) and PROVENANCE_KEYS <= set(stored["provenance"])
+    assert EPOCH_KEYS <= set(stored["history"][0])
+    assert stored["provenance"]["train_size"] == 2000 and stored["provenance"]["val_size"] == 5000
+    assert stored["provenance"]["test_size"] == 10000
+    assert "CIFAR-10" in stored["provenance"]["data_description"]
+    assert stored["history"][0]["iteration"] == 2000 // 128
+    assert stored["final"]["test_error"] < 85  # one short epoch already beats chance (90%)
