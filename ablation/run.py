@@ -1,0 +1,125 @@
+"""Run an ablation grid: every cell x seed is one fit(); finished runs are never trained again.
+
+    python ablation/run.py --grid degradation
+    python ablation/run.py --grid degradation --axis depth=20,32,44,56,110      # add ResNet-110
+    python ablation/run.py --grid degradation --seeds 1 --epochs 3 --subset 10000 --workers 1
+    python ablation/run.py --grid my_grid.toml --dry-run                        # a user's grid file
+
+Grids live in ablation/grids/*.toml (format: resnet_core/grid.py). Run records go to
+<results>/runs/, the report (summary.csv, report.md, figures) to <results>/ablation/<grid>/.
+Re-running the same command resumes an interrupted grid. Exit codes: 0 done (diverged runs are
+results), 1 some run failed (see the summary), 2 a usage error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from resnet_core import grid as grids
+from resnet_core.cli import run_cli
+from resnet_core.devices import resolve_device
+from resnet_core.engine import estimate_seconds, measure_step_rate
+from resnet_core.reports import write_grid_report
+from resnet_core.runner import plan_devices, preload_data, run_all, split_done
+
+GRIDS_DIR = Path(__file__).resolve().parent / "grids"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     epilog="built-in grids: " + ", ".join(grids.available_grids(GRIDS_DIR)))
+    parser.add_argument("--grid", required=True, help="a built-in grid name or a path to a grid .toml file")
+    parser.add_argument("--axis", action="append", default=[], metavar="FIELD=V1,V2", help="replace or add an axis (repeatable)")
+    parser.add_argument("--seeds", type=int, help="number of seeds per cell (seeds 0..N-1)")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--epochs", type=int, help="budget override: epochs per run")
+    budget.add_argument("--iterations", type=int, help="budget override: iterations per run")
+    parser.add_argument("--data", help="data source: cifar10, cifar100, synthetic[:N] or a directory (default $RESNET_CORE_DATA)")
+    parser.add_argument("--subset", type=int, help="train on N images of the training split")
+    parser.add_argument("--val-size", type=int, help="validation images carved from the training set (default 5000)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--workers", type=int, default=1, help="parallel runs (0: one per GPU slot)")
+    parser.add_argument("--workers-per-gpu", type=int, default=1, help="runs sharing one GPU")
+    parser.add_argument("--results", default="results", help="results directory (default: results)")
+    parser.add_argument("--dry-run", action="store_true", help="list the cells and estimate the time; train nothing")
+    return parser.parse_args(argv)
+
+
+def overrides(args: argparse.Namespace) -> dict[str, object]:
+    """Command-line settings applied to every run, after the grid file."""
+    values = {"epochs": args.epochs, "iterations": args.iterations, "data.source": args.data,
+              "data.subset": args.subset, "data.val_size": args.val_size}
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def build_spec(args: argparse.Namespace) -> grids.GridSpec:
+    spec = grids.load_grid(args.grid, GRIDS_DIR)
+    for text in args.axis:
+        spec = grids.with_axis(spec, *grids.parse_axis_option(text))
+    return grids.with_seeds(spec, args.seeds) if args.seeds is not None else spec
+
+
+def print_plan(cells: list[grids.Cell], results: str, devices: tuple[str, ...]) -> None:
+    """The dry run: each cell with its finished seeds, and a time estimate from a measured step rate."""
+    done_ids = {o.run_id for o in split_done([c.run for c in cells], results)[0]}
+    bundles = preload_data([c.run for c in cells if c.run_id not in done_ids])
+    total, rates = 0.0, {}
+    for cell in cells:
+        if cell.run_id in done_ids:
+            continue
+        if cell.label not in rates:
+            rates[cell.label] = measure_step_rate(dataclasses.replace(cell.run, device=devices[0]), steps=3)
+        data = bundles[cell.run.data]
+        total += estimate_seconds(cell.run, rates[cell.label], len(data.train_y), len(data.val_y) + len(data.test_y))
+    for label in dict.fromkeys(c.label for c in cells):
+        runs = [c for c in cells if c.label == label]
+        done = sum(c.run_id in done_ids for c in runs)
+        rate = f"{rates[label]:.0f} img/s" if label in rates else "-"
+        print(f"  {label:<48} seeds {len(runs)}  done {done}  {rate}")
+    # Runs on distinct GPUs overlap; CPU workers share the same cores, so they barely do.
+    parallel = len(set(devices)) if resolve_device(devices[0]).type == "cuda" else 1
+    where = ", ".join(sorted({str(resolve_device(d)) for d in devices}))
+    print(f"{len(cells)} runs, {len(done_ids)} already done; estimated {_duration(total / parallel)} for the rest on "
+          f"{where} (rough: measured step rate of each cell's model, {parallel} in parallel)")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def print_summary(cells: list[grids.Cell], outcomes) -> int:
+    """One line per run that did not complete; returns the exit code (1 if any run failed)."""
+    counts: dict[str, int] = {}
+    for cell, outcome in zip(cells, outcomes):
+        counts[outcome.status] = counts.get(outcome.status, 0) + 1
+        if outcome.status != "completed":
+            print(f"  {outcome.status}: {cell.label}, seed {cell.seed} ({outcome.run_id}): {outcome.error or ''}")
+    print(", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+    return 1 if counts.get("failed", 0) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    spec = build_spec(args)
+    cells = grids.expand(spec, overrides(args))  # every config is validated before anything trains
+    devices = plan_devices(args.workers, args.device, args.workers_per_gpu)
+    print(f"grid {spec.name}: {len(cells)} runs ({len(cells) // len(spec.seeds)} cells x {len(spec.seeds)} seeds)")
+    if args.dry_run:
+        print_plan(cells, args.results, devices)
+        return 0
+    # A missing dataset is one error now, not a failed record per run; the decode cache gets built once.
+    preload_data(split_done([c.run for c in cells], args.results)[1])
+    grids.save_manifest(args.results, spec, cells)
+    outcomes = run_all([c.run for c in cells], args.results, workers=args.workers, device=args.device,
+                       workers_per_gpu=args.workers_per_gpu, desc=spec.name)
+    code = print_summary(cells, outcomes)
+    for path in write_grid_report(args.results, spec.name):
+        print(path)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

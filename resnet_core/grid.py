@@ -1,0 +1,426 @@
+"""Ablation grids as data: a TOML file names the axes, the fixed settings and the recipe.
+
+A grid expands into cells (grid points without the seed) times seeds, each a :class:`RunConfig`.
+Every run config is built, and so validated, before anything trains: an unknown key, an empty
+axis or a value a config rejects is a one-line ValueError naming the file, the field and the value.
+
+File format (all keys optional except ``axes`` or ``cells``; see ablation/grids/*.toml)::
+
+    name = "degradation"           # default: the file's stem
+    description = "..."
+    report = "degradation"         # which report the grid gets: degradation | generic
+    model = "resnet20"             # base model preset (resnet_core.models.PRESETS)
+    recipe = "paper"               # base recipe (resnet_core.config.RECIPES)
+    seeds = 3                      # seeds 0..2, or a list [0, 5, 7]
+
+    [fixed]                        # settings of every run: any config field, bare or dotted
+    shortcut = "A"
+
+    [axes]                         # crossed; "model" takes presets, "recipe" recipe names
+    residual = [true, false]
+    depth = [20, 32, 44, 56]
+
+    [[cells]]                      # linked cells: each sets several things at once
+    name = "tutorial"              # (crossed with the axes and the seeds)
+    model = "seed"
+    recipe = "seed"
+
+    [[when]]                       # conditional settings, applied after the axes
+    match = { depth = 110 }
+    set = { warmup_iterations = 400 }
+
+Layering of one run (DESIGN.md, style example 4): model preset and recipe (base, then the cell's,
+then the axes'), then ``fixed``, the cell's settings, the axis values, ``when`` rules, and last the
+command-line overrides (budget, data, device).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import tomllib
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from resnet_core.config import SECTIONS, RunConfig, apply_overrides, coerce, recipe, resolve_field, run_id
+from resnet_core.models import resolve_model
+from resnet_core.store import atomic_write_text
+
+REPORTS = ("degradation", "generic")
+TOP_KEYS = ("name", "description", "report", "model", "recipe", "seeds", "fixed", "axes", "cells", "when")
+NAMED_AXES = ("model", "recipe")  # axes whose values are preset / recipe names, not field values
+CELL_KEYS = ("name", "model", "recipe")  # a [[cells]] entry: these, plus any config field
+RULE_KEYS = ("match", "set")
+DEFAULT_SEEDS = 3  # a claim is a mean over seeds (DESIGN.md, rules of evidence)
+
+Pairs = tuple[tuple[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One linked cell of a ``[[cells]]`` list: a name, a model preset, a recipe and settings."""
+
+    name: str
+    model: str | None = None
+    recipe: str | None = None
+    settings: Pairs = ()
+
+
+@dataclass(frozen=True)
+class Rule:
+    """``[[when]]``: runs whose config matches every ``match`` value get the ``set`` values."""
+
+    match: Pairs
+    set: Pairs
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """A parsed grid file. ``axes`` keep the file's order; ``seeds`` are the run seeds."""
+
+    name: str
+    source: str
+    description: str = ""
+    report: str = "generic"
+    model: str = "resnet20"
+    recipe: str = "paper"
+    seeds: tuple[int, ...] = tuple(range(DEFAULT_SEEDS))
+    fixed: Pairs = ()
+    axes: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    variants: tuple[Variant, ...] = ()
+    rules: tuple[Rule, ...] = ()
+
+    @property
+    def axis_names(self) -> tuple[str, ...]:
+        """The columns that identify a cell: ``variant`` (for linked cells) then the axes."""
+        return (("variant",) if self.variants else ()) + tuple(name for name, _ in self.axes)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of a grid: the cell's axis values (seed excluded), the seed and the run config."""
+
+    key: Pairs
+    seed: int
+    run: RunConfig
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{name}={_show(value)}" for name, value in self.key) or "base"
+
+    @property
+    def run_id(self) -> str:
+        return run_id(self.run)
+
+
+def _show(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+# ------------------------------------------------------------------------------- locating
+
+def available_grids(grids_dir: str | Path) -> list[str]:
+    return sorted(p.stem for p in Path(grids_dir).glob("*.toml"))
+
+
+def grid_path(name_or_path: str, grids_dir: str | Path) -> Path:
+    """A built-in grid by name (``grids_dir/<name>.toml``) or a user's TOML file by path."""
+    candidate = Path(name_or_path)
+    if candidate.suffix == ".toml" or candidate.exists():
+        if not candidate.is_file():
+            raise FileNotFoundError(f"grid file {name_or_path!r} does not exist")
+        return candidate
+    builtin = Path(grids_dir) / f"{name_or_path}.toml"
+    if not builtin.is_file():
+        known = ", ".join(available_grids(grids_dir))
+        raise ValueError(f"unknown grid {name_or_path!r}: expected one of {known} or a path to a .toml file")
+    return builtin
+
+
+# -------------------------------------------------------------------------------- parsing
+
+def _check_keys(where: str, values: Mapping[str, Any], allowed: Sequence[str]) -> None:
+    unknown = [k for k in values if k not in allowed]
+    if unknown:
+        raise ValueError(f"{where}: unknown key {unknown[0]!r}: expected one of {', '.join(allowed)}")
+
+
+def _table(where: str, values: Any, name: str) -> dict[str, Any]:
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: {name} must be a table ([{name}]), got {values!r}")
+    return values
+
+
+def _check_fields(where: str, names: Sequence[str], extra: Sequence[str] = ()) -> None:
+    for name in names:
+        if name not in extra:
+            try:
+                resolve_field(name)
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from None
+
+
+def _parse_seeds(where: str, value: Any) -> tuple[int, ...]:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return tuple(range(value))
+    if isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value):
+        if len(set(value)) != len(value):
+            raise ValueError(f"{where}: seeds={value!r} lists a seed twice")
+        return tuple(value)
+    raise ValueError(f"{where}: seeds={value!r} is invalid: expected a count >= 1 or a non-empty list of seeds >= 0")
+
+
+def _parse_axis(where: str, name: str, values: Any) -> tuple[str, tuple[Any, ...]]:
+    if not isinstance(values, list):
+        raise ValueError(f"{where}: axis {name!r} must be a list of values, got {values!r}")
+    if not values:
+        raise ValueError(f"{where}: axis {name!r} is empty: give it at least one value")
+    shown = [_show(v) for v in values]
+    duplicate = next((v for v in shown if shown.count(v) > 1), None)
+    if duplicate is not None:
+        raise ValueError(f"{where}: axis {name!r} lists {duplicate} twice")
+    return name, tuple(values)
+
+
+def _parse_variant(where: str, entry: Any, index: int) -> Variant:
+    entry = _table(where, entry, "cells")
+    name = entry.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{where}: cells[{index}] needs a name = \"...\"")
+    settings = {k: v for k, v in entry.items() if k not in CELL_KEYS}
+    _check_fields(f"{where}: cells[{index}] ({name})", list(settings))
+    return Variant(name=name, model=entry.get("model"), recipe=entry.get("recipe"), settings=tuple(settings.items()))
+
+
+def _parse_rule(where: str, entry: Any, index: int) -> Rule:
+    entry = _table(where, entry, "when")
+    _check_keys(f"{where}: when[{index}]", entry, RULE_KEYS)
+    match = _table(where, entry.get("match", {}), "when.match")
+    settings = _table(where, entry.get("set", {}), "when.set")
+    if not match or not settings:
+        raise ValueError(f"{where}: when[{index}] needs both match = {{...}} and set = {{...}}")
+    _check_fields(f"{where}: when[{index}]", list(match) + list(settings))
+    try:
+        match = {name: coerce_field(name, value) for name, value in match.items()}
+    except ValueError as exc:
+        raise ValueError(f"{where}: when[{index}].match: {exc}") from None
+    return Rule(match=tuple(match.items()), set=tuple(settings.items()))
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: malformed TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text file") from None
+
+
+def parse_grid(values: Mapping[str, Any], source: str, default_name: str) -> GridSpec:
+    """A :class:`GridSpec` from a grid file's parsed TOML; keys and field names are checked."""
+    where = source
+    _check_keys(where, values, TOP_KEYS)
+    report = values.get("report", "generic")
+    if report not in REPORTS:
+        raise ValueError(f"{where}: report={report!r} is invalid: expected one of {', '.join(REPORTS)}")
+    fixed = _table(where, values.get("fixed", {}), "fixed")
+    _check_fields(f"{where}: fixed", list(fixed))
+    axes = dict(_table(where, values.get("axes", {}), "axes"))
+    _check_fields(f"{where}: axes", list(axes), extra=NAMED_AXES)
+    if "seed" in axes and "seeds" in values:
+        raise ValueError(f"{where}: give the seeds once: either seeds = ... or an axis seed = [...]")
+    seeds = _parse_seeds(where, axes.pop("seed") if "seed" in axes else values.get("seeds", DEFAULT_SEEDS))
+    cells = values.get("cells", [])
+    rules = values.get("when", [])
+    if not isinstance(cells, list) or not isinstance(rules, list):
+        raise ValueError(f"{where}: cells and when must be arrays of tables ([[cells]], [[when]])")
+    if not axes and not cells:
+        raise ValueError(f"{where}: the grid has no [axes] and no [[cells]]: nothing to compare")
+    for key in ("name", "description", "model", "recipe"):
+        if key in values and not isinstance(values[key], str):
+            raise ValueError(f"{where}: {key}={values[key]!r} is invalid: expected a string")
+    return GridSpec(
+        name=values.get("name", default_name),
+        source=source,
+        description=values.get("description", ""),
+        report=report,
+        model=values.get("model", "resnet20"),
+        recipe=values.get("recipe", "paper"),
+        seeds=seeds,
+        fixed=tuple(fixed.items()),
+        axes=tuple(_parse_axis(where, k, v) for k, v in axes.items()),
+        variants=tuple(_parse_variant(where, c, i) for i, c in enumerate(cells)),
+        rules=tuple(_parse_rule(where, r, i) for i, r in enumerate(rules)),
+    )
+
+
+def load_grid(name_or_path: str, grids_dir: str | Path) -> GridSpec:
+    """Read and check a grid file (a built-in name or a path); see the module docstring."""
+    path = grid_path(name_or_path, grids_dir)
+    return parse_grid(_read_toml(path), str(path), path.stem)
+
+
+# ------------------------------------------------------------------------ command-line edits
+
+def parse_axis_option(text: str) -> tuple[str, list[str]]:
+    """``"depth=20,56"`` -> ``("depth", ["20", "56"])``; ``;`` separates values holding commas."""
+    if "=" not in text:
+        raise ValueError(f"--axis {text!r} is invalid: expected field=v1,v2 (e.g. depth=20,32,44,56,110)")
+    name, raw = (part.strip() for part in text.split("=", 1))
+    separator = ";" if ";" in raw else ","
+    values = [v.strip() for v in raw.split(separator) if v.strip()]
+    if not values:
+        raise ValueError(f"--axis {text!r} is invalid: axis {name!r} is empty")
+    return name, values
+
+
+def with_axis(spec: GridSpec, name: str, values: Sequence[Any]) -> GridSpec:
+    """``spec`` with axis ``name`` replaced (in place) or added (at the end); ``seed`` sets the seeds."""
+    if name == "seed":
+        return dataclasses.replace(spec, seeds=_parse_seeds("--axis seed", [_int(v, "seed") for v in values]))
+    if name not in NAMED_AXES:
+        _check_fields("--axis", [name])
+    axis = _parse_axis("--axis", name, list(values))
+    names = [n for n, _ in spec.axes]
+    axes = list(spec.axes)
+    if name in names:
+        axes[names.index(name)] = axis
+    else:
+        axes.append(axis)
+    return dataclasses.replace(spec, axes=tuple(axes))
+
+
+def with_seeds(spec: GridSpec, count: int) -> GridSpec:
+    return dataclasses.replace(spec, seeds=_parse_seeds("--seeds", count))
+
+
+def _int(value: Any, name: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={value!r} is invalid: expected an integer") from None
+
+
+# ------------------------------------------------------------------------------- expansion
+
+def _get(run: RunConfig, dotted: str) -> Any:
+    target: Any = run
+    for part in dotted.split("."):
+        target = getattr(target, part)
+    return target
+
+
+def _base_run(model: str, recipe_name: str) -> RunConfig:
+    return RunConfig(model=resolve_model(model), train=recipe(recipe_name))
+
+
+def coerce_field(name: str, value: Any) -> Any:
+    """``value`` converted to the type of config field ``name`` ("110" -> 110 for depth)."""
+    dotted = resolve_field(name)
+    cls, field_name = (SECTIONS[dotted.split(".")[0]], dotted.split(".")[1]) if "." in dotted else (RunConfig, dotted)
+    return coerce(value, typing.get_type_hints(cls)[field_name], name)
+
+
+def _matches(run: RunConfig, match: Pairs) -> bool:
+    return all(_get(run, resolve_field(name)) == coerce_field(name, value) for name, value in match)
+
+
+def _point_run(spec: GridSpec, variant: Variant | None, point: Pairs) -> RunConfig:
+    """The config of one grid point (before seed and command-line overrides)."""
+    named = dict((k, v) for k, v in point if k in NAMED_AXES)
+    model = named.get("model") or (variant.model if variant and variant.model else spec.model)
+    recipe_name = named.get("recipe") or (variant.recipe if variant and variant.recipe else spec.recipe)
+    run = _base_run(model, recipe_name)
+    run = apply_overrides(run, dict(spec.fixed))
+    if variant is not None:
+        run = apply_overrides(run, dict(variant.settings))
+    run = apply_overrides(run, {k: v for k, v in point if k not in NAMED_AXES})
+    for rule in spec.rules:
+        if _matches(run, rule.match):
+            run = apply_overrides(run, dict(rule.set))
+    return run
+
+
+def _cell_key(spec: GridSpec, variant: Variant | None, point: Pairs, run: RunConfig) -> Pairs:
+    """Axis values as the config holds them (coerced: "56" -> 56), presets and recipes by name."""
+    key = [("variant", variant.name)] if variant is not None else []
+    for name, value in point:
+        key.append((name, value if name in NAMED_AXES else _get(run, resolve_field(name))))
+    return tuple(key)
+
+
+def _points(spec: GridSpec) -> list[Pairs]:
+    names = [name for name, _ in spec.axes]
+    return [tuple(zip(names, combo)) for combo in itertools.product(*(values for _, values in spec.axes))]
+
+
+def expand(spec: GridSpec, overrides: Mapping[str, Any] | None = None) -> list[Cell]:
+    """Every (cell, seed) of the grid as a validated run config; ``overrides`` are applied last.
+
+    Any config error is a one-line ValueError naming the grid file and the cell.
+    """
+    overrides = dict(overrides or {})
+    cells: list[Cell] = []
+    for variant in spec.variants or (None,):
+        for point in _points(spec):
+            where = ", ".join(f"{k}={_show(v)}" for k, v in ((("variant", variant.name),) if variant else ()) + point)
+            try:
+                run = apply_overrides(_point_run(spec, variant, point), overrides)
+                key = _cell_key(spec, variant, point, run)
+            except ValueError as exc:
+                raise ValueError(f"{spec.source}: cell {where or 'base'}: {exc}") from None
+            cells.extend(Cell(key=key, seed=seed, run=dataclasses.replace(run, seed=seed)) for seed in spec.seeds)
+    _check_unique(spec, cells)
+    return cells
+
+
+def _check_unique(spec: GridSpec, cells: Sequence[Cell]) -> None:
+    """Two cells with the same config would be one run counted twice: refuse the grid."""
+    seen: dict[str, str] = {}
+    for cell in cells:
+        if cell.run_id in seen and seen[cell.run_id] != cell.label:
+            raise ValueError(
+                f"{spec.source}: cells {seen[cell.run_id]!r} and {cell.label!r} are the same run: an axis has no effect"
+            )
+        seen[cell.run_id] = cell.label
+
+
+def manifest(spec: GridSpec, cells: Sequence[Cell]) -> dict[str, Any]:
+    """What a report needs to find the grid's runs again: the grid and one row per run."""
+    return {
+        "grid": spec.name,
+        "source": spec.source,
+        "description": spec.description,
+        "report": spec.report,
+        "axes": list(spec.axis_names),
+        "seeds": list(spec.seeds),
+        "runs": [{"run_id": c.run_id, "cell": c.label, "seed": c.seed, **dict(c.key)} for c in cells],
+    }
+
+
+# -------------------------------------------------------------------------------- manifest
+
+def report_dir(results_dir: str | Path, grid_name: str) -> Path:
+    """Where a grid's reports go: ``<results>/ablation/<grid>/`` (its runs stay in ``<results>/runs``)."""
+    return Path(results_dir) / "ablation" / grid_name
+
+
+def save_manifest(results_dir: str | Path, spec: GridSpec, cells: Sequence[Cell]) -> Path:
+    """Write ``grid.json``: the report of a grid reads it to find the grid's run records."""
+    path = report_dir(results_dir, spec.name) / "grid.json"
+    atomic_write_text(path, json.dumps(manifest(spec, cells), indent=1, default=str))
+    return path
+
+
+def load_manifest(results_dir: str | Path, grid_name: str) -> dict[str, Any]:
+    """The manifest the last ``ablation/run.py --grid <name>`` wrote; a missing one is a one-line error."""
+    path = report_dir(results_dir, grid_name) / "grid.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no grid manifest at {path}: run `python ablation/run.py --grid {grid_name}` first")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None

@@ -1,0 +1,182 @@
+"""Train many run configs in parallel worker processes, skipping the ones already finished.
+
+Run records are the source of truth (DESIGN.md, result store): a run whose record says
+``completed`` or ``diverged`` is not trained again, so an interrupted grid resumes where it
+stopped, and a run cut off mid-way resumes from its checkpoint inside :func:`fit`.
+
+Parallelism is joblib's loky backend, one process per worker, one run at a time per process. On
+several GPUs each run claims a free device slot (``devices.worker_devices``) with an exclusive file
+lock, so a GPU never gets more than ``workers_per_gpu`` runs however the runs finish. On the CPU
+each worker gets ``cores // workers`` threads so that workers do not fight over cores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import functools
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from joblib import Parallel, delayed
+
+from resnet_core.config import DataConfig, RunConfig, run_id
+from resnet_core.data import DataBundle, load_data
+from resnet_core.devices import resolve_device, worker_devices
+from resnet_core.engine import fit
+from resnet_core.store import FINAL_STATUSES, RunRecord, find_record
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one run: its status and headline numbers (the record holds the rest)."""
+
+    run_id: str
+    status: str  # completed | diverged | failed | stopped
+    error: str | None = None
+    test_error: float | None = None
+    wall_seconds: float = 0.0
+    trained_now: bool = False  # False: the record was already final before this call
+
+
+def _outcome(record: RunRecord, trained_now: bool) -> Outcome:
+    return Outcome(
+        run_id=record.run_id,
+        status=record.status,
+        error=record.error,
+        test_error=record.final.get("test_error"),
+        wall_seconds=record.wall_seconds,
+        trained_now=trained_now,
+    )
+
+
+def finished(run: RunConfig, results_dir: str | Path) -> RunRecord | None:
+    """The run's record if it is final (completed or diverged), else None."""
+    record = find_record(results_dir, run_id(run))
+    return record if record is not None and record.status in FINAL_STATUSES else None
+
+
+def split_done(runs: Sequence[RunConfig], results_dir: str | Path) -> tuple[list[Outcome], list[RunConfig]]:
+    """(outcomes of the runs already finished, runs still to train), in the order given."""
+    done, pending = [], []
+    for run in runs:
+        record = finished(run, results_dir)
+        if record is None:
+            pending.append(run)
+        else:
+            done.append(_outcome(record, trained_now=False))
+    return done, pending
+
+
+# ------------------------------------------------------------------------------ the workers
+
+@functools.lru_cache(maxsize=1)
+def _worker_data(cfg: DataConfig, device: str) -> DataBundle:
+    """Data loaded once per worker process and device (consecutive runs share the split)."""
+    return load_data(cfg, resolve_device(device))
+
+
+@contextlib.contextmanager
+def _device_slot(devices: tuple[str, ...], lock_dir: str | None) -> Iterator[str]:
+    """Hold one free device slot (an exclusive lock file) while a run trains on it."""
+    if lock_dir is None or len(set(devices)) == 1:
+        yield devices[0]
+        return
+    for index, device in enumerate(devices):
+        handle = open(Path(lock_dir) / f"slot{index}.lock", "w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        try:
+            yield device
+        finally:
+            handle.close()  # closing releases the lock, also when the process dies
+        return
+    raise RuntimeError(f"no free device slot among {len(devices)}: more concurrent runs than workers")
+
+
+def train_run(run: RunConfig, results_dir: str, devices: tuple[str, ...], threads: int, lock_dir: str | None) -> Outcome:
+    """Worker body: claim a device, load (or reuse) the data, and fit one run."""
+    with _device_slot(devices, lock_dir) as device:
+        resolved = resolve_device(device)
+        if resolved.type == "cpu":
+            torch.set_num_threads(threads)
+        elif resolved.type == "cuda" and resolved.index is not None:
+            torch.cuda.set_device(resolved)  # stray allocations (cuDNN workspaces) land on the run's GPU
+        run = dataclasses.replace(run, device=device)
+        try:
+            data = _worker_data(run.data, device)
+        except Exception:  # noqa: BLE001 - fit loads again and records the failure as a result
+            data = None
+        return _outcome(fit(run, results_dir=results_dir, data=data), trained_now=True)
+
+
+# ------------------------------------------------------------------------------ the driver
+
+def plan_devices(workers: int, device: str = "auto", workers_per_gpu: int = 1) -> tuple[str, ...]:
+    """One device string per worker (``workers`` 0: one per GPU slot, or 1 on the CPU)."""
+    if workers < 0 or workers_per_gpu < 1:
+        raise ValueError(f"workers={workers}, workers_per_gpu={workers_per_gpu} is invalid: "
+                         "expected workers >= 0 and workers_per_gpu >= 1")
+    resolve_device(device)  # an unavailable device is a one-line error before anything starts
+    return tuple(worker_devices(workers, device, workers_per_gpu))
+
+
+def preload_data(runs: Sequence[RunConfig]) -> dict[DataConfig, DataBundle]:
+    """Load every distinct data config once, on the CPU, before the workers start.
+
+    A missing dataset is then one error up front instead of a failed record per run, and the
+    workers find the decoded cache on disk instead of all decoding the images at once.
+    """
+    return {cfg: load_data(cfg, "cpu") for cfg in dict.fromkeys(run.data for run in runs)}
+
+
+def _progress(total: int, initial: int, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, unit="run", dynamic_ncols=True)
+
+
+def run_all(
+    runs: Sequence[RunConfig],
+    results_dir: str | Path = "results",
+    workers: int = 1,
+    device: str = "auto",
+    workers_per_gpu: int = 1,
+    progress: bool = True,
+    desc: str = "runs",
+) -> list[Outcome]:
+    """Train every run not yet finished, ``workers`` at a time; returns outcomes in ``runs`` order.
+
+    A failed or diverged run is an outcome, never an exception. Ctrl-C propagates (exit 130 in
+    the command lines); records of finished runs are on disk and a rerun resumes the rest.
+    """
+    devices = plan_devices(workers, device, workers_per_gpu)
+    done, pending = split_done(runs, results_dir)
+    threads = max(1, (os.cpu_count() or 1) // len(devices))
+    outcomes = {o.run_id: o for o in done}
+    with tempfile.TemporaryDirectory(prefix="resnet_core_slots_") as lock_dir, \
+            _progress(len(runs), len(done), progress, desc) as bar:
+        parallel = Parallel(n_jobs=len(devices), backend="loky", return_as="generator_unordered",
+                            pre_dispatch="n_jobs", batch_size=1)
+        # An absolute path: worker processes need not share the caller's working directory.
+        tasks = (delayed(train_run)(run, str(Path(results_dir).resolve()), devices, threads, lock_dir) for run in pending)
+        for outcome in parallel(tasks):
+            outcomes[outcome.run_id] = outcome
+            bar.update(1)
+            bar.set_postfix_str(_tally(outcomes.values()))
+    return [outcomes[run_id(run)] for run in runs]
+
+
+def _tally(outcomes) -> str:
+    counts: dict[str, int] = {}
+    for outcome in outcomes:
+        counts[outcome.status] = counts.get(outcome.status, 0) + 1
+    return " ".join(f"{status} {n}" for status, n in sorted(counts.items()))

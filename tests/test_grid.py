@@ -1,0 +1,176 @@
+"""Grid files -> run configs: the built-in grids, command-line edits, and one-line errors."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from resnet_core.cli import run_cli
+from resnet_core.config import PAPER, SEED
+from resnet_core.grid import (
+    expand,
+    load_grid,
+    load_manifest,
+    parse_axis_option,
+    save_manifest,
+    with_axis,
+    with_seeds,
+)
+from resnet_core.models import PRESETS
+
+REPO = Path(__file__).resolve().parents[1]
+GRIDS = REPO / "ablation" / "grids"
+
+
+def load_driver(name: str):
+    """ablation/<name>.py as a module (the drivers are scripts, not part of the package)."""
+    spec = importlib.util.spec_from_file_location(f"ablation_{name}", REPO / "ablation" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write(tmp_path: Path, text: str, name: str = "g.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+# ------------------------------------------------------------------------------ built-in grids
+
+@pytest.mark.parametrize(
+    "name, runs, axes",
+    [
+        ("degradation", 2 * 4 * 3, ("residual", "depth")),
+        ("shortcuts", 3 * 2 * 3, ("shortcut", "depth")),
+        ("normalization", 2 * 2 * 2 * 3, ("norm", "residual", "depth")),
+        ("preactivation", 2 * 2 * 3, ("preact", "depth")),
+        ("seed-vs-paper", 2 * 3, ("variant",)),
+    ],
+)
+def test_builtin_grids_expand(name, runs, axes):
+    spec = load_grid(name, GRIDS)
+    cells = expand(spec)
+    assert len(cells) == runs and spec.axis_names == axes
+    assert len({c.run_id for c in cells}) == runs  # every run is distinct
+    assert {c.seed for c in cells} == {0, 1, 2}
+
+
+def test_degradation_cells_follow_the_paper():
+    cells = expand(load_grid("degradation", GRIDS))
+    first = cells[0]
+    assert first.key == (("residual", True), ("depth", 20)) and first.label == "residual=true, depth=20"
+    assert first.run.train == PAPER and first.run.model.shortcut == "A"
+    plain56 = [c for c in cells if c.key == (("residual", False), ("depth", 56))]
+    assert len(plain56) == 3 and all(not c.run.model.residual and c.run.model.depth == 56 for c in plain56)
+
+
+def test_seed_vs_paper_links_model_and_recipe():
+    cells = expand(load_grid("seed-vs-paper", GRIDS))
+    by_variant = {dict(c.key)["variant"]: c.run for c in cells if c.seed == 0}
+    assert by_variant["seed-tutorial"].model == PRESETS["seed"] and by_variant["seed-tutorial"].train == SEED
+    assert by_variant["resnet20-paper"].model == PRESETS["resnet20"] and by_variant["resnet20-paper"].train == PAPER
+
+
+def test_axis_option_adds_depth_110_with_the_paper_warmup():
+    spec = with_axis(load_grid("degradation", GRIDS), *parse_axis_option("depth=20,56,110"))
+    cells = expand(with_seeds(spec, 1), {"epochs": 3})
+    warm = {c.run.model.depth: c.run.train.warmup_iterations for c in cells}
+    assert warm == {20: 0, 56: 0, 110: 400}
+    assert len(cells) == 6 and all(c.run.train.epochs == 3 and c.run.train.iterations is None for c in cells)
+
+
+def test_model_axis_takes_presets_and_seed_axis_sets_seeds(tmp_path):
+    path = write(tmp_path, 'recipe = "quick"\n[axes]\nmodel = ["resnet20", "plain20"]\nseed = [4, 7]\n')
+    cells = expand(load_grid(str(path), GRIDS))
+    assert [(dict(c.key)["model"], c.run.model.residual, c.seed) for c in cells] == [
+        ("resnet20", True, 4), ("resnet20", True, 7), ("plain20", False, 4), ("plain20", False, 7)]
+
+
+def test_axis_strings_are_coerced_and_replace_in_place():
+    spec = with_axis(load_grid("shortcuts", GRIDS), "depth", ["56"])
+    assert spec.axis_names == ("shortcut", "depth")
+    assert {dict(c.key)["depth"] for c in expand(spec)} == {56}
+
+
+@pytest.mark.parametrize("text, expected", [("depth=20,56", ("depth", ["20", "56"])),
+                                            ("widths=16,32;32,64", ("widths", ["16,32", "32,64"]))])
+def test_parse_axis_option(text, expected):
+    assert parse_axis_option(text) == expected
+
+
+def test_manifest_round_trip(tmp_path):
+    spec = with_seeds(load_grid("degradation", GRIDS), 2)
+    cells = expand(spec)
+    save_manifest(tmp_path, spec, cells)
+    manifest = load_manifest(tmp_path, "degradation")
+    assert manifest["axes"] == ["residual", "depth"] and manifest["seeds"] == [0, 1]
+    assert manifest["runs"][0] == {"run_id": cells[0].run_id, "cell": "residual=true, depth=20", "seed": 0,
+                                   "residual": True, "depth": 20}
+
+
+# ------------------------------------------------------------------------------ errors
+
+BAD_GRIDS = {
+    "unknown field": ('[axes]\ndepht = [20]\n', "depht"),
+    "empty axis": ('[axes]\ndepth = []\n', "axis 'depth' is empty"),
+    "bad value": ('[axes]\ndepth = [20, 21]\n', "depth=21"),
+    "unknown top key": ('axis = 1\n[axes]\ndepth = [20]\n', "unknown key 'axis'"),
+    "malformed": ('[axes\ndepth = [20]\n', "malformed TOML"),
+    "unknown preset": ('[axes]\nmodel = ["resnet21"]\n', "resnet21"),
+    "unknown recipe": ('recipe = "fast"\n[axes]\ndepth = [20]\n', "fast"),
+    "unknown report": ('report = "fig6"\n[axes]\ndepth = [20]\n', "fig6"),
+    "nothing to vary": ('seeds = 2\n', "no [axes]"),
+    "fixed typo": ('[fixed]\nbatchsize = 3\n[axes]\ndepth = [20]\n', "batchsize"),
+    "fixed bad type": ('[fixed]\nlr = "fast"\n[axes]\ndepth = [20]\n', "lr='fast'"),
+    "same run twice": ('[axes]\n"data.download" = [true, false]\n', "same run"),
+    "bad seeds": ('seeds = 0\n[axes]\ndepth = [20]\n', "seeds=0"),
+    "cell without name": ('[[cells]]\nmodel = "seed"\n', "needs a name"),
+    "rule key": ('[axes]\ndepth = [20]\n[[when]]\nif = { depth = 20 }\n', "unknown key 'if'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_GRIDS))
+def test_bad_grid_files_are_one_line_errors(tmp_path, case):
+    text, fragment = BAD_GRIDS[case]
+    path = write(tmp_path, text)
+    with pytest.raises(ValueError) as info:
+        expand(load_grid(str(path), GRIDS))
+    message = str(info.value)
+    assert fragment in message and str(path) in message and "\n" not in message
+
+
+@pytest.mark.parametrize("case", ["unknown field", "empty axis", "bad value", "malformed"])
+def test_cli_exits_2_with_one_line_before_training(tmp_path, capsys, case):
+    path = write(tmp_path, BAD_GRIDS[case][0])
+    code = run_cli(load_driver("run").main, ["--grid", str(path), "--results", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and BAD_GRIDS[case][1] in err
+    assert not (tmp_path / "r").exists()  # nothing was trained or written
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--grid", "nosuch"], "unknown grid 'nosuch'"),
+        (["--grid", "degradation", "--axis", "depth"], "expected field=v1,v2"),
+        (["--grid", "degradation", "--axis", "depth="], "is empty"),
+        (["--grid", "degradation", "--axis", "colour=red"], "colour"),
+        (["--grid", "degradation", "--axis", "depth=20,33"], "depth=33"),
+        (["--grid", "degradation", "--seeds", "0"], "seeds=0"),
+        (["--grid", "degradation", "--subset", "-5"], "subset=-5"),
+        (["--grid", "degradation", "--device", "cuda:7"], "cuda"),
+    ],
+)
+def test_cli_option_errors(tmp_path, capsys, argv, fragment):
+    code = run_cli(load_driver("run").main, [*argv, "--results", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and fragment in err
+
+
+def test_report_without_a_run_is_a_one_line_error(tmp_path, capsys):
+    code = run_cli(load_driver("report").main, ["--grid", "degradation", "--results", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "ablation/run.py --grid degradation" in err and err.count("\n") == 1
