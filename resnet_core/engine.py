@@ -384,7 +384,8 @@ def _train_loop(trainer: Trainer, callbacks: Iterable[Callback], ckpt: Path, pro
                 save_checkpoint(trainer, ckpt)
             if progress:
                 bar.write(_epoch_line(metrics))
-            if any(bool(cb(metrics)) for cb in list(callbacks)):
+            stops = [bool(cb(metrics)) for cb in callbacks]  # every callback sees every epoch
+            if any(stops):
                 return "callback"
     return None
 

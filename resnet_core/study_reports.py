@@ -1,0 +1,414 @@
+"""Tables and figures of Optuna studies: Study or DataFrame in, DataFrame, text or Figure out.
+
+No file I/O here (DESIGN.md: the drivers decide where files go). Every number says which split it
+comes from: trials are chosen on the validation split; test error is shown for the chosen runs
+only, labelled single-seed, and never used to choose (DESIGN.md, rules of evidence).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import shlex
+import warnings
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+import optuna
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from optuna.trial import TrialState
+
+from resnet_core.config import RunConfig, field_index, recipe
+from resnet_core.stats import difference_interval, mean_interval
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# RFC-1738 URLs as SQLAlchemy reads them: scheme://user:password@host/...
+# (the password may itself hold '@' or ':', so it runs to the last '@', as SQLAlchemy reads it).
+_URL_PASSWORD = re.compile(r"^(?P<head>[\w+.-]+://[^:/@]*:)(?P<password>.*)(?P<tail>@[^@]*)$")
+
+
+# ------------------------------------------------------------------------------------ text
+
+def mask_url(url: str) -> str:
+    """A storage URL safe to print: ``postgresql://u:secret@h/db`` -> ``postgresql://u:***@h/db``."""
+    match = _URL_PASSWORD.match(str(url))
+    if match is None:
+        return str(url)
+    return f"{match['head']}***{match['tail']}"
+
+
+def _setting_name(dotted: str) -> str:
+    """The shortest name ``--set`` accepts for a dotted field (bare when unambiguous)."""
+    bare = dotted.split(".", 1)[-1]
+    return bare if field_index().get(bare) == dotted else dotted
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "none"
+    if isinstance(value, (list, tuple)):
+        return ",".join(_format_value(v) for v in value)
+    return str(value)
+
+
+def config_differences(run: RunConfig, base: RunConfig) -> dict[str, Any]:
+    """``{dotted field: value}`` where ``run`` differs from ``base`` in model, train and data.
+
+    The budget fields and data fields that have flags of their own are left out.
+    """
+    skip = {"train.epochs", "train.iterations", "data.source", "data.subset", "data.val_size",
+            "data.cache_dir", "data.root", "data.download"}
+    diffs: dict[str, Any] = {}
+    for section in ("model", "train", "data"):
+        mine, theirs = getattr(run, section), getattr(base, section)
+        for f in dataclasses.fields(mine):
+            dotted = f"{section}.{f.name}"
+            if dotted not in skip and getattr(mine, f.name) != getattr(theirs, f.name):
+                diffs[dotted] = getattr(mine, f.name)
+    return diffs
+
+
+def reproduce_command(run: RunConfig, model: str, recipe_name: str) -> str:
+    """The ``python -m resnet_core.train`` command that trains exactly ``run`` (same run id)."""
+    from resnet_core.models import resolve_model
+
+    base = RunConfig(model=resolve_model(model), train=recipe(recipe_name))
+    parts = ["python", "-m", "resnet_core.train", "--model", model, "--recipe", recipe_name]
+    if run.train.epochs is not None:
+        parts += ["--epochs", str(run.train.epochs)]
+    else:
+        parts += ["--iterations", str(run.train.iterations)]
+    parts += ["--data", run.data.source]
+    if run.data.subset is not None:
+        parts += ["--subset", str(run.data.subset)]
+    parts += ["--val-size", str(run.data.val_size), "--seed", str(run.seed)]
+    for dotted, value in config_differences(run, base).items():
+        parts += ["--set", f"{_setting_name(dotted)}={_format_value(value)}"]
+    return shlex.join(parts)
+
+
+# ---------------------------------------------------------------------------------- tables
+
+def state_counts(study: optuna.Study) -> dict[str, int]:
+    """Trials per state name, every state listed (zeros included)."""
+    counts = {state.name: 0 for state in TrialState}
+    for trial in study.get_trials(deepcopy=False):
+        counts[trial.state.name] += 1
+    return counts
+
+
+def pruning_savings(study: optuna.Study, budget_epochs: int) -> dict[str, float]:
+    """What the pruner saved: pruned trials and the epochs they did not train."""
+    pruned = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+    finished = study.get_trials(deepcopy=False, states=FINISHED)
+    trained = [max(t.intermediate_values, default=0) for t in pruned]
+    saved = sum(max(0, budget_epochs - e) for e in trained)
+    full = budget_epochs * len(finished)
+    return {
+        "pruned": len(pruned),
+        "epochs_not_trained": int(saved),
+        "epochs_full_budget": int(full),
+        "fraction_saved": saved / full if full else math.nan,
+    }
+
+
+def trials_table(study: optuna.Study, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per trial (``study.trials_dataframe``) joined with its run record via ``run_id``.
+
+    Added columns: ``run_status``, ``final_val_error``, ``final_test_error``, ``epochs_done``.
+    A PRUNED trial's ``value`` is its last intermediate value: filter on ``state``.
+    """
+    table = study.trials_dataframe(multi_index=False)
+    if table.empty:
+        return table
+    if "user_attrs_run_id" not in table:
+        table["user_attrs_run_id"] = None
+    if runs is not None and not runs.empty:
+        columns = ["status", "final.val_error", "final.test_error", "epochs_done"]
+        picked = runs.set_index("run_id").reindex(columns=columns)
+        picked.columns = ["run_status", "final_val_error", "final_test_error", "epochs_done"]
+        table = table.join(picked, on="user_attrs_run_id")
+    return table
+
+
+def best_summary(study: optuna.Study, command: str | None = None) -> dict[str, Any]:
+    """The best COMPLETE trial: number, params, validation error and the command to reproduce it."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        return {"study": study.study_name, "best": None, "reason": "no COMPLETE trial yet"}
+    best = study.best_trial
+    return {
+        "study": study.study_name,
+        "objective": "validation error (%) of the final epoch, minimised",
+        "trial": best.number,
+        "value": best.value,
+        "params": best.params,
+        "run_id": best.user_attrs.get("run_id"),
+        "command": command,
+    }
+
+
+def top_trials(study: optuna.Study, n: int = 5) -> list[optuna.trial.FrozenTrial]:
+    """The ``n`` COMPLETE trials with the lowest validation error."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return sorted(complete, key=lambda t: t.value)[:n]
+
+
+def run_labels(trials: Iterable[optuna.trial.FrozenTrial]) -> dict[str, str]:
+    """run_id -> legend text; trials that share a run (a repeated suggestion) share one label."""
+    numbers: dict[str, list[str]] = {}
+    values: dict[str, float] = {}
+    for trial in trials:
+        if "run_id" in trial.user_attrs:
+            numbers.setdefault(trial.user_attrs["run_id"], []).append(str(trial.number))
+            values[trial.user_attrs["run_id"]] = trial.value
+    return {rid: f"trial{'s' if len(n) > 1 else ''} {', '.join(n)} ({values[rid]:.2f}%)" for rid, n in numbers.items()}
+
+
+def failed_table(study: optuna.Study) -> pd.DataFrame:
+    """FAIL trials with their reason (user attr ``fail_reason``)."""
+    rows = [{"number": t.number, "fail_reason": t.user_attrs.get("fail_reason", "unknown"), **t.params}
+            for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))]
+    return pd.DataFrame(rows, columns=["number", "fail_reason"] if not rows else None)
+
+
+def compare_table(final: pd.DataFrame, field: str, order: Iterable | None = None) -> pd.DataFrame:
+    """Final-seed TEST error per value of ``field``: mean, std, 95% t-interval, and the difference
+    to the first value with a Welch interval. ``final`` has columns ``value`` and ``test_error``
+    (plus ``val_error``), one row per (value, seed) run.
+    """
+    values = list(order) if order is not None else list(dict.fromkeys(final["value"]))
+    groups = {v: final.loc[final["value"] == v] for v in values}
+    baseline = groups[values[0]]["test_error"].to_numpy() if values else np.array([])
+    rows = []
+    for value, group in groups.items():
+        summary = mean_interval(group["test_error"].to_numpy())
+        diff = difference_interval(baseline, group["test_error"].to_numpy())
+        rows.append({
+            field: value, "seeds": summary["n"], "test_error_mean": summary["mean"], "test_error_std": summary["std"],
+            "test_error_ci_low": summary["ci_low"], "test_error_ci_high": summary["ci_high"],
+            "val_error_mean": float(group["val_error"].mean()) if "val_error" in group else math.nan,
+            f"diff_vs_{_format_value(values[0])}": diff["diff"], "diff_ci_low": diff["ci_low"],
+            "diff_ci_high": diff["ci_high"],
+        })
+    return pd.DataFrame(rows)
+
+
+def markdown_table(frame: pd.DataFrame, floatfmt: str = ".2f") -> str:
+    """A GitHub markdown table without the optional ``tabulate`` dependency."""
+    if frame.empty:
+        return "(none)"
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return "nan" if math.isnan(v) else format(v, floatfmt)
+        return str(v).replace("|", "\\|")
+
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def study_markdown(study: optuna.Study, context: Mapping[str, Any], runs: pd.DataFrame | None,
+                   figures: Iterable[str] = (), notes: Iterable[str] = ()) -> str:
+    """report.md of one study. ``context``: the study's user attrs plus ``optuna``/``storage``."""
+    counts = {k: v for k, v in state_counts(study).items() if v}
+    savings = pruning_savings(study, int(context.get("budget_epochs", 0)))
+    lines = [f"# Study `{study.study_name}`", "", "| | |", "|---|---|"]
+    for key, label in _HEADER_ROWS:
+        if context.get(key) not in (None, ""):
+            lines.append(f"| {label} | {context[key]} |")
+    share = f" ({100 * savings['fraction_saved']:.0f}% of the full budget)." if savings["epochs_full_budget"] else "."
+    by_state = ", ".join(f"{k} {v}" for k, v in counts.items()) or "none"
+    lines += ["", "## Trials", "", f"Counts by state: {by_state}", "",
+              f"Pruner: {savings['pruned']} trials pruned, {savings['epochs_not_trained']} of "
+              f"{savings['epochs_full_budget']} epochs not trained{share}", ""]
+    lines += _best_lines(study, context, runs)
+    failed = failed_table(study)
+    if not failed.empty:
+        lines += ["## Failed trials", "", markdown_table(failed[["number", "fail_reason"]]), ""]
+    lines += [f"- {note}" for note in notes]
+    lines += ["", *[f"![{name}]({name})" for name in figures]]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+_HEADER_ROWS = (
+    ("objective", "objective"), ("data", "data"), ("split", "split"), ("budget", "budget"), ("model", "model"),
+    ("space", "search space"), ("sampler", "sampler"), ("pruner", "pruner"), ("hardware", "hardware"),
+    ("software", "software"), ("storage", "storage"), ("compare", "comparison"),
+)
+
+
+def _best_lines(study: optuna.Study, context: Mapping[str, Any], runs: pd.DataFrame | None) -> list[str]:
+    summary = best_summary(study, context.get("command"))
+    if summary.get("best", True) is None:
+        return ["## Best trial", "", "No COMPLETE trial yet.", ""]
+    lines = ["## Best trial", "",
+             f"Trial {summary['trial']}: validation error {summary['value']:.2f}% (final epoch, single seed)."]
+    test = _run_value(runs, summary["run_id"], "final.test_error")
+    if test is not None:
+        lines.append(f"Test error of that run: {test:.2f}% (single seed; reported only, never used to choose).")
+    params = pd.DataFrame([{"param": k, "value": v} for k, v in summary["params"].items()])
+    lines += ["", markdown_table(params, floatfmt=".4g"), "", "Reproduce:", "", f"    {summary['command']}", ""]
+    return lines
+
+
+def _run_value(runs: pd.DataFrame | None, run_id: str | None, column: str) -> float | None:
+    if runs is None or runs.empty or run_id is None or column not in runs:
+        return None
+    hit = runs.loc[runs["run_id"] == run_id, column]
+    return None if hit.empty or pd.isna(hit.iloc[0]) else float(hit.iloc[0])
+
+
+def compare_markdown(group: str, field: str, studies: list[optuna.Study], values: list[Any],
+                     context: Mapping[str, Any], comparison: pd.DataFrame, notes: Iterable[str] = (),
+                     figures: Iterable[str] = ()) -> str:
+    """report.md of a --compare group: tuning per value (validation), then final seeds (TEST)."""
+    lines = [f"# Comparison `{group}`: {field}", "",
+             f"Each value of `{field}` was tuned on its own (same trial budget, sampler and seed, its own pruner); "
+             "the best config of each, chosen by VALIDATION error, was re-trained with new seeds, and only those "
+             "re-trainings give the TEST errors below.", "", "| | |", "|---|---|"]
+    lines += [f"| {label} | {context[key]} |" for key, label in _HEADER_ROWS if context.get(key) not in (None, "")]
+    rows = []
+    for study, value in zip(studies, values):
+        counts = state_counts(study)
+        best = best_summary(study)
+        rows.append({field: _format_value(value), "COMPLETE": counts["COMPLETE"], "PRUNED": counts["PRUNED"],
+                     "FAIL": counts["FAIL"], "best val error": best.get("value", math.nan),
+                     "best params": ", ".join(f"{k}={_short(v)}" for k, v in (best.get("params") or {}).items())})
+    lines += ["", "## Tuning (validation error, final epoch, one seed per trial)", "",
+              markdown_table(pd.DataFrame(rows)), "",
+              "## Best config per value over final seeds (TEST error, %)", "",
+              markdown_table(comparison) if not comparison.empty else "Final seeds not trained yet.", ""]
+    lines += [f"- {note}" for note in notes]
+    lines += ["", *[f"![{name}]({name})" for name in figures]]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _short(value: Any) -> str:
+    return format(value, ".4g") if isinstance(value, float) else _format_value(value)
+
+
+# --------------------------------------------------------------------------------- figures
+
+def _figure_of(plot: Callable[..., Any], *args: Any, **kwargs: Any) -> Figure:
+    """Call an ``optuna.visualization.matplotlib`` function (experimental, returns Axes or an
+    array of them) quietly and give the Figure its Axes live in.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        axes = plot(*args, **kwargs)
+    return np.asarray(axes, dtype=object).flat[0].figure
+
+
+def _require_complete(study: optuna.Study, n: int, what: str) -> None:
+    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    if done < n:
+        raise ValueError(f"{what} needs at least {n} COMPLETE trials (the study has {done})")
+
+
+def history_figure(study: optuna.Study) -> Figure:
+    """Validation error of each trial and the best so far (Optuna's optimization history)."""
+    _require_complete(study, 1, "the optimization history")
+    figure = _figure_of(optuna.visualization.matplotlib.plot_optimization_history, study, target_name="val error (%)")
+    figure.set_size_inches(8, 5)
+    return figure
+
+
+def importance_figure(study: optuna.Study) -> Figure:
+    """Hyperparameter importances of the validation error (Optuna's default evaluator)."""
+    _require_complete(study, 2, "parameter importances")
+    figure = _figure_of(optuna.visualization.matplotlib.plot_param_importances, study, target_name="val error (%)")
+    figure.set_size_inches(8, 5)
+    return figure
+
+
+def top_params(study: optuna.Study, n: int = 4) -> list[str]:
+    """The ``n`` most important parameters (all varied parameters when importances fail)."""
+    try:
+        importances = optuna.importance.get_param_importances(study)
+        return list(importances)[:n]
+    except (RuntimeError, ValueError, ZeroDivisionError):
+        names = {k for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) for k in t.params}
+        return sorted(names)[:n]
+
+
+def parallel_figure(study: optuna.Study, params: list[str] | None = None) -> Figure:
+    """Parallel coordinates of the COMPLETE trials over ``params`` (default: all)."""
+    _require_complete(study, 2, "parallel coordinates")
+    figure = _figure_of(optuna.visualization.matplotlib.plot_parallel_coordinate, study, params=params,
+                        target_name="val error (%)")
+    figure.set_size_inches(10, 5)
+    return figure
+
+
+def slice_figure(study: optuna.Study, params: list[str]) -> Figure:
+    """Validation error against each of ``params`` (slice plots)."""
+    _require_complete(study, 1, "slice plots")
+    figure = _figure_of(optuna.visualization.matplotlib.plot_slice, study, params=params, target_name="val error (%)")
+    figure.set_size_inches(4 * max(1, len(params)), 4)
+    return figure
+
+
+def learning_curves_figure(histories: pd.DataFrame, labels: Mapping[str, str]) -> Figure:
+    """Validation (solid) and training (dashed) error per epoch of the runs in ``labels``.
+
+    ``histories``: tidy per-epoch table (``store.load_histories``); ``labels``: run_id -> legend text.
+    """
+    import seaborn as sns
+
+    curves = histories.loc[histories["run_id"].isin(list(labels))].copy()
+    if curves.empty:
+        raise ValueError("learning curves need the run records of the top trials (none found)")
+    curves["trial"] = curves["run_id"].map(labels)
+    figure = Figure(figsize=(8, 5))
+    ax = figure.add_subplot()
+    sns.lineplot(data=curves, x="epoch", y="val_error", hue="trial", marker="o", ax=ax)
+    sns.lineplot(data=curves, x="epoch", y="train_error", hue="trial", linestyle="--", ax=ax, legend=False)
+    ax.set(xlabel="epoch", ylabel="error (%)", title="Top trials: validation (solid) and training (dashed) error")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return figure
+
+
+def isolation_figure(trials: pd.DataFrame, field: str, final: pd.DataFrame | None = None) -> Figure:
+    """Left: validation error of every COMPLETE trial per value of ``field``, the best marked
+    (each value tuned with the same budget). Right: final-seed TEST error, mean and 95% interval.
+
+    ``trials``: columns ``compare_value``, ``state``, ``value``; ``final``: ``value``, ``test_error``.
+    """
+    import seaborn as sns
+
+    done = trials.loc[trials["state"] == "COMPLETE"].copy()
+    if done.empty:
+        raise ValueError("the isolation plot needs COMPLETE trials")
+    done["compare_value"] = done["compare_value"].astype(str)
+    panels = 2 if final is not None and not final.empty else 1
+    figure = Figure(figsize=(6 * panels, 5))
+    ax = figure.add_subplot(1, panels, 1)
+    sns.stripplot(data=done, x="compare_value", y="value", ax=ax, alpha=0.5, color="0.4")
+    best = done.groupby("compare_value", sort=False)["value"].min().reset_index()
+    sns.pointplot(data=best, x="compare_value", y="value", ax=ax, color="C3", linestyles="none", markers="D")
+    ax.set(xlabel=field, ylabel="validation error (%)", title="Tuned trials (diamond: best per value)")
+    if panels == 2:
+        _final_panel(figure.add_subplot(1, 2, 2), final, field)
+    figure.tight_layout()
+    return figure
+
+
+def _final_panel(ax, final: pd.DataFrame, field: str) -> None:
+    """Per value: each seed's test error (dots) and the mean with its 95% t-interval (bars)."""
+    values = list(dict.fromkeys(final["value"]))
+    for x, value in enumerate(values):
+        errors = final.loc[final["value"] == value, "test_error"].to_numpy(dtype=float)
+        summary = mean_interval(errors)
+        ax.scatter(np.full(len(errors), x), errors, color="0.4", alpha=0.6, s=15)
+        half = summary["ci_high"] - summary["mean"] if summary["n"] > 1 else 0.0
+        ax.errorbar([x], [summary["mean"]], yerr=[[half], [half]], fmt="D", color="C0", capsize=6)
+    ax.set_xticks(range(len(values)), [_format_value(v) for v in values])
+    ax.set(xlabel=field, ylabel="test error (%)", title="Best config per value over seeds (mean, 95% CI)")

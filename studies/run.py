@@ -1,0 +1,143 @@
+"""Run an Optuna study of the ResNet harness (thin driver: flags -> resnet_core.study -> reports).
+
+    python studies/run.py --trials 50                         # recipe of resnet20, quick budget
+    python studies/run.py --trials 50 --space architecture --budget standard --workers 4
+    python studies/run.py --trials 20 --space architecture --compare residual --final-seeds 3
+    python studies/run.py --add 10 --study-name NAME          # 10 more finished trials
+
+--trials N is the number of FINISHED trials (COMPLETE + PRUNED) the study should hold: running
+the same command again after an interruption runs only what is missing. The objective is the
+validation error of the final epoch; the test set is never used to choose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from resnet_core.cli import UsageError, run_cli
+from resnet_core.config import parse_assignments
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("--trials", type=int, help="target number of finished (COMPLETE + PRUNED) trials in the study")
+    add("--add", type=int, help="run N more finished trials than the study holds now")
+    add("--study-name", help="default: <space>-<model>-<data>-<budget>")
+    add("--storage", help="Optuna RDB URL (postgresql://..., sqlite:///...) or journal file path "
+                          "(default: <results>/studies/<study>.log)")
+    add("--space", default="recipe", help="space name in studies/spaces (recipe, architecture) or a .toml path")
+    add("--model", default="resnet20", help="model preset the space starts from (default resnet20)")
+    add("--set", action="append", default=[], metavar="FIELD=VALUE", help="fix a config field for every trial")
+    add("--sampler", default="tpe", help="tpe, random, qmc, cmaes or gp (seeded by --seed)")
+    add("--pruner", default="median", help="median, hyperband, sha or none")
+    add("--seed", type=int, default=0, help="sampler seed and the run seed of every trial (default 0)")
+    add("--budget", default="quick", help="quick (CPU-sized), standard (GPU-sized) or paper (64k iterations)")
+    add("--epochs", type=int, help="epochs per trial (overrides the budget's length)")
+    add("--data", help="cifar10, cifar100, synthetic[:N] or a directory (default $RESNET_CORE_DATA)")
+    add("--subset", type=int, help="training images per trial (overrides the budget's subset)")
+    add("--val-size", type=int, help="validation images carved from the training set (default 5000)")
+    add("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    add("--workers", type=int, default=0, help="worker processes (default: one per GPU, or 1 on CPU)")
+    add("--workers-per-gpu", type=int, default=1, help="workers sharing one GPU (default 1)")
+    add("--threads", type=int, help="CPU threads per worker (default: cores / workers)")
+    add("--timeout", type=float, help="start no new trial after this many seconds")
+    add("--stale-after", type=float, default=600.0, help="seconds without a heartbeat before a trial on another "
+                                                           "host counts as dead (local dead pids are seen at once)")
+    add("--results", default="results", help="run records in DIR/runs, reports in DIR/studies/<name>/")
+    add("--compare", metavar="FIELD", help="fair comparison: one tuned sub-study per value of FIELD")
+    add("--compare-values", help="comma-separated values of FIELD (default: the space's choices)")
+    add("--final-seeds", type=int, default=3, help="re-training seeds of each value's best config (default 3)")
+    add("--dry-run", action="store_true", help="print the plan and the time estimate, run nothing")
+    add("--no-figures", action="store_true", help="write tables and report.md only")
+    add("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from resnet_core import study as st
+    from resnet_core.devices import worker_devices
+
+    args = build_parser().parse_args(argv)
+    if (args.trials is None) == (args.add is None):
+        raise UsageError("give exactly one of --trials N (target finished trials) and --add N")
+    if (args.trials if args.trials is not None else args.add) < 0 or args.final_seeds < 1:
+        raise UsageError("--trials/--add must be >= 0 and --final-seeds >= 1")
+    devices = worker_devices(args.workers, args.device, args.workers_per_gpu)
+    single = len(devices) == 1
+    data_device = _data_device(devices[0]) if single else "cpu"  # several workers: each loads its own copy
+    setup, data = st.plan(
+        space=args.space, model=args.model, budget_name=args.budget, epochs=args.epochs, data=args.data,
+        subset=args.subset, val_size=args.val_size, seed=args.seed, overrides=parse_assignments(args.set),
+        sampler=args.sampler, pruner=args.pruner, storage=args.storage, study_name=args.study_name,
+        results=args.results, stale_after=args.stale_after, compare=args.compare, data_device=data_device,
+    )
+    specs = st.compare_specs(setup.spec, args.compare, _values(args.compare_values)) if args.compare else [setup.spec]
+    targets = [_target(args, st.current_counts(s)["finished"]) for s in specs]
+    _print_plan(st, setup, specs, targets, devices, args)
+    if args.dry_run:
+        return 0
+    for spec, target in zip(specs, targets):
+        st.run_study(spec, target, devices, timeout=args.timeout, data=data if single else None,
+                     progress=not args.quiet, threads=args.threads)
+    if args.compare:
+        _final_seeds(st, specs, args, devices[0], data if single else None)
+    out = st.write_reports(setup.spec.name, setup.spec.storage, args.results, figures=not args.no_figures)
+    _print_outcome(st, specs, targets, out)
+    return 0
+
+
+def _data_device(device: str) -> str:
+    from resnet_core.devices import resolve_device
+
+    return str(resolve_device(device))
+
+
+def _values(text: str | None) -> list[str] | None:
+    return [v.strip() for v in text.split(",") if v.strip()] if text else None
+
+
+def _target(args: argparse.Namespace, finished: int) -> int:
+    return finished + args.add if args.add is not None else args.trials
+
+
+def _print_plan(st, setup, specs, targets, devices, args) -> None:
+    done = [st.current_counts(s)["finished"] for s in specs]
+    timing = st.estimate(setup.spec, setup.train_size, setup.eval_size, devices[0],
+                         sum(max(0, t - d) for t, d in zip(targets, done)), len(devices), args.threads)
+    for line in st.plan_lines(setup, setup.spec, sum(targets), sum(done), devices, timing):
+        print(line)
+    if args.compare:
+        print(f"compare  {args.compare}: {len(specs)} sub-studies ({', '.join(s.name for s in specs)}), "
+              f"{targets[0]} finished trials each, then {args.final_seeds} final seeds per value")
+    sys.stdout.flush()
+
+
+def _final_seeds(st, specs, args, device, data) -> None:
+    import optuna
+
+    for spec in specs:
+        study = optuna.load_study(study_name=spec.name, storage=st.open_storage(spec.storage, spec.stale_after))
+        records = st.train_final_seeds(spec, study, args.final_seeds, _data_device(device), data,
+                                       progress=not args.quiet)
+        if not records:
+            print(f"{spec.name}: no COMPLETE trial, no final seeds")
+
+
+def _print_outcome(st, specs, targets, out: Path) -> None:
+    for spec, target in zip(specs, targets):
+        c = st.current_counts(spec)
+        status = "reached" if c["finished"] >= target else "NOT reached"
+        print(f"{spec.name}: {c['finished']} finished ({c['complete']} complete, {c['pruned']} pruned), "
+              f"{c['failed']} failed; target {target} {status}")
+    print(f"reports in {out}")
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,336 @@
+"""Studies end to end on tiny synthetic data: targets, re-runs, pruning, failures, a killed worker,
+parallel workers on the default journal store, --compare, reports and bad spaces."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+
+from resnet_core import study as st
+from resnet_core.cli import run_cli
+from resnet_core.store import RunRecord, find_record, load_runs
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "studies"))
+import report as report_driver  # noqa: E402  (studies/report.py)
+import run as run_driver  # noqa: E402  (studies/run.py)
+
+TINY_SPACE = """
+description = "tiny test space"
+[params.lr]
+type = "float"
+low = 0.01
+high = 0.2
+log = true
+[params.momentum]
+type = "float"
+low = 0.5
+high = 0.9
+"""
+
+
+@pytest.fixture(autouse=True)
+def _quiet_env(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("RESNET_CORE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.fixture()
+def space(tmp_path) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY_SPACE)
+    return path
+
+
+def tiny_args(results: Path, space: Path, *extra: str) -> list[str]:
+    """A 2-epoch depth-8 study on 200 synthetic images, one CPU thread budget, no figures."""
+    return ["--space", str(space), "--data", "synthetic:300", "--subset", "200", "--val-size", "100", "--epochs", "2",
+            "--set", "depth=8", "--set", "widths=4,8,16", "--set", "batch_size=50", "--set", "eval_batch_size=500", "--device", "cpu",
+            "--results", str(results), "--study-name", "tiny", "--quiet", "--no-figures", "--sampler", "random",
+            "--threads", "1", *extra]  # one thread: two on a busy 2-core machine stall
+
+
+def load(results: Path, name: str = "tiny", group: str = "tiny") -> optuna.Study:
+    """A study of the journal file ``<results>/studies/<group>.log`` (a --compare group shares one)."""
+    return optuna.load_study(study_name=name, storage=st.open_storage(st.default_storage(results, group)))
+
+
+def states(study: optuna.Study) -> list[str]:
+    return [t.state.name for t in study.trials]
+
+
+# ---------------------------------------------------------------------------- spaces
+
+
+def test_builtin_spaces_parse_and_validate():
+    base = st.base_run("resnet20", st.budget("quick"))
+    recipe = st.read_space("recipe")
+    assert {p.dotted for p in recipe.params} == {"train.lr", "train.weight_decay", "train.momentum", "train.batch_size",
+                                                 "train.label_smoothing", "train.warmup_iterations"}
+    assert recipe.param("lr").log and recipe.param("batch_size").values() == (64, 128, 256)
+    arch = st.read_space("architecture")
+    assert {"model.depth", "model.residual", "model.shortcut", "model.norm", "model.preact",
+            "model.width_multiplier"} <= {p.dotted for p in arch.params}
+    assert st.validate_space(arch, base) == base
+    assert arch.without("residual").param("residual") is None and arch.param("model.residual").values() == (True, False)
+
+
+BAD_SPACES = {
+    "unknown field": ('[params.learning_rate]\ntype = "float"\nlow = 0.1\nhigh = 0.2', "unknown config field 'learning_rate'"),
+    "unknown type": ('[params.lr]\ntype = "gaussian"\nlow = 0.1\nhigh = 0.2', "unknown distribution type 'gaussian'"),
+    "low >= high": ('[params.lr]\ntype = "float"\nlow = 0.2\nhigh = 0.2', "low=0.2 must be < high=0.2"),
+    "log low <= 0": ('[params.weight_decay]\ntype = "float"\nlow = 0.0\nhigh = 0.1\nlog = true', "log=true needs low > 0"),
+    "empty choices": ('[params.batch_size]\ntype = "categorical"\nchoices = []', "non-empty list of choices"),
+    "config rejects": ('[params.shortcut]\ntype = "categorical"\nchoices = ["A", "Z"]', "shortcut='Z' is invalid"),
+    "float on int field": ('[params.batch_size]\ntype = "float"\nlow = 32.0\nhigh = 64.0', "integer field"),
+    "unknown key": ('[params.lr]\ntype = "float"\nlow = 0.1\nhigh = 0.2\nlogg = true', "unknown key(s) ['logg']"),
+    "seed not tunable": ('[params.seed]\ntype = "int"\nlow = 0\nhigh = 3', "cannot be searched"),
+    "bad toml": ("[params.lr\n", "invalid TOML"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SPACES))
+def test_bad_space_fails_before_any_trial_with_exit_2(case, tmp_path, capsys):
+    text, message = BAD_SPACES[case]
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    code = run_cli(run_driver.main, tiny_args(tmp_path / "res", path, "--trials", "1"))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: space ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "res" / "runs").exists()  # nothing trained
+
+
+def test_unknown_names_are_one_line_errors(tmp_path, space, capsys):
+    for flag, value, message in (("--sampler", "annealing", "unknown sampler 'annealing'"),
+                                 ("--pruner", "patient", "unknown pruner 'patient'"),
+                                 ("--space", "nosuchspace", "unknown space 'nosuchspace'")):
+        args = tiny_args(tmp_path, space, "--trials", "1", flag, value)
+        assert run_cli(run_driver.main, args) == 2
+        assert message in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- studies
+
+
+def test_three_trial_study_then_reruns_run_only_the_difference(tmp_path, space, capsys):
+    args = tiny_args(tmp_path, space, "--pruner", "median")
+    assert run_driver.main(args + ["--trials", "3"]) == 0
+    study = load(tmp_path)
+    assert states(study) == ["COMPLETE"] * 3
+    runs = load_runs(tmp_path).set_index("run_id")
+    for trial in study.trials:  # the objective is the final epoch's validation error of the linked run
+        record = runs.loc[trial.user_attrs["run_id"]]
+        assert trial.value == pytest.approx(record["final.val_error"])
+        assert sorted(trial.intermediate_values) == [1, 2] and record["seed"] == 0
+    assert run_driver.main(args + ["--trials", "3"]) == 0
+    assert len(load(tmp_path).trials) == 3  # the target is met: nothing new runs
+    assert run_driver.main(args + ["--trials", "5"]) == 0
+    assert states(load(tmp_path)) == ["COMPLETE"] * 5
+    assert run_driver.main(args + ["--add", "1"]) == 0
+    assert len(load(tmp_path).trials) == 6
+    # re-runs draw new points: a replayed sampler seed would repeat the first trials' params
+    assert len({t.params["lr"] for t in load(tmp_path).trials}) == 6
+    out = capsys.readouterr().out
+    assert "target 3 finished (COMPLETE + PRUNED): 0 done, 3 to run" in out and "s per full trial" in out
+
+    table = pd.read_csv(tmp_path / "studies" / "tiny" / "trials.csv")
+    frozen = load(tmp_path).trials
+    assert list(table["number"]) == [t.number for t in frozen]
+    assert list(table["state"]) == [t.state.name for t in frozen]
+    assert table["value"].tolist() == pytest.approx([t.value for t in frozen])
+    assert table["user_attrs_run_id"].tolist() == [t.user_attrs["run_id"] for t in frozen]
+    best = json.loads((tmp_path / "studies" / "tiny" / "best.json").read_text())
+    assert best["value"] == pytest.approx(min(t.value for t in frozen)) and "resnet_core.train" in best["command"]
+
+
+def test_pruned_trials_stop_early_and_are_counted(tmp_path, space, monkeypatch):
+    class Always(optuna.pruners.BasePruner):
+        def prune(self, study, trial):
+            return True
+
+    monkeypatch.setitem(st.PRUNERS, "always", lambda epochs: Always())
+    args = tiny_args(tmp_path, space, "--pruner", "always", "--epochs", "3", "--trials", "2")
+    assert run_driver.main(args) == 0
+    study = load(tmp_path)
+    assert states(study) == ["PRUNED", "PRUNED"]  # pruned trials count towards --trials
+    for trial in study.trials:
+        record = find_record(tmp_path, trial.user_attrs["run_id"])
+        assert record.status == "stopped" and len(record.history) == 1  # epoch 1 of 3, no more
+        assert not st.checkpoint_path(tmp_path, record.run_id).exists()  # a pruned run is not resumed
+    report = (tmp_path / "studies" / "tiny" / "report.md").read_text()
+    assert "2 trials pruned, 4 of 6 epochs not trained" in report
+
+
+def test_failed_and_diverged_trials_do_not_stop_the_study(tmp_path, space, monkeypatch):
+    import resnet_core.engine as engine
+
+    real_fit, calls = engine.fit, []
+
+    def flaky_fit(run, callbacks=(), results_dir="results", data=None, progress=False):
+        calls.append(run)
+        if len(calls) == 1:
+            return RunRecord(run_id="x", status="diverged", config={}, error="training loss became nan at iteration 3")
+        if len(calls) == 2:
+            return RunRecord(run_id="y", status="failed", config={}, error="OutOfMemoryError: CUDA out of memory")
+        return real_fit(run, callbacks, results_dir, data, progress)
+
+    monkeypatch.setattr(engine, "fit", flaky_fit)
+    assert run_driver.main(tiny_args(tmp_path, space, "--trials", "2")) == 0
+    study = load(tmp_path)
+    assert states(study) == ["FAIL", "FAIL", "COMPLETE", "COMPLETE"]
+    assert "diverged: training loss became nan" in study.trials[0].user_attrs["fail_reason"]
+    assert "CUDA out of memory" in study.trials[1].user_attrs["fail_reason"]
+    assert "CUDA out of memory" in (tmp_path / "studies" / "tiny" / "report.md").read_text()
+
+
+HANGING_WORKER = """
+import sys, time
+import resnet_core.engine as engine
+real_fit = engine.fit
+def hanging_fit(run, callbacks=(), **kw):  # trains epoch 1, reports it, then hangs until killed
+    return real_fit(run, list(callbacks) + [lambda m: time.sleep(600)], **kw)
+engine.fit = hanging_fit
+sys.path.insert(0, {studies!r})
+import run
+sys.exit(run.main({args!r}))
+"""
+
+
+def test_worker_killed_with_sigkill_is_recovered_and_the_study_completes(tmp_path, space):
+    args = tiny_args(tmp_path, space, "--trials", "2")
+    script = HANGING_WORKER.format(studies=str(REPO / "studies"), args=args)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:  # wait until the trial has reported epoch 1 (and checkpointed it)
+            time.sleep(0.5)
+            storage = tmp_path / "studies" / "tiny.log"
+            if storage.exists() and "tiny" in optuna.get_all_study_names(st.open_storage(str(storage))):
+                running = load(tmp_path).get_trials(states=(TrialState.RUNNING,))
+                if running and running[0].intermediate_values:
+                    break
+        else:
+            pytest.fail(f"the worker never reported an epoch: {proc.stderr.read1().decode()[-2000:]}")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    killed = load(tmp_path).trials[0]
+    assert killed.state == TrialState.RUNNING  # SIGKILL left it running
+
+    assert run_driver.main(args) == 0
+    study = load(tmp_path)
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    assert len(study.get_trials(states=st.FINISHED)) == 2
+    first = study.trials[0]
+    assert first.state == TrialState.FAIL and "died" in first.user_attrs["fail_reason"]
+    retry = study.trials[1]
+    assert retry.params == killed.params and retry.user_attrs["retry_of"] == 0
+    assert sorted(retry.intermediate_values) == [2]  # resumed from the killed run's epoch-1 checkpoint
+    assert len(find_record(tmp_path, retry.user_attrs["run_id"]).history) == 2
+
+
+def test_two_workers_share_the_default_store(tmp_path, space, capfd):
+    args = tiny_args(tmp_path, space, "--trials", "4", "--workers", "2")
+    assert run_driver.main(args) == 0
+    study = load(tmp_path)
+    finished = study.get_trials(states=st.FINISHED)
+    assert 4 <= len(finished) <= 5  # two workers may each start the last trial
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.FAIL))
+    assert len({t.user_attrs["pid"] for t in study.trials}) == 2  # two processes, not threads
+    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == len(study.trials)  # seeds differ per worker
+    captured = capfd.readouterr()
+    assert "database is locked" not in captured.out + captured.err
+
+
+def test_rdb_url_storage_works_unchanged(tmp_path, space):
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    assert run_driver.main(tiny_args(tmp_path, space, "--trials", "1", "--storage", url)) == 0
+    study = optuna.load_study(study_name="tiny", storage=url)
+    assert states(study) == ["COMPLETE"] and (tmp_path / "studies" / "tiny" / "report.md").exists()
+
+
+def test_compare_tunes_each_value_and_compares_final_seeds(tmp_path, space):
+    arch = tmp_path / "arch.toml"
+    arch.write_text(TINY_SPACE + '[params.residual]\ntype = "categorical"\nchoices = [true, false]\n')
+    args = tiny_args(tmp_path, arch, "--trials", "2", "--compare", "residual", "--final-seeds", "2")
+    args[args.index("--no-figures")] = "--quiet"  # draw the isolation plot here
+    assert run_driver.main(args) == 0
+    out = tmp_path / "studies" / "tiny"
+    comparison = pd.read_csv(out / "comparison.csv")
+    assert comparison["residual"].tolist() == [True, False] and comparison["seeds"].tolist() == [2, 2]
+    runs = load_runs(tmp_path)
+    for value in (True, False):
+        sub = load(tmp_path, f"tiny.residual={str(value).lower()}")
+        assert len(sub.trials) == 2 and all("residual" not in t.params for t in sub.trials)
+        configs = runs.loc[runs["run_id"].isin([t.user_attrs["run_id"] for t in sub.trials])]
+        assert (configs["model.residual"] == value).all()  # the scientific field is fixed per sub-study
+        finals = runs.loc[runs["run_id"].isin(sub.user_attrs["final_run_ids"])]
+        assert sorted(finals["seed"]) == [1000, 1001] and (finals["model.residual"] == value).all()
+        mean = finals["final.test_error"].mean()
+        assert comparison.loc[comparison["residual"] == value, "test_error_mean"].item() == pytest.approx(mean)
+    report = (out / "report.md").read_text()
+    assert "TEST error" in report and (out / "isolation.png").exists()
+
+
+def test_report_driver_rebuilds_reports_with_figures(tmp_path, space):
+    assert run_driver.main(tiny_args(tmp_path, space, "--trials", "3")) == 0
+    out = tmp_path / "rebuilt"
+    assert report_driver.main(["--study-name", "tiny", "--results", str(tmp_path), "--out", str(out)]) == 0
+    for name in ("trials.csv", "best.json", "report.md", "optimization_history.png", "learning_curves.png"):
+        assert (out / name).exists(), name
+    assert run_cli(report_driver.main, ["--study-name", "nope", "--results", str(tmp_path)]) == 2
+
+
+def test_study_refuses_a_changed_question(tmp_path, space, capsys):
+    assert run_driver.main(tiny_args(tmp_path, space, "--trials", "1")) == 0
+    assert run_cli(run_driver.main, tiny_args(tmp_path, space, "--trials", "2", "--set", "depth=14")) == 2
+    assert "different base_config (model.depth: 8 in the study, 14 now)" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- stale trials
+
+
+def _running_trial(**attrs):
+    return optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs=attrs)
+
+
+def test_stale_reason_tells_dead_from_slow_workers():
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host, now = "thishost", time.time()
+    assert "died" in st.stale_reason(_running_trial(host=host, pid=dead.pid, heartbeat=now), 600, now, host)
+    alive = _running_trial(host=host, pid=os.getppid(), heartbeat=now - 10_000)
+    assert st.stale_reason(alive, 600, now, host) is None  # a live local worker with a long epoch
+    remote = _running_trial(host="elsewhere", pid=1, heartbeat=now - 700)
+    assert "no heartbeat" in st.stale_reason(remote, 600, now, host)
+    assert st.stale_reason(_running_trial(host="elsewhere", pid=1, heartbeat=now - 100), 600, now, host) is None
+
+
+def test_samplers_are_seeded_per_worker_and_on_resume():
+    assert st.resumed_seed(7, 2, 0) == (7, 2)  # a fresh study is reproducible
+    resumed = st.resumed_seed(7, 0, 12)
+    assert resumed != (7, 0) and resumed == st.resumed_seed(7, 0, 12) and resumed != st.resumed_seed(7, 1, 12)
+    assert isinstance(st.make_sampler("tpe", 0), optuna.samplers.TPESampler)
+    assert isinstance(st.make_sampler("qmc", 0), optuna.samplers.QMCSampler)
+    assert isinstance(st.make_sampler("gp", 0), optuna.samplers.GPSampler)
+    try:
+        import cmaes  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match="needs the cmaes package"):
+            st.make_sampler("cmaes", 0)
+    pruner = st.make_pruner("median", 12)
+    assert isinstance(pruner, optuna.pruners.MedianPruner) and pruner._n_warmup_steps == 3
