@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from resnet_core.cli import run_cli
-from resnet_core.grid import load_grid
-from resnet_core.reports import write_grid_report
+from resnet_core.grid import load_grid, report_dir
+from resnet_core.reports import build_grid_report, skipped_warning, write_report
 
 GRIDS_DIR = Path(__file__).resolve().parent / "grids"
 
@@ -29,8 +29,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     name = load_grid(args.grid, GRIDS_DIR).name if args.grid.endswith(".toml") else args.grid
-    for path in write_grid_report(args.results, name):
+    report = build_grid_report(args.results, name)
+    for path in write_report(report, report_dir(args.results, name)):
         print(path)
+    warning = skipped_warning(report, args.results)
+    if warning:
+        print(warning, file=sys.stderr)
     return 0
 
 

@@ -4,17 +4,22 @@
     python ablation/run.py --grid degradation --axis depth=20,32,44,56,110      # add ResNet-110
     python ablation/run.py --grid degradation --seeds 1 --epochs 3 --subset 10000 --workers 1
     python ablation/run.py --grid my_grid.toml --dry-run                        # a user's grid file
+    python ablation/run.py --grid degradation --dask tcp://HOST:8786            # on a Dask cluster
+    python ablation/run.py --grid degradation --dask local:4                    # a local Dask cluster
 
 Grids live in ablation/grids/*.toml (format: resnet_core/grid.py). Run records go to
 <results>/runs/, the report (summary.csv, report.md, figures) to <results>/ablation/<grid>/.
-Re-running the same command resumes an interrupted grid. Exit codes: 0 done (diverged runs are
-results), 1 some run failed (see the summary), 2 a usage error, 130 interrupted.
+With --dask the workers train and this process writes the records (resnet_core/dask_runner.py).
+Re-running the same command resumes an interrupted grid; Ctrl-C or SIGTERM stops it cleanly.
+Exit codes: 0 done (diverged runs are results), 1 some run failed (see the summary), 2 a usage
+error (reported before anything trains), 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
 from pathlib import Path
 
@@ -22,8 +27,8 @@ from resnet_core import grid as grids
 from resnet_core.cli import run_cli
 from resnet_core.devices import resolve_device
 from resnet_core.engine import estimate_seconds, measure_step_rate
-from resnet_core.reports import write_grid_report
-from resnet_core.runner import plan_devices, preload_data, run_all, split_done
+from resnet_core.reports import build_grid_report, skipped_warning, write_report
+from resnet_core.runner import check_parallelism, check_writable, plan_devices, preload_data, run_all, split_done
 
 GRIDS_DIR = Path(__file__).resolve().parent / "grids"
 
@@ -41,11 +46,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--subset", type=int, help="train on N images of the training split")
     parser.add_argument("--val-size", type=int, help="validation images carved from the training set (default 5000)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument("--workers", type=int, default=1, help="parallel runs (0: one per GPU slot)")
-    parser.add_argument("--workers-per-gpu", type=int, default=1, help="runs sharing one GPU")
+    parser.add_argument("--workers", type=int, default=1, help="parallel runs (0: one per GPU slot); not used with --dask")
+    parser.add_argument("--workers-per-gpu", type=int, default=1, help="runs sharing one GPU; not used with --dask")
+    parser.add_argument("--threads", type=int, help="torch threads per CPU run (default: cores // parallel runs); "
+                        "CPU results repeat bit for bit only at the same thread count")
+    parser.add_argument("--dask", metavar="ADDRESS", help="run on a Dask cluster: a scheduler address (tcp://HOST:8786) "
+                        "or local:N for a local cluster of N worker processes")
     parser.add_argument("--results", default="results", help="results directory (default: results)")
     parser.add_argument("--dry-run", action="store_true", help="list the cells and estimate the time; train nothing")
     return parser.parse_args(argv)
+
+
+POSITIVE_FLAGS = ("epochs", "iterations", "seeds", "subset")  # budgets: >= 1 when given
+
+
+def check_budget(args: argparse.Namespace) -> None:
+    """A budget flag below 1 (or a negative --val-size) is a one-line error naming the flag."""
+    for name in POSITIVE_FLAGS:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')}={value} is invalid: expected an integer >= 1")
+    if args.val_size is not None and args.val_size < 0:
+        raise ValueError(f"--val-size={args.val_size} is invalid: expected an integer >= 0")
 
 
 def overrides(args: argparse.Namespace) -> dict[str, object]:
@@ -101,25 +123,65 @@ def print_summary(cells: list[grids.Cell], outcomes) -> int:
     return 1 if counts.get("failed", 0) else 0
 
 
+def run_local(args: argparse.Namespace, spec: grids.GridSpec, cells: list[grids.Cell]):
+    """The cells in local worker processes (joblib), one device slot each."""
+    runs = [c.run for c in cells]
+    plan_devices(args.workers, args.device, args.workers_per_gpu)  # an unavailable device: one line, now
+    # A missing dataset is one error now, not a failed record per run; the decode cache gets built once.
+    preload_data(split_done(runs, args.results)[1])
+    grids.save_manifest(args.results, spec, cells)
+    return run_all(runs, args.results, workers=args.workers, device=args.device,
+                   workers_per_gpu=args.workers_per_gpu, desc=spec.name, threads=args.threads)
+
+
+def dask_runner():
+    """resnet_core.dask_runner, or a one-line error when the optional "scale" extra is missing."""
+    try:
+        from resnet_core import dask_runner as module
+    except ModuleNotFoundError as exc:
+        raise ValueError(f"--dask needs {exc.name!r}: pip install 'resnet-core[scale]'") from None
+    return module
+
+
+def run_dask(args: argparse.Namespace, spec: grids.GridSpec, cells: list[grids.Cell]):
+    """The cells on a Dask cluster. The device and the data are the workers' (this driver needs neither)."""
+    dask = dask_runner()
+    with dask.dask_client(args.dask) as client:
+        workers = len(client.scheduler_info(n_workers=-1)["workers"])
+        print(f"dask scheduler {client.scheduler.address}: {workers} worker(s) now" + ("" if workers else ", waiting for some"))
+        grids.save_manifest(args.results, spec, cells)
+        return dask.run_all_dask([c.run for c in cells], args.results, client, threads=args.threads, desc=spec.name)
+
+
+def write_and_print_report(results: str, grid_name: str) -> None:
+    report = build_grid_report(results, grid_name)
+    for path in write_report(report, grids.report_dir(results, grid_name)):
+        print(path)
+    warning = skipped_warning(report, results)
+    if warning:
+        print(warning, file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    check_budget(args)
+    check_parallelism(args.workers, args.workers_per_gpu, args.threads)
+    if args.dask:
+        dask_runner().local_workers(args.dask)  # a malformed local:N is a usage error too
     spec = build_spec(args)
     cells = grids.expand(spec, overrides(args))  # every config is validated before anything trains
-    devices = plan_devices(args.workers, args.device, args.workers_per_gpu)
     print(f"grid {spec.name}: {len(cells)} runs ({len(cells) // len(spec.seeds)} cells x {len(spec.seeds)} seeds)")
     if args.dry_run:
-        print_plan(cells, args.results, devices)
+        print_plan(cells, args.results, plan_devices(args.workers, args.device, args.workers_per_gpu))
         return 0
-    # A missing dataset is one error now, not a failed record per run; the decode cache gets built once.
-    preload_data(split_done([c.run for c in cells], args.results)[1])
-    grids.save_manifest(args.results, spec, cells)
-    outcomes = run_all([c.run for c in cells], args.results, workers=args.workers, device=args.device,
-                       workers_per_gpu=args.workers_per_gpu, desc=spec.name)
+    check_writable(args.results)
+    outcomes = run_dask(args, spec, cells) if args.dask else run_local(args, spec, cells)
     code = print_summary(cells, outcomes)
-    for path in write_grid_report(args.results, spec.name):
-        print(path)
+    write_and_print_report(args.results, spec.name)
     return code
 
 
 if __name__ == "__main__":
+    # SIGTERM (kill, a batch system's time limit) stops the grid as Ctrl-C does: records flushed, exit 130.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     sys.exit(run_cli(main))

@@ -11,6 +11,7 @@ seed is labelled as such; diverged runs are counted and shown, never averaged in
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from resnet_core.stats import difference_interval, mean_interval
+from resnet_core.store import atomic_write_bytes, atomic_write_text
 
 METRICS = ("test_error", "train_error", "val_error")
 METRIC_LABELS = {"test_error": "test error (%)", "train_error": "train error (%)", "val_error": "val error (%)"}
@@ -213,7 +215,16 @@ def _data_text(table: pd.DataFrame) -> str:
     return f"{_joined(_unique(table, 'provenance.data_description'))}; {_joined(sizes)}"
 
 
-def header_lines(table: pd.DataFrame, manifest: Mapping[str, Any]) -> list[str]:
+def skipped_line(skipped: Sequence[str]) -> list[str]:
+    """The header line counting unreadable files in ``runs/`` (none: no line)."""
+    if not skipped:
+        return []
+    names = ", ".join(Path(p).name for p in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+    return [f"- Skipped: {_plural(len(skipped), 'unreadable file')} in runs/ (corrupt JSON or not a run record: "
+            f"{names}); runs without a readable record count as not run"]
+
+
+def header_lines(table: pd.DataFrame, manifest: Mapping[str, Any], skipped: Sequence[str] = ()) -> list[str]:
     """What the numbers came from (DESIGN.md: data, budget, hardware, software, seeds)."""
     ran = table[table["status"] != "missing"]
     counts = _status_counts(table)
@@ -231,6 +242,7 @@ def header_lines(table: pd.DataFrame, manifest: Mapping[str, Any]) -> list[str]:
         f"- Hardware: {_joined(_unique(ran, 'provenance.device_name'))}",
         f"- Software: {_joined(software)}; git {_joined(_unique(ran, 'provenance.git_commit'))}",
         f"- Runs: {len(table)} in the grid: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n),
+        *skipped_line(skipped),
         "- Numbers are final-epoch values (not best-epoch), mean ± std [95% t-interval] over completed seeds. "
         "Test error: the test set; val error: the validation split carved from the training set; train error: "
         "running error on the augmented training batches of the last epoch (as in He et al. 2015, Fig. 6). "
@@ -523,6 +535,7 @@ class Report:
     summary: pd.DataFrame
     markdown: str
     figures: dict[str, Figure] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)  # unreadable files in runs/ (counted in the header)
 
 
 def _section(title: str, body: str) -> str:
@@ -534,7 +547,8 @@ def build_report(runs: pd.DataFrame, histories: pd.DataFrame, manifest: Mapping[
     table = grid_table(runs, manifest)
     axes = list(manifest["axes"])
     summary = summarize_cells(table, axes)
-    parts = ["\n".join(header_lines(table, manifest)),
+    skipped = list(runs.attrs.get("skipped", []))
+    parts = ["\n".join(header_lines(table, manifest, skipped)),
              _section("Cells", markdown_table(display_table(summary, axes)))]
     figures = {"test_error_by_cell": plot_cell_errors(summary)}
     if manifest.get("report") == "degradation" and "family" in table:
@@ -548,27 +562,46 @@ def build_report(runs: pd.DataFrame, histories: pd.DataFrame, manifest: Mapping[
     else:
         figures["curves"] = plot_learning_curves(histories, table, hue="cell")
     parts.append(_section("Figures", "\n\n".join(f"![{name}]({name}.png)\n\n{CAPTIONS[name]}" for name in figures)))
-    return Report(summary=summary, markdown="\n".join(parts), figures=figures)
+    return Report(summary=summary, markdown="\n".join(parts), figures=figures, skipped=skipped)
 
 
 def write_report(report: Report, out_dir: str | Path, dpi: int = 120) -> list[Path]:
-    """summary.csv, report.md and one PNG per figure under ``out_dir``; returns the paths."""
+    """summary.csv, report.md and one PNG per figure under ``out_dir``; returns the paths.
+
+    Every file is written atomically (temp file, then rename): a kill leaves the old file or the
+    new one, never half of one.
+    """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     paths = [out / "summary.csv", out / "report.md"]
-    report.summary.to_csv(paths[0], index=False)
-    paths[1].write_text(report.markdown + "\n", encoding="utf-8")
+    atomic_write_text(paths[0], report.summary.to_csv(index=False))
+    atomic_write_text(paths[1], report.markdown + "\n")
     for name, figure in report.figures.items():
         paths.append(out / f"{name}.png")
-        figure.savefig(paths[-1], dpi=dpi)
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=dpi)
+        atomic_write_bytes(paths[-1], buffer.getvalue())
     return paths
+
+
+def skipped_warning(report: Report, results_dir: str | Path) -> str | None:
+    """The command lines' warning line for unreadable files in ``runs/`` (None when there are none)."""
+    if not report.skipped:
+        return None
+    return (f"warning: skipped {_plural(len(report.skipped), 'unreadable file')} in {Path(results_dir) / 'runs'} "
+            "(corrupt JSON or not a run record; counted in report.md)")
+
+
+def build_grid_report(results_dir: str | Path, grid_name: str) -> Report:
+    """A grid's report from its manifest and the run records (no training, no files written)."""
+    from resnet_core.grid import load_manifest
+    from resnet_core.store import load_histories, load_runs
+
+    manifest = load_manifest(results_dir, grid_name)
+    return build_report(load_runs(results_dir), load_histories(results_dir), manifest)
 
 
 def write_grid_report(results_dir: str | Path, grid_name: str) -> list[Path]:
     """Rebuild a grid's report from its manifest and the run records (no training)."""
-    from resnet_core.grid import load_manifest, report_dir
-    from resnet_core.store import load_histories, load_runs
+    from resnet_core.grid import report_dir
 
-    manifest = load_manifest(results_dir, grid_name)
-    report = build_report(load_runs(results_dir), load_histories(results_dir), manifest)
-    return write_report(report, report_dir(results_dir, grid_name))
+    return write_report(build_grid_report(results_dir, grid_name), report_dir(results_dir, grid_name))

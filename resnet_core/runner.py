@@ -7,7 +7,9 @@ stopped, and a run cut off mid-way resumes from its checkpoint inside :func:`fit
 Parallelism is joblib's loky backend, one process per worker, one run at a time per process. On
 several GPUs each run claims a free device slot (``devices.worker_devices``) with an exclusive file
 lock, so a GPU never gets more than ``workers_per_gpu`` runs however the runs finish. On the CPU
-each worker gets ``cores // workers`` threads so that workers do not fight over cores.
+each worker gets ``cores // workers`` threads so that workers do not fight over cores (CPU results
+are bitwise repeatable only at the same thread count: ``threads`` pins it). The same runs on a Dask
+cluster: :mod:`resnet_core.dask_runner`.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from resnet_core.config import DataConfig, RunConfig, run_id
 from resnet_core.data import DataBundle, load_data
 from resnet_core.devices import resolve_device, worker_devices
 from resnet_core.engine import fit
-from resnet_core.store import FINAL_STATUSES, RunRecord, find_record
+from resnet_core.store import FINAL_STATUSES, RunRecord, find_record, runs_dir
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,7 @@ class Outcome:
     trained_now: bool = False  # False: the record was already final before this call
 
 
-def _outcome(record: RunRecord, trained_now: bool) -> Outcome:
+def outcome_of(record: RunRecord, trained_now: bool) -> Outcome:
     return Outcome(
         run_id=record.run_id,
         status=record.status,
@@ -69,14 +71,22 @@ def split_done(runs: Sequence[RunConfig], results_dir: str | Path) -> tuple[list
         if record is None:
             pending.append(run)
         else:
-            done.append(_outcome(record, trained_now=False))
+            done.append(outcome_of(record, trained_now=False))
     return done, pending
 
 
 # ------------------------------------------------------------------------------ the workers
 
+def available_cores() -> int:
+    """Cores this process may run on: its CPU affinity (a SLURM job's or taskset's share), not the
+    whole machine's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 @functools.lru_cache(maxsize=1)
-def _worker_data(cfg: DataConfig, device: str) -> DataBundle:
+def worker_data(cfg: DataConfig, device: str) -> DataBundle:
     """Data loaded once per worker process and device (consecutive runs share the split)."""
     return load_data(cfg, resolve_device(device))
 
@@ -112,21 +122,42 @@ def train_run(run: RunConfig, results_dir: str, devices: tuple[str, ...], thread
             torch.cuda.set_device(resolved)  # stray allocations (cuDNN workspaces) land on the run's GPU
         run = dataclasses.replace(run, device=device)
         try:
-            data = _worker_data(run.data, device)
+            data = worker_data(run.data, device)
         except Exception:  # noqa: BLE001 - fit loads again and records the failure as a result
             data = None
-        return _outcome(fit(run, results_dir=results_dir, data=data), trained_now=True)
+        return outcome_of(fit(run, results_dir=results_dir, data=data), trained_now=True)
 
 
 # ------------------------------------------------------------------------------ the driver
 
-def plan_devices(workers: int, device: str = "auto", workers_per_gpu: int = 1) -> tuple[str, ...]:
-    """One device string per worker (``workers`` 0: one per GPU slot, or 1 on the CPU)."""
+def check_parallelism(workers: int, workers_per_gpu: int = 1, threads: int | None = None) -> None:
+    """One-line ValueError for a negative worker count, a zero per-GPU share or a zero thread count."""
     if workers < 0 or workers_per_gpu < 1:
         raise ValueError(f"workers={workers}, workers_per_gpu={workers_per_gpu} is invalid: "
                          "expected workers >= 0 and workers_per_gpu >= 1")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads={threads} is invalid: expected threads >= 1 (or leave it unset: cores // workers)")
+
+
+def plan_devices(workers: int, device: str = "auto", workers_per_gpu: int = 1) -> tuple[str, ...]:
+    """One device string per worker (``workers`` 0: one per GPU slot, or 1 on the CPU)."""
+    check_parallelism(workers, workers_per_gpu)
     resolve_device(device)  # an unavailable device is a one-line error before anything starts
     return tuple(worker_devices(workers, device, workers_per_gpu))
+
+
+def check_writable(results_dir: str | Path) -> Path:
+    """Create ``results_dir/runs`` and write a probe file there: an unwritable place is one line now,
+    not a crash after the first run has trained. Returns the absolute results directory."""
+    target = runs_dir(results_dir)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=target, prefix=".probe.", suffix=".tmp"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"results directory {str(results_dir)!r} is not writable: "
+                         f"{exc.strerror or type(exc).__name__} ({exc.filename or target})") from None
+    return Path(results_dir).resolve()
 
 
 def preload_data(runs: Sequence[RunConfig]) -> dict[DataConfig, DataBundle]:
@@ -138,7 +169,7 @@ def preload_data(runs: Sequence[RunConfig]) -> dict[DataConfig, DataBundle]:
     return {cfg: load_data(cfg, "cpu") for cfg in dict.fromkeys(run.data for run in runs)}
 
 
-def _progress(total: int, initial: int, enabled: bool, desc: str):
+def progress_bar(total: int, initial: int, enabled: bool, desc: str):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, unit="run", dynamic_ncols=True)
@@ -152,18 +183,22 @@ def run_all(
     workers_per_gpu: int = 1,
     progress: bool = True,
     desc: str = "runs",
+    threads: int | None = None,
 ) -> list[Outcome]:
     """Train every run not yet finished, ``workers`` at a time; returns outcomes in ``runs`` order.
 
     A failed or diverged run is an outcome, never an exception. Ctrl-C propagates (exit 130 in
-    the command lines); records of finished runs are on disk and a rerun resumes the rest.
+    the command lines); records of finished runs are on disk, a run cut off keeps its last
+    epoch's checkpoint, and a rerun resumes the rest. ``threads``: torch threads per CPU run
+    (default ``cores // workers``).
     """
+    check_parallelism(workers, workers_per_gpu, threads)
     devices = plan_devices(workers, device, workers_per_gpu)
     done, pending = split_done(runs, results_dir)
-    threads = max(1, (os.cpu_count() or 1) // len(devices))
+    threads = threads or max(1, available_cores() // len(devices))
     outcomes = {o.run_id: o for o in done}
     with tempfile.TemporaryDirectory(prefix="resnet_core_slots_") as lock_dir, \
-            _progress(len(runs), len(done), progress, desc) as bar:
+            progress_bar(len(runs), len(done), progress, desc) as bar:
         parallel = Parallel(n_jobs=len(devices), backend="loky", return_as="generator_unordered",
                             pre_dispatch="n_jobs", batch_size=1)
         # An absolute path: worker processes need not share the caller's working directory.
@@ -171,11 +206,12 @@ def run_all(
         for outcome in parallel(tasks):
             outcomes[outcome.run_id] = outcome
             bar.update(1)
-            bar.set_postfix_str(_tally(outcomes.values()))
+            bar.set_postfix_str(tally(outcomes.values()))
     return [outcomes[run_id(run)] for run in runs]
 
 
-def _tally(outcomes) -> str:
+def tally(outcomes) -> str:
+    """``completed 3 failed 1``: the progress bar's running count of outcomes by status."""
     counts: dict[str, int] = {}
     for outcome in outcomes:
         counts[outcome.status] = counts.get(outcome.status, 0) + 1

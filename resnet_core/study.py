@@ -10,11 +10,15 @@ sharing one storage (not ``n_jobs`` threads: samplers re-seed threads and GPUs w
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
+import importlib.util
 import math
 import multiprocessing
 import os
+import signal
 import socket
+import tempfile
 import time
 import tomllib
 import typing
@@ -32,7 +36,7 @@ from resnet_core.config import (
 )
 from resnet_core.devices import resolve_device
 from resnet_core.store import checkpoint_path
-from resnet_core.study_reports import FINISHED, mask_url
+from resnet_core.study_reports import FINISHED, mask_url, scrub
 
 SPACES_DIR = Path(__file__).resolve().parents[1] / "studies" / "spaces"
 FINAL_SEED_BASE = 1000  # re-training seeds of a --compare study: 1000, 1001, ... (never a trial's seed)
@@ -316,7 +320,7 @@ def base_run(model: str, plan: Budget, *, epochs: int | None = None, data: str |
     from resnet_core.models import resolve_model
 
     run = RunConfig(model=resolve_model(model), train=recipe(plan.recipe), data=DataConfig(), seed=seed)
-    changes: dict[str, Any] = {"epochs": epochs} if epochs else (
+    changes: dict[str, Any] = {"epochs": epochs} if epochs is not None else (
         {"epochs": plan.epochs} if plan.epochs else {"iterations": plan.iterations})
     if data:
         changes["source"] = data
@@ -378,24 +382,171 @@ def is_rdb_url(storage: str) -> bool:
 
 # ============================================================================ storage, samplers
 
+def heartbeat_settings(stale_after: float) -> tuple[int, int]:
+    """(heartbeat interval, grace period) in whole seconds for RDB storages: a trial whose worker
+    sent no heartbeat for ``stale_after`` seconds is failed and retried (three beats per grace)."""
+    return max(1, int(min(60, stale_after / 3))), max(2, int(stale_after))
+
+
 def open_storage(storage: str, stale_after: float = 600.0) -> optuna.storages.BaseStorage:
     """A journal file (safe with several processes on one machine, no "database is locked") or
     any Optuna RDB URL with heartbeats, so a dead worker's trial is failed and retried.
+
+    A storage that cannot be opened (server down, wrong password, no driver, malformed URL) is a
+    one-line ValueError naming the URL with its password masked.
     """
-    if is_rdb_url(storage):
+    return _open_rdb(storage, stale_after) if is_rdb_url(storage) else _open_journal(storage)
+
+
+def _open_rdb(url: str, stale_after: float, attempts: int = 4) -> optuna.storages.RDBStorage:
+    """Optuna's RDBStorage with heartbeats; retried when another host creates the tables at the
+    same moment (hosts started together on an empty database race in Optuna's schema set-up:
+    "duplicate key value violates unique constraint", "relation already exists")."""
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    interval, grace = heartbeat_settings(stale_after)
+    for attempt in range(attempts):
+        try:
+            with _experimental_ok():
+                return optuna.storages.RDBStorage(
+                    driver_url(url), engine_kwargs=_engine_kwargs(url), heartbeat_interval=interval,
+                    grace_period=grace, heartbeat_stale_trial_callback=RetryStaleTrial(grace),
+                )
+        except (IntegrityError, ProgrammingError) as exc:
+            if attempt == attempts - 1:
+                raise storage_error(url, exc) from None
+            time.sleep(0.5 * (attempt + 1))
+        except Exception as exc:  # noqa: BLE001 - driver, network and SQL errors alike: one masked line
+            raise storage_error(url, exc) from None
+    raise AssertionError("unreachable")
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    if url.startswith("sqlite"):
         # SQLite is for one machine and few workers (Optuna's FAQ): a long lock timeout avoids
-        # "database is locked"; PostgreSQL/MySQL need nothing extra.
-        kwargs = {"connect_args": {"timeout": 30}} if storage.startswith("sqlite") else None
-        with _experimental_ok():
-            return optuna.storages.RDBStorage(
-                storage, engine_kwargs=kwargs, heartbeat_interval=max(1, int(min(60, stale_after / 3))),
-                grace_period=max(2, int(stale_after)),
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
-            )
+        # "database is locked".
+        return {"connect_args": {"timeout": 30}}
+    # A server: check pooled connections before use (trials last hours; firewalls drop idle ones).
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith(("postgresql", "postgres")):
+        kwargs["connect_args"] = {"connect_timeout": 10}  # an unreachable host fails, not hangs
+    return kwargs
+
+
+def driver_url(url: str) -> str:
+    """``url`` with an installed PostgreSQL driver: SQLAlchemy 2.1 maps a bare ``postgresql://``
+    to psycopg 3, while psycopg2 is what many machines have; ``postgres://`` is accepted too."""
+    scheme, _, rest = url.partition("://")
+    if scheme not in ("postgresql", "postgres"):
+        return url
+    for module in ("psycopg", "psycopg2"):
+        if importlib.util.find_spec(module) is not None:
+            return f"postgresql+{module}://{rest}"
+    raise ValueError(f"storage {mask_url(url)}: no PostgreSQL driver is installed "
+                     "(pip install psycopg2-binary, or pip install -e '.[scale]')")
+
+
+def storage_error(url: str, exc: BaseException) -> ValueError:
+    """One line naming the storage and the driver's first line, the password masked in both."""
+    if isinstance(exc, ValueError) and str(exc).startswith(f"storage {mask_url(url)}"):
+        return exc
+    cause = getattr(exc, "orig", None) or exc  # SQLAlchemy wraps the driver's own error
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    detail = lines[0] if lines else type(cause).__name__
+    return ValueError(scrub(f"storage {mask_url(url)} cannot be opened: {detail}", url))
+
+
+def _open_journal(path: str) -> optuna.storages.JournalStorage:
     from optuna.storages.journal import JournalFileBackend
 
-    Path(storage).parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(JournalFileBackend(str(storage)))
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(InterruptSafeJournal(JournalFileBackend(str(path))))
+    except OSError as exc:
+        raise ValueError(f"storage {path} cannot be opened: {exc.strerror or exc}") from None
+
+
+class InterruptSafeJournal(optuna.storages.journal.BaseJournalBackend):
+    """A journal backend whose appends finish before a Ctrl-C or SIGTERM takes effect.
+
+    Optuna's file lock is not interrupt-safe: a KeyboardInterrupt inside its release turns into
+    a FileNotFoundError (the trial is recorded as failed, the study goes on, Ctrl-C is lost) or
+    leaves the lock behind (30 s stall). The append itself takes milliseconds.
+    """
+
+    def __init__(self, backend: optuna.storages.journal.BaseJournalBackend):
+        self.backend = backend
+
+    def read_logs(self, log_number_from: int):
+        return self.backend.read_logs(log_number_from)
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        with deferred_interrupts():
+            self.backend.append_logs(logs)
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends, then deliver them (main thread only)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {signum: signal.signal(signum, lambda s, frame: held.append(s)) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(held):
+            signal.raise_signal(signum)  # the handler in place now decides: KeyboardInterrupt, or exit
+
+
+def writable_dir(path: str | os.PathLike, what: str) -> Path:
+    """Create ``path`` if needed and prove it takes files (before any training writes there)."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{what} {folder} is not writable: {exc.strerror or exc}") from None
+    return folder
+
+
+def check_storage(storage: str, stale_after: float) -> None:
+    """Fail before any data or training when the storage cannot be used: an RDB server is
+    connected to (reachable, credentials right); a journal file's folder must take files."""
+    if is_rdb_url(storage):
+        open_storage(storage, stale_after)
+    elif Path(storage).is_dir():
+        raise ValueError(f"storage {storage} is a directory: give a journal file path such as {storage}/study.log")
+    else:
+        writable_dir(Path(storage).parent, "the storage's folder")
+
+
+@dataclass(frozen=True)
+class RetryStaleTrial:
+    """Optuna's RetryHeartbeatStaleTrialCallback (a trial whose worker stopped sending heartbeats
+    is re-queued WAITING with its params, so its run resumes from its checkpoint), plus the user
+    attrs :func:`requeue` writes on the journal store: which trial it retries, how often, and why.
+    """
+
+    grace_s: int
+    max_retry: int = MAX_RETRIES
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        retries = int(trial.user_attrs.get("retries", 0))
+        if retries >= self.max_retry or not trial.params:
+            return
+        worker = f"{trial.user_attrs.get('host', '?')}:{trial.user_attrs.get('pid', '?')}"
+        clone = copy.copy(trial)
+        clone.user_attrs = {"retry_of": trial.user_attrs.get("retry_of", trial.number), "retries": retries + 1,
+                            "retried_from": trial.number,
+                            "retry_reason": f"no heartbeat from worker {worker} for {self.grace_s} s (died?)"}
+        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=None)(study, clone)
 
 
 @contextlib.contextmanager
@@ -505,13 +656,20 @@ def describe_pruner(name: str, epochs: int) -> str:
 
 # ===================================================================================== studies
 
-def create_study(spec: StudySpec) -> optuna.Study:
-    """Create the study, or open it and check it asks the same question (base config and space)."""
+def create_study(spec: StudySpec) -> tuple[optuna.Study, bool]:
+    """Create the study, or open it and check it asks the same question (base config and space).
+
+    Returns the study and whether this call created it. Of several hosts starting at once exactly
+    one creates it (the storage's unique study name decides); the others join it.
+    """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(spec.storage, spec.stale_after)
-    study = optuna.create_study(study_name=spec.name, storage=storage, direction="minimize", load_if_exists=True,
-                                sampler=make_sampler(spec.sampler, spec.seed),
-                                pruner=make_pruner(spec.pruner, spec.budget_epochs))
+    kwargs = {"study_name": spec.name, "storage": storage, "sampler": make_sampler(spec.sampler, spec.seed),
+              "pruner": make_pruner(spec.pruner, spec.budget_epochs)}
+    try:
+        study, created = optuna.create_study(direction="minimize", **kwargs), True
+    except optuna.exceptions.DuplicatedStudyError:
+        study, created = optuna.load_study(**kwargs), False
     existing = study.user_attrs
     for key in ("base_config", "space"):
         if key in existing and existing[key] != spec.attrs()[key]:
@@ -521,7 +679,7 @@ def create_study(spec: StudySpec) -> optuna.Study:
     for key, value in spec.attrs().items():
         if existing.get(key) != value:
             study.set_user_attr(key, value)
-    return study
+    return study, created
 
 
 def _first_difference(old: Any, new: Any, path: str = "") -> str:
@@ -593,21 +751,35 @@ def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
     if retries >= MAX_RETRIES or not trial.params:
         return False
     original = trial.user_attrs.get("retry_of", trial.number)
-    study.enqueue_trial(trial.params, user_attrs={"retry_of": original, "retries": retries + 1})
+    study.enqueue_trial(trial.params, user_attrs={"retry_of": original, "retries": retries + 1,
+                                                  "retried_from": trial.number})
     return True
 
 
-def recover_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage, grace_s: float | None) -> list[int]:
-    """Fail RUNNING trials whose worker is gone and re-enqueue their params; returns their numbers.
+def unmarked_reason(trial: optuna.trial.FrozenTrial, grace_s: float, now: float | None = None) -> str | None:
+    """A RUNNING trial its worker never marked (host, pid) within ``grace_s``: the worker died
+    between asking for the trial and starting it (marking takes milliseconds)."""
+    if "host" in trial.user_attrs or trial.datetime_start is None:
+        return None
+    age = (time.time() if now is None else now) - trial.datetime_start.timestamp()
+    return f"its worker never started it ({age:.0f} s old, grace {grace_s:.0f} s)" if age > grace_s else None
 
-    The journal store has no heartbeat of its own (Optuna's is RDB-only), so this is its equivalent;
-    on RDB storages it only adds the fast local rule (a dead pid is seen before the grace period).
-    Two workers may race: the one whose FAIL lands first re-enqueues, the other gets
-    UpdateFinishedTrialError and moves on.
+
+def recover_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage,
+                         stale_after: float) -> list[tuple[int, str]]:
+    """Fail RUNNING trials whose worker is gone and re-enqueue their params; returns (number, why).
+
+    RDB storages: Optuna's heartbeat check fails trials of workers silent for the grace period
+    (any host); it runs here too, not only inside ``optimize``, so a dead host's RUNNING trial
+    cannot hold the survivors back. The journal store has no heartbeat of its own (Optuna's is
+    RDB-only): the per-epoch ``heartbeat`` user attr stands in for it. Both add the fast local
+    rule (a dead pid on this host is seen at once). Two workers may race: the one whose FAIL lands
+    first re-enqueues, the other gets UpdateFinishedTrialError and moves on.
     """
-    recovered = []
+    heartbeat = _has_heartbeat(storage)
+    recovered = _fail_heartbeat_stale(study, stale_after) if heartbeat else []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        reason = stale_reason(trial, grace_s)
+        reason = stale_reason(trial, None if heartbeat else stale_after) or unmarked_reason(trial, stale_after)
         if reason is None:
             continue
         try:
@@ -616,8 +788,20 @@ def recover_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStora
         except (UpdateFinishedTrialError, ValueError):
             continue  # another worker recovered it first
         requeue(study, trial)
-        recovered.append(trial.number)
+        recovered.append((trial.number, reason))
     return recovered
+
+
+def _fail_heartbeat_stale(study: optuna.Study, stale_after: float) -> list[tuple[int, str]]:
+    """Optuna's heartbeat check; its callback (:class:`RetryStaleTrial`) re-queues each trial."""
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    if not running:
+        return []
+    with _experimental_ok():
+        optuna.storages.fail_stale_trials(study)
+    grace = heartbeat_settings(stale_after)[1]
+    return [(t.number, f"no heartbeat for {grace} s") for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+            if t.number in running]
 
 
 # ================================================================================ objective
@@ -633,6 +817,13 @@ class Objective:
     _data_cache: dict = field(default_factory=dict)
 
     def __call__(self, trial: optuna.Trial) -> float:
+        try:
+            return self._run(trial)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: fit has written a "stopped" record and kept the checkpoint
+            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C or SIGTERM); re-queued")
+            raise
+
+    def _run(self, trial: optuna.Trial) -> float:
         from resnet_core.engine import fit, make_budget
 
         params = self.spec.space.suggest(trial)
@@ -648,11 +839,7 @@ class Objective:
             return self._fail(trial, f"data could not be loaded: {type(exc).__name__}: {exc}")
         epochs = make_budget(run.train, len(data.train_y)).epochs
         trial.set_user_attr("budget_epochs", epochs)
-        try:
-            record = fit(run, callbacks=[self._callback(trial, epochs)], results_dir=self.spec.results, data=data)
-        except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C); re-queued")
-            raise
+        record = fit(run, callbacks=[self._callback(trial, epochs)], results_dir=self.spec.results, data=data)
         return self._outcome(trial, record)
 
     def _mark(self, trial: optuna.Trial) -> None:
@@ -717,34 +904,54 @@ class WorkerJob:
     worker: int = 0
     threads: int | None = None
     deadline: float | None = None  # time.time() after which no new trial starts
+    fresh: bool = False  # this invocation created the study (its workers get the reproducible seeds)
 
 
-def resumed_seed(seed: int, worker: int, existing_trials: int) -> tuple[int, int]:
+def resumed_seed(seed: int, worker: int, existing_trials: int, salt: str = "") -> tuple[int, int]:
     """(seed, worker offset) of a worker's sampler.
 
     A fresh study gives (seed, worker): reproducible. A study that already has trials (a re-run
     after an interruption, or --add) derives a new stream from its trial count; replaying the
     seed would propose the first trials' params again (fit would return their records, and the
-    study would hold duplicates instead of new points).
+    study would hold duplicates instead of new points). ``salt`` (host and pid of a worker that
+    joined a study another invocation created) keeps hosts started with the same command from
+    proposing the same points: they all see the same seed, worker index and trial count.
     """
-    if existing_trials == 0:
+    if existing_trials == 0 and not salt:
         return seed, worker
+    import zlib
+
     import numpy as np
 
-    derived = int(np.random.SeedSequence([seed, worker, existing_trials]).generate_state(1)[0] % 2**31)
+    entropy = [seed, worker, existing_trials] + ([zlib.crc32(salt.encode())] if salt else [])
+    derived = int(np.random.SeedSequence(entropy).generate_state(1)[0] % 2**31)
     return derived, 0
 
 
-def _done(study: optuna.Study, target: int, deadline: float | None) -> bool:
-    c = counts(study)
-    return c["finished"] + c["running"] >= target or (deadline is not None and time.time() >= deadline)
+def worker_sampler(spec: StudySpec, job: "WorkerJob", existing_trials: int) -> optuna.samplers.BaseSampler:
+    """The sampler of one worker: reproducible in a study this invocation created, else salted."""
+    if spec.sampler in INDEXED_SAMPLERS:  # points indexed by trial number: one seed everywhere
+        return make_sampler(spec.sampler, spec.seed, job.worker)
+    if job.fresh:
+        return make_sampler(spec.sampler, spec.seed, job.worker)
+    salt = f"{socket.gethostname()}:{os.getpid()}"
+    return make_sampler(spec.sampler, *resumed_seed(spec.seed, job.worker, existing_trials, salt))
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.time() >= deadline
 
 
 def run_worker(job: WorkerJob, data: Any = None, on_trial: Callable[[optuna.Study], None] | None = None) -> int:
-    """Run trials until the study has ``job.target`` finished (+ running) trials; returns how many ran.
+    """Run trials until the study holds ``job.target`` finished trials; returns how many ran here.
 
     One trial per ``optimize`` call, so stale trials are recovered and the target re-checked
     before each trial (Optuna's own heartbeat also runs inside ``optimize``, for RDB storages).
+    When the trials still missing are running elsewhere (another process or host), the worker
+    waits for them instead of leaving: if one's worker dies, its trial is failed, re-queued and
+    run here, so the target is reached once in all, not once per host and not short of it.
+    Workers that check at the same moment may each start the last trial: at most workers - 1
+    trials beyond the target.
     """
     import torch
 
@@ -755,14 +962,21 @@ def run_worker(job: WorkerJob, data: Any = None, on_trial: Callable[[optuna.Stud
     storage = open_storage(spec.storage, spec.stale_after)
     study = optuna.load_study(study_name=spec.name, storage=storage, sampler=optuna.samplers.RandomSampler(),
                               pruner=make_pruner(spec.pruner, spec.budget_epochs))
-    existing = 0 if spec.sampler in INDEXED_SAMPLERS else len(study.trials)
-    study.sampler = make_sampler(spec.sampler, *resumed_seed(spec.seed, job.worker, existing))
+    study.sampler = worker_sampler(spec, job, len(study.trials))
     objective = Objective(spec, job.device, data)
+    poll_s = min(2.0, heartbeat_settings(spec.stale_after)[0])
     ran, failures, last = 0, 0, None
-    while True:
-        recover_stale_trials(study, storage, None if _has_heartbeat(storage) else spec.stale_after)
-        if _done(study, job.target, job.deadline) or failures >= MAX_CONSECUTIVE_FAILURES:
+    while failures < MAX_CONSECUTIVE_FAILURES and not _past(job.deadline):
+        for number, reason in recover_stale_trials(study, storage, spec.stale_after):
+            _say(f"trial {number} failed and re-queued: {reason}")
+        c = counts(study)
+        if c["finished"] >= job.target:
             break
+        if c["finished"] + c["running"] >= job.target:  # the missing trials run elsewhere: wait for them
+            if on_trial is not None:
+                on_trial(study)
+            time.sleep(poll_s)
+            continue
         last = _one_trial(study, objective, on_trial)
         ran += 1
         failures = failures + 1 if last is None or last.state == TrialState.FAIL else 0
@@ -805,8 +1019,18 @@ def _requeue_interrupted(study: optuna.Study, trial: optuna.Trial | None) -> Non
         requeue(study, frozen)
 
 
+def interrupt_on_sigterm() -> None:
+    """Make SIGTERM (a scheduler's or ``kill``'s polite stop) take the Ctrl-C path: the running
+    trial writes its record and keeps its checkpoint, and is re-queued for the next run."""
+    def _raise(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _raise)
+
+
 def _worker_entry(job: WorkerJob) -> None:
     """Entry point of a spawned worker process."""
+    interrupt_on_sigterm()
     try:
         run_worker(job)
     except KeyboardInterrupt:
@@ -821,11 +1045,11 @@ def worker_threads(n_workers: int, requested: int | None = None) -> int:
 
 
 def worker_jobs(spec: StudySpec, target: int, devices: list[str], timeout: float | None,
-                threads: int | None = None) -> list[WorkerJob]:
+                threads: int | None = None, fresh: bool = False) -> list[WorkerJob]:
     """One job per device slot."""
     deadline = time.time() + timeout if timeout else None
     per_worker = worker_threads(len(devices), threads)
-    return [WorkerJob(spec, target, device, i, per_worker, deadline) for i, device in enumerate(devices)]
+    return [WorkerJob(spec, target, device, i, per_worker, deadline, fresh) for i, device in enumerate(devices)]
 
 
 class TrialProgress:
@@ -856,8 +1080,8 @@ def run_study(spec: StudySpec, target: int, devices: list[str], timeout: float |
     """Run workers (in this process when there is one, else one spawned process each) until the
     study has ``target`` finished trials; returns the final counts.
     """
-    study = create_study(spec)
-    jobs = worker_jobs(spec, target, devices, timeout, threads)
+    study, created = create_study(spec)
+    jobs = worker_jobs(spec, target, devices, timeout, threads, fresh=created)
     bar = TrialProgress(study, target, progress)
     try:
         if len(jobs) == 1:
@@ -893,10 +1117,9 @@ def _stop(processes: list) -> None:
     """Ctrl-C: workers in the terminal's process group got it too and are saving their state;
     give them time, then interrupt the ones still running (started elsewhere), then end them.
     """
-    import signal
-
+    deadline = time.time() + 10  # in all, not per worker: a SIGTERM to the driver alone reaches no worker
     for process in processes:
-        process.join(timeout=10)
+        process.join(timeout=max(0.0, deadline - time.time()))
     for process in processes:
         if process.is_alive() and process.pid is not None:
             os.kill(process.pid, signal.SIGINT)
@@ -1023,20 +1246,25 @@ def plan(*, space: str = "recipe", model: str = "resnet20", budget_name: str = "
 
     plan_budget = budget(budget_name)
     make_sampler(sampler, seed)
+    if not stale_after > 0:
+        raise ValueError(f"--stale-after {stale_after}: expected a number of seconds > 0")
     base = base_run(model, plan_budget, epochs=epochs, data=data, subset=subset, val_size=val_size, seed=seed,
                     overrides=overrides)
     search = read_space(space, spaces_dir)
     validate_space(search, base)
     if compare is not None:
         resolve_field(compare)
+    label = f"e{epochs}" if epochs else plan_budget.name
+    suffix = f"-compare-{compare}" if compare else ""
+    name = study_name or default_study_name(search.name, model, base.data.source, label) + suffix
+    storage = storage or default_storage(results, name)
+    writable_dir(results, "results directory")  # run records, checkpoints and reports go there
+    check_storage(storage, stale_after)  # an unreachable server fails now, not after the data are loaded
     bundle = load_data(base.data, data_device)
     fixed = apply_overrides(base, dict(search.fixed))
     budget_epochs = make_budget(fixed.train, len(bundle.train_y)).epochs
     make_pruner(pruner, budget_epochs)
-    label = f"e{epochs}" if epochs else plan_budget.name
-    suffix = f"-compare-{compare}" if compare else ""
-    name = study_name or default_study_name(search.name, model, base.data.source, label) + suffix
-    spec = StudySpec(name=name, storage=storage or default_storage(results, name), space=search, base=base,
+    spec = StudySpec(name=name, storage=storage, space=search, base=base,
                      model=model, recipe=plan_budget.recipe, budget=label, budget_epochs=budget_epochs,
                      sampler=sampler, pruner=pruner, seed=seed, results=str(results), stale_after=stale_after)
     return Setup(spec, len(bundle.train_y), len(bundle.val_y) + len(bundle.test_y), bundle.description), bundle
@@ -1152,10 +1380,16 @@ def _save_figure(make: Callable[[], Any], path: Path, notes: list[str]) -> str |
     except (ValueError, RuntimeError, ZeroDivisionError, KeyError) as exc:
         notes.append(f"{path.stem}: not drawn ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
         return None
-    figure.savefig(path, dpi=110, bbox_inches="tight")
+    import io
+
     import matplotlib.pyplot as plt
 
+    from resnet_core.store import atomic_write_bytes
+
+    buffer = io.BytesIO()  # rendered in memory, then renamed into place: a kill never leaves half a PNG
+    figure.savefig(buffer, format=path.suffix.lstrip("."), dpi=110, bbox_inches="tight")
     plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
     return path.name
 
 

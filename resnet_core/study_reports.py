@@ -28,16 +28,43 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # RFC-1738 URLs as SQLAlchemy reads them: scheme://user:password@host/...
 # (the password may itself hold '@' or ':', so it runs to the last '@', as SQLAlchemy reads it).
 _URL_PASSWORD = re.compile(r"^(?P<head>[\w+.-]+://[^:/@]*:)(?P<password>.*)(?P<tail>@[^@]*)$")
+# libpq also takes the password as a query parameter: postgresql://u@h/db?password=secret
+_QUERY_PASSWORD = re.compile(r"(?P<head>[?&]password=)(?P<password>[^&]*)", re.IGNORECASE)
 
 
 # ------------------------------------------------------------------------------------ text
 
 def mask_url(url: str) -> str:
-    """A storage URL safe to print: ``postgresql://u:secret@h/db`` -> ``postgresql://u:***@h/db``."""
-    match = _URL_PASSWORD.match(str(url))
-    if match is None:
-        return str(url)
-    return f"{match['head']}***{match['tail']}"
+    """A storage URL safe to print: ``postgresql://u:secret@h/db`` -> ``postgresql://u:***@h/db``
+    (a ``?password=`` query parameter is masked too)."""
+    text = str(url)
+    if "://" not in text:
+        return text  # a journal file path has no credentials
+    match = _URL_PASSWORD.match(text)
+    if match is not None:
+        text = f"{match['head']}***{match['tail']}"
+    return _QUERY_PASSWORD.sub(lambda m: f"{m['head']}***", text)
+
+
+def url_passwords(url: str) -> list[str]:
+    """The password(s) written in a storage URL, as written and URL-decoded (to scrub messages)."""
+    from urllib.parse import unquote
+
+    text = str(url)
+    if "://" not in text:
+        return []
+    found = [m["password"] for m in _QUERY_PASSWORD.finditer(text)]
+    match = _URL_PASSWORD.match(text)
+    if match is not None:
+        found.append(match["password"])
+    return sorted({v for p in found if p for v in (p, unquote(p))}, key=len, reverse=True)
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` with every password of ``url`` replaced by ``***`` (for messages from drivers)."""
+    for password in url_passwords(url):
+        text = text.replace(password, "***")
+    return text
 
 
 def _setting_name(dotted: str) -> str:
@@ -171,9 +198,22 @@ def run_labels(trials: Iterable[optuna.trial.FrozenTrial]) -> dict[str, str]:
 
 
 def failed_table(study: optuna.Study) -> pd.DataFrame:
-    """FAIL trials with their reason (user attr ``fail_reason``)."""
-    rows = [{"number": t.number, "fail_reason": t.user_attrs.get("fail_reason", "unknown"), **t.params}
-            for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))]
+    """FAIL trials with their reason (user attr ``fail_reason``). A trial failed by the storage's
+    heartbeat check (its worker died on another host) cannot carry a reason of its own; its retry
+    names it (user attrs ``retried_from`` and ``retry_reason``), so the reason is taken from there.
+    """
+    trials = study.get_trials(deepcopy=False)
+    retries = {t.user_attrs["retried_from"]: t for t in trials if "retried_from" in t.user_attrs}
+
+    def reason(trial: optuna.trial.FrozenTrial) -> str:
+        if "fail_reason" in trial.user_attrs:
+            return trial.user_attrs["fail_reason"]
+        retry = retries.get(trial.number)
+        if retry is not None:
+            return f"{retry.user_attrs.get('retry_reason', 'worker lost')}; retried as trial {retry.number}"
+        return "unknown"
+
+    rows = [{"number": t.number, "fail_reason": reason(t), **t.params} for t in trials if t.state == TrialState.FAIL]
     return pd.DataFrame(rows, columns=["number", "fail_reason"] if not rows else None)
 
 

@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weight-decay", type=float)
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="any config field, e.g. --set depth=56 --set amp=off (repeatable)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice, all cores)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -109,6 +110,12 @@ def summary_line(record, model_name: str, path: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     run = resolve_run_config(args)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads {args.threads} is invalid: expected an integer >= 1")
+        import torch
+
+        torch.set_num_threads(args.threads)
     from resnet_core.engine import fit
 
     record = fit(run, results_dir=args.results, progress=not args.quiet)

@@ -8,6 +8,12 @@
 --trials N is the number of FINISHED trials (COMPLETE + PRUNED) the study should hold: running
 the same command again after an interruption runs only what is missing. The objective is the
 validation error of the final epoch; the test set is never used to choose.
+
+Several hosts: start the same command with the same --storage postgresql://... and --study-name
+on each; they share one study and stop together when it holds N finished trials. A host that dies
+mid-trial is noticed after --stale-after seconds without a heartbeat: its trial is failed and run
+again by a surviving host (from its checkpoint when --results is a shared folder).
+Ctrl-C or SIGTERM stops cleanly (the running trial keeps its record and checkpoint; exit code 130).
 """
 
 from __future__ import annotations
@@ -46,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--threads", type=int, help="CPU threads per worker (default: cores / workers)")
     add("--timeout", type=float, help="start no new trial after this many seconds")
     add("--stale-after", type=float, default=600.0, help="seconds without a heartbeat before a trial on another "
-                                                           "host counts as dead (local dead pids are seen at once)")
+                                                           "host counts as dead and is retried (RDB storages beat "
+                                                           "every stale-after/3 s; local dead pids are seen at once)")
     add("--results", default="results", help="run records in DIR/runs, reports in DIR/studies/<name>/")
     add("--compare", metavar="FIELD", help="fair comparison: one tuned sub-study per value of FIELD")
     add("--compare-values", help="comma-separated values of FIELD (default: the space's choices)")
@@ -65,10 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     from resnet_core.devices import worker_devices
 
     args = build_parser().parse_args(argv)
-    if (args.trials is None) == (args.add is None):
-        raise UsageError("give exactly one of --trials N (target finished trials) and --add N")
-    if (args.trials if args.trials is not None else args.add) < 0 or args.final_seeds < 1:
-        raise UsageError("--trials/--add must be >= 0 and --final-seeds >= 1")
+    _check_numbers(args)
     devices = worker_devices(args.workers, args.device, args.workers_per_gpu)
     single = len(devices) == 1
     data_device = _data_device(devices[0]) if single else "cpu"  # several workers: each loads its own copy
@@ -91,6 +95,27 @@ def main(argv: list[str] | None = None) -> int:
     out = st.write_reports(setup.spec.name, setup.spec.storage, args.results, figures=not args.no_figures)
     _print_outcome(st, specs, targets, out)
     return 0
+
+
+# flag -> (smallest valid value, what it means); None values are "not given" and skip the check
+MINIMUMS = {"trials": (0, "finished trials"), "add": (0, "more finished trials"), "workers": (0, "worker processes"),
+            "workers_per_gpu": (1, "workers per GPU"), "threads": (1, "CPU threads per worker"),
+            "final_seeds": (1, "re-training seeds"), "epochs": (1, "epochs per trial"),
+            "subset": (1, "training images"), "val_size": (0, "validation images")}
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Counts and budgets that cannot be negative: one line naming the flag, before any work."""
+    if (args.trials is None) == (args.add is None):
+        raise UsageError("give exactly one of --trials N (target finished trials) and --add N")
+    for name, (low, meaning) in MINIMUMS.items():
+        value = getattr(args, name)
+        if value is not None and value < low:
+            raise UsageError(f"--{name.replace('_', '-')} {value}: expected an integer >= {low} ({meaning})")
+    for name in ("timeout", "stale_after"):
+        value = getattr(args, name)
+        if value is not None and not value > 0:
+            raise UsageError(f"--{name.replace('_', '-')} {value}: expected a number of seconds > 0")
 
 
 def _data_device(device: str) -> str:
@@ -140,4 +165,7 @@ def _print_outcome(st, specs, targets, out: Path) -> None:
 
 
 if __name__ == "__main__":
+    from resnet_core.study import interrupt_on_sigterm
+
+    interrupt_on_sigterm()  # a scheduler's SIGTERM stops like Ctrl-C: record and checkpoint kept, exit 130
     sys.exit(run_cli(main))

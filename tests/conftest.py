@@ -74,3 +74,22 @@ def tiny_cifar_batches(tmp_path):
     """Factory: ``tiny_cifar_batches(**kwargs)`` writes a tiny cifar-10-batches-py; returns its path."""
     counter = iter(range(1_000_000))
     return lambda **kwargs: write_cifar_batches(tmp_path / f"batches{next(counter)}", **kwargs)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """Yields the URL (with the test role's password) of a throwaway PostgreSQL server on 127.0.0.1, started
+    once per session from Debian's binaries (tests/pg.py) and removed at the end. Binaries or the
+    Python driver missing: skip, but fail under CI; a server that does not start: fail."""
+    import pg
+
+    missing = pg.driver_missing() or (None if pg.bin_dir() else "PostgreSQL's initdb was not found")
+    if missing:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{missing}: CI must install PostgreSQL (.ci/run does) and psycopg2-binary")
+        pytest.skip(missing)
+    server = pg.start_server()
+    try:
+        yield server.url
+    finally:
+        pg.remove(server)

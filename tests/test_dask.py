@@ -1,0 +1,200 @@
+"""Grids on Dask (real LocalClusters of worker processes, tiny synthetic data): lost workers, Ctrl-C,
+resume, an unreachable scheduler. The reference is a local run at the same thread count, which
+CPU training repeats bit for bit, so the records of a cluster run must equal it exactly."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+dask = pytest.importorskip("dask")  # the optional "scale" extra
+distributed = pytest.importorskip("distributed")
+
+from distributed import Client, LocalCluster, WorkerPlugin  # noqa: E402
+
+from resnet_core.cli import run_cli  # noqa: E402
+from resnet_core.dask_runner import RESUBMITS, run_all_dask  # noqa: E402
+from resnet_core.grid import expand, load_grid
+
+REPO = Path(__file__).resolve().parents[1]
+RUN = REPO / "ablation" / "run.py"
+OVERRIDES = {"data.source": "synthetic:400", "val_size": 40, "epochs": 2, "device": "cpu"}
+FAST = ["--data", "synthetic:400", "--val-size", "40", "--epochs", "2", "--device", "cpu", "--threads", "1"]
+GRID = """
+name = "dasked"
+report = "generic"
+seeds = 2
+[fixed]
+depth = 8
+batch_size = 32
+eval_batch_size = 200
+[axes]
+residual = [true, false]
+"""
+COMPARED = ["cell", "runs", "completed", "test_error_mean", "test_error_std", "train_error_mean", "val_error_mean"]
+
+
+def driver(name: str):
+    spec = importlib.util.spec_from_file_location(f"ablation_{name}", REPO / "ablation" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def records(results: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted((results / "runs").glob("*.json"))}
+
+
+def finals(results: Path) -> dict[str, dict]:
+    return {rid: r["final"] for rid, r in records(results).items()}
+
+
+def summary(results: Path) -> pd.DataFrame:
+    return pd.read_csv(results / "ablation" / "dasked" / "summary.csv")[COMPARED]
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("grid") / "dasked.toml"
+    path.write_text(GRID)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(grid, tmp_path_factory) -> Path:
+    """The grid run locally, one run at a time, one thread per run."""
+    results = tmp_path_factory.mktemp("reference")
+    threads = torch.get_num_threads()
+    try:
+        assert run_cli(driver("run").main, ["--grid", str(grid), *FAST, "--results", str(results)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return results
+
+
+def _kill_a_busy_worker(client: Client, results: Path, killed: list, timeout: float = 120) -> None:
+    """Once the first record is on disk, SIGKILL a worker process that is running a task."""
+    deadline = time.monotonic() + timeout
+    while not list((results / "runs").glob("*.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    busy = {address: keys for address, keys in client.processing().items() if keys}
+    pids = client.run(os.getpid)
+    address = next(iter(busy))
+    killed.append((address, list(busy[address])))
+    os.kill(pids[address], signal.SIGKILL)
+
+
+def test_a_lost_worker_is_replaced_and_the_records_equal_a_local_run(grid, reference, tmp_path, caplog):
+    runs = [c.run for c in expand(load_grid(str(grid), tmp_path), OVERRIDES)]
+    results = tmp_path / "results"
+    killed: list = []
+    # allowed-failures 0: the first death of a worker running a task fails the task with KilledWorker
+    # at once, so the driver's own resubmission is what gets the run done.
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), caplog.at_level(logging.WARNING), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        killer = threading.Thread(target=_kill_a_busy_worker, args=(client, results, killed), daemon=True)
+        killer.start()
+        outcomes = run_all_dask(runs, results, client, threads=1, progress=False)
+        killer.join(timeout=10)
+    assert killed and killed[0][1], "no worker was killed while running a task"
+    assert "resubmitting, attempt 2 of" in caplog.text
+    assert [o.status for o in outcomes] == ["completed"] * 4 and all(o.trained_now for o in outcomes)
+    assert finals(results) == finals(reference)  # bit for bit: same configs, seeds and threads
+    assert not list((results / "checkpoints").glob("*.pt"))  # finished runs keep no checkpoint
+
+
+def test_cli_on_local_cluster_survives_ctrl_c_and_resumes_to_the_same_tables(grid, reference, tmp_path):
+    results = tmp_path / "results"
+    argv = [sys.executable, str(RUN), "--grid", str(grid), *FAST, "--results", str(results), "--dask", "local:2"]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list((results / "runs").glob("*.json")):
+        assert time.monotonic() < deadline and process.poll() is None, process.communicate()[1].decode()[-800:]
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the driver and its workers
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err.decode()[-800:]
+    assert "interrupting: running runs stop at the end of their epoch" in err.decode()
+    before = records(results)
+    assert {r["status"] for r in before.values()} <= {"completed", "stopped"}
+    assert 1 <= sum(r["status"] == "completed" for r in before.values()) < 4
+    for rid, record in before.items():
+        if record["status"] == "stopped":  # stopped at an epoch boundary, its checkpoint shipped home
+            assert record["stop_reason"] == "KeyboardInterrupt" and len(record["history"]) == 1
+            assert (results / "checkpoints" / f"{rid}.pt").is_file()
+
+    assert run_cli(driver("run").main, ["--grid", str(grid), *FAST, "--results", str(results), "--dask", "local:2"]) == 0
+    after = records(results)
+    assert len(after) == 4 and {r["status"] for r in after.values()} == {"completed"}
+    assert finals(results) == finals(reference)  # resumed runs continued from their checkpoints exactly
+    pd.testing.assert_frame_equal(summary(results), summary(reference), check_exact=True)
+    assert not list((results / "checkpoints").glob("*.pt"))
+
+
+@pytest.mark.parametrize("address", ["local:0", "local", "local:two"])
+def test_malformed_local_address_is_one_line_exit_2(grid, address, tmp_path, capsys):
+    argv = ["--grid", str(grid), *FAST, "--results", str(tmp_path / "results"), "--dask", address]
+    assert run_cli(driver("run").main, argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: --dask {address!r} is invalid: expected local:N with N >= 1, or a scheduler address such as tcp://HOST:8786\n"
+    assert not (tmp_path / "results").exists()
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_scheduler_is_one_line_and_exit_2_before_training(grid, tmp_path):
+    address = f"tcp://127.0.0.1:{_closed_port()}"
+    results = tmp_path / "results"
+    argv = [sys.executable, str(RUN), "--grid", str(grid), *FAST, "--results", str(results), "--dask", address]
+    started = time.monotonic()
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"error: cannot reach the Dask scheduler at {address!r}: "), line
+    assert time.monotonic() - started < 60
+    assert not list(results.rglob("*.json"))  # nothing trained, no manifest
+
+
+class _DieOnFit(WorkerPlugin):
+    """Every worker process that starts a run dies on the spot (a machine that keeps crashing)."""
+
+    def transition(self, key, start, finish, **kwargs):
+        if finish == "executing" and str(key).startswith("fit-"):
+            os._exit(1)
+
+
+def test_a_run_whose_workers_keep_dying_fails_after_bounded_resubmissions(grid, tmp_path, caplog):
+    run = expand(load_grid(str(grid), tmp_path), OVERRIDES)[0].run
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), caplog.at_level(logging.WARNING), \
+            LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        client.register_plugin(_DieOnFit())
+        [outcome] = run_all_dask([run], tmp_path, client, threads=1, progress=False)
+    assert outcome.status == "failed" and outcome.error.startswith("KilledWorker on the cluster")
+    assert caplog.text.count("resubmitting") == RESUBMITS
+    assert not list((tmp_path / "runs").glob("*.json"))  # nothing trained, nothing recorded
