@@ -49,6 +49,10 @@ class RunRecord:
     def from_dict(cls, values: dict[str, Any]) -> "RunRecord":
         if values.get("format") != RECORD_FORMAT:
             raise ValueError(f"not a run record (format={values.get('format')!r}, expected {RECORD_FORMAT!r})")
+        shapes = {"run_id": str, "status": str, "config": dict, "history": list, "final": dict, "provenance": dict}
+        for name, kind in shapes.items():
+            if not isinstance(values.get(name, kind()), kind):
+                raise ValueError(f"field {name!r} is not a {kind.__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names})
 

@@ -52,3 +52,13 @@ def test_flat_columns(tmp_path):
     assert row["model.depth"] == 20 and row["model.widths"] == (16, 32, 64)
     assert row["final.test_error"] == 50.0 and row["provenance.torch"] == "2.x"
     assert row["epochs_done"] == 1
+
+
+def test_a_record_with_the_wrong_shape_is_skipped(tmp_path):
+    write_record(tmp_path, make_record("good"))
+    bad = make_record("bad").to_dict()
+    bad["config"] = 5
+    (tmp_path / "runs" / "bad.json").write_text(json.dumps(bad))
+    with pytest.warns(UserWarning, match="config"):
+        runs = load_runs(tmp_path)
+    assert list(runs["run_id"]) == ["good"] and len(runs.attrs["skipped"]) == 1
