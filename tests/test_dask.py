@@ -4,7 +4,6 @@ CPU training repeats bit for bit, so the records of a cluster run must equal it 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -20,38 +19,16 @@ import pandas as pd
 import pytest
 import torch
 
-dask = pytest.importorskip("dask")  # the optional "scale" extra
-distributed = pytest.importorskip("distributed")
+import dask  # installed with .[dev]: these tests never skip
+from distributed import Client, LocalCluster, WorkerPlugin
 
-from distributed import Client, LocalCluster, WorkerPlugin  # noqa: E402
-
-from resnet_core.cli import run_cli  # noqa: E402
-from resnet_core.dask_runner import RESUBMITS, run_all_dask  # noqa: E402
+from grid_helpers import COMPARED, FAST, RUN, driver, tiny_grid
+from resnet_core.cli import run_cli
+from resnet_core.dask_runner import RESUBMITS, run_all_dask
 from resnet_core.grid import expand, load_grid
 
-REPO = Path(__file__).resolve().parents[1]
-RUN = REPO / "ablation" / "run.py"
+GRID = tiny_grid("dasked")
 OVERRIDES = {"data.source": "synthetic:400", "val_size": 40, "epochs": 2, "device": "cpu"}
-FAST = ["--data", "synthetic:400", "--val-size", "40", "--epochs", "2", "--device", "cpu", "--threads", "1"]
-GRID = """
-name = "dasked"
-report = "generic"
-seeds = 2
-[fixed]
-depth = 8
-batch_size = 32
-eval_batch_size = 200
-[axes]
-residual = [true, false]
-"""
-COMPARED = ["cell", "runs", "completed", "test_error_mean", "test_error_std", "train_error_mean", "val_error_mean"]
-
-
-def driver(name: str):
-    spec = importlib.util.spec_from_file_location(f"ablation_{name}", REPO / "ablation" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def records(results: Path) -> dict[str, dict]:

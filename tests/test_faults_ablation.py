@@ -7,7 +7,6 @@ equal it exactly.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import random
@@ -23,32 +22,12 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
+from grid_helpers import COMPARED, FAST, RUN, driver, tiny_grid
 from resnet_core.cli import run_cli
 from resnet_core.reports import Report, write_report
 from resnet_core.store import RunRecord
 
-REPO = Path(__file__).resolve().parents[1]
-RUN = REPO / "ablation" / "run.py"
-FAST = ["--data", "synthetic:400", "--val-size", "40", "--epochs", "2", "--device", "cpu", "--threads", "1"]
-GRID = """
-name = "faults"
-report = "generic"
-seeds = 2
-[fixed]
-depth = 8
-batch_size = 32
-eval_batch_size = 200
-[axes]
-residual = [true, false]
-"""
-COMPARED = ["cell", "runs", "completed", "test_error_mean", "test_error_std", "train_error_mean", "val_error_mean"]
-
-
-def driver(name: str):
-    spec = importlib.util.spec_from_file_location(f"ablation_{name}", REPO / "ablation" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+GRID = tiny_grid("faults")
 
 
 def run_grid(grid: Path, results: Path, *extra: str) -> int:
