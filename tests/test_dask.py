@@ -17,17 +17,16 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 import dask  # installed with .[dev]: these tests never skip
 from distributed import Client, LocalCluster, WorkerPlugin
 
-from grid_helpers import COMPARED, FAST, RUN, driver, tiny_grid
+from grid_helpers import COMPARED, FAST, RUN, driver, grid_file_fixture, keep_torch_threads, reference  # noqa: F401
 from resnet_core.cli import run_cli
 from resnet_core.dask_runner import RESUBMITS, run_all_dask
 from resnet_core.grid import expand, load_grid
 
-GRID = tiny_grid("dasked")
+grid = grid_file_fixture("dasked")
 OVERRIDES = {"data.source": "synthetic:400", "val_size": 40, "epochs": 2, "device": "cpu"}
 
 
@@ -41,32 +40,6 @@ def finals(results: Path) -> dict[str, dict]:
 
 def summary(results: Path) -> pd.DataFrame:
     return pd.read_csv(results / "ablation" / "dasked" / "summary.csv")[COMPARED]
-
-
-@pytest.fixture(autouse=True)
-def _keep_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def grid(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("grid") / "dasked.toml"
-    path.write_text(GRID)
-    return path
-
-
-@pytest.fixture(scope="module")
-def reference(grid, tmp_path_factory) -> Path:
-    """The grid run locally, one run at a time, one thread per run."""
-    results = tmp_path_factory.mktemp("reference")
-    threads = torch.get_num_threads()
-    try:
-        assert run_cli(driver("run").main, ["--grid", str(grid), *FAST, "--results", str(results)]) == 0
-    finally:
-        torch.set_num_threads(threads)
-    return results
 
 
 def _kill_a_busy_worker(client: Client, results: Path, killed: list, timeout: float = 120) -> None:

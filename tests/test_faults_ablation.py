@@ -22,16 +22,12 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from grid_helpers import COMPARED, FAST, RUN, driver, tiny_grid
+from grid_helpers import COMPARED, FAST, RUN, driver, grid_file_fixture, keep_torch_threads, reference, run_grid  # noqa: F401
 from resnet_core.cli import run_cli
 from resnet_core.reports import Report, write_report
 from resnet_core.store import RunRecord
 
-GRID = tiny_grid("faults")
-
-
-def run_grid(grid: Path, results: Path, *extra: str) -> int:
-    return run_cli(driver("run").main, ["--grid", str(grid), *FAST, "--results", str(results), *extra])
+grid = grid_file_fixture("faults")
 
 
 def summary(results: Path) -> pd.DataFrame:
@@ -64,33 +60,6 @@ def _readable(results: Path) -> list[dict]:
         except (OSError, json.JSONDecodeError):
             pass  # polling may race a rename; the assertions later read every file strictly
     return out
-
-
-@pytest.fixture(autouse=True)
-def _keep_torch_threads():
-    """In-process runs set torch's thread count; give the rest of the session its own back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def grid(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("grid") / "faults.toml"
-    path.write_text(GRID)
-    return path
-
-
-@pytest.fixture(scope="module")
-def reference(grid, tmp_path_factory) -> Path:
-    """An uninterrupted run of the grid: its results directory."""
-    results = tmp_path_factory.mktemp("reference")
-    threads = torch.get_num_threads()
-    try:
-        assert run_grid(grid, results) == 0
-    finally:
-        torch.set_num_threads(threads)
-    return results
 
 
 def test_sigint_stops_cleanly_and_the_rerun_equals_an_uninterrupted_run(grid, reference, tmp_path):
