@@ -1,6 +1,8 @@
 """Run an ablation grid: every cell x seed is one fit(); finished runs are never trained again.
 
-    python ablation/run.py --grid degradation
+    python ablation/run.py --grid degradation                                   # budget auto: quick on a CPU, paper on a GPU
+    python ablation/run.py --grid degradation --budget standard                 # 40 epochs (GPU-sized)
+    python ablation/run.py --grid degradation --axis epochs=1,2,4,8             # how long until the effect shows?
     python ablation/run.py --grid degradation --axis depth=20,32,44,56,110      # add ResNet-110
     python ablation/run.py --grid degradation --seeds 1 --epochs 3 --subset 10000 --workers 1
     python ablation/run.py --grid my_grid.toml --dry-run                        # a user's grid file
@@ -24,6 +26,7 @@ import sys
 from pathlib import Path
 
 from resnet_core import grid as grids
+from resnet_core.budgets import AUTO, GRID_BUDGETS, Budget, resolve_grid_budget
 from resnet_core.cli import run_cli
 from resnet_core.devices import resolve_device
 from resnet_core.engine import estimate_seconds, measure_step_rate
@@ -39,9 +42,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--grid", required=True, help="a built-in grid name or a path to a grid .toml file")
     parser.add_argument("--axis", action="append", default=[], metavar="FIELD=V1,V2", help="replace or add an axis (repeatable)")
     parser.add_argument("--seeds", type=int, help="number of seeds per cell (seeds 0..N-1)")
+    parser.add_argument("--budget", default=AUTO, help=f"training budget: {AUTO} (quick on a CPU, paper on a GPU), "
+                        + ", ".join(f"{b.name} ({b.note})" for b in GRID_BUDGETS.values()))
     budget = parser.add_mutually_exclusive_group()
-    budget.add_argument("--epochs", type=int, help="budget override: epochs per run")
-    budget.add_argument("--iterations", type=int, help="budget override: iterations per run")
+    budget.add_argument("--epochs", type=int, help="length override: epochs per run (replaces the budget's length)")
+    budget.add_argument("--iterations", type=int, help="length override: iterations per run")
     parser.add_argument("--data", help="data source: cifar10, cifar100, synthetic[:N] or a directory (default $RESNET_CORE_DATA)")
     parser.add_argument("--subset", type=int, help="train on N images of the training split")
     parser.add_argument("--val-size", type=int, help="validation images carved from the training set (default 5000)")
@@ -71,10 +76,27 @@ def check_budget(args: argparse.Namespace) -> None:
 
 
 def overrides(args: argparse.Namespace) -> dict[str, object]:
-    """Command-line settings applied to every run, after the grid file."""
-    values = {"epochs": args.epochs, "iterations": args.iterations, "data.source": args.data,
-              "data.subset": args.subset, "data.val_size": args.val_size}
+    """Command-line settings applied to every run, after the grid file (the length goes through the budget)."""
+    values = {"data.source": args.data, "data.val_size": args.val_size}
     return {name: value for name, value in values.items() if value is not None}
+
+
+LENGTH_FIELDS = ("train.epochs", "train.iterations")
+
+
+def choose_budget(args: argparse.Namespace, spec: grids.GridSpec) -> tuple[Budget, str]:
+    """The budget (``--budget``, with --epochs/--iterations/--subset replacing its length) and why."""
+    device_type = resolve_device(args.device).type if not args.dask else "cpu"
+    budget, why = resolve_grid_budget(args.budget, device_type)
+    length_axes = [name for name, _ in spec.axes
+                   if name not in grids.NAMED_AXES and grids.resolve_field(name) in LENGTH_FIELDS]
+    if length_axes and (args.epochs is not None or args.iterations is not None):
+        raise ValueError(f"--epochs/--iterations and the axis {length_axes[0]!r} both set the length: give one")
+    return budget.with_length(args.epochs, args.iterations, args.subset), why
+
+
+def budget_line(budget: Budget, why: str) -> str:
+    return f"budget {budget.name} ({why}): {budget.length_text()}; {budget.note}"
 
 
 def build_spec(args: argparse.Namespace) -> grids.GridSpec:
@@ -123,13 +145,13 @@ def print_summary(cells: list[grids.Cell], outcomes) -> int:
     return 1 if counts.get("failed", 0) else 0
 
 
-def run_local(args: argparse.Namespace, spec: grids.GridSpec, cells: list[grids.Cell]):
+def run_local(args: argparse.Namespace, spec: grids.GridSpec, cells: list[grids.Cell], budget: dict):
     """The cells in local worker processes (joblib), one device slot each."""
     runs = [c.run for c in cells]
     plan_devices(args.workers, args.device, args.workers_per_gpu)  # an unavailable device: one line, now
     # A missing dataset is one error now, not a failed record per run; the decode cache gets built once.
     preload_data(split_done(runs, args.results)[1])
-    grids.save_manifest(args.results, spec, cells)
+    grids.save_manifest(args.results, spec, cells, budget)
     return run_all(runs, args.results, workers=args.workers, device=args.device,
                    workers_per_gpu=args.workers_per_gpu, desc=spec.name, threads=args.threads)
 
@@ -143,13 +165,13 @@ def dask_runner():
     return module
 
 
-def run_dask(args: argparse.Namespace, spec: grids.GridSpec, cells: list[grids.Cell]):
+def run_dask(args: argparse.Namespace, spec: grids.GridSpec, cells: list[grids.Cell], budget: dict):
     """The cells on a Dask cluster. The device and the data are the workers' (this driver needs neither)."""
     dask = dask_runner()
     with dask.dask_client(args.dask) as client:
         workers = len(client.scheduler_info(n_workers=-1)["workers"])
         print(f"dask scheduler {client.scheduler.address}: {workers} worker(s) now" + ("" if workers else ", waiting for some"))
-        grids.save_manifest(args.results, spec, cells)
+        grids.save_manifest(args.results, spec, cells, budget)
         return dask.run_all_dask([c.run for c in cells], args.results, client, threads=args.threads, desc=spec.name)
 
 
@@ -169,13 +191,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.dask:
         dask_runner().local_workers(args.dask)  # a malformed local:N is a usage error too
     spec = build_spec(args)
-    cells = grids.expand(spec, overrides(args))  # every config is validated before anything trains
+    budget, why = choose_budget(args, spec)
+    cells = grids.expand(spec, overrides(args), budget)  # every config is validated before anything trains
     print(f"grid {spec.name}: {len(cells)} runs ({len(cells) // len(spec.seeds)} cells x {len(spec.seeds)} seeds)")
+    print(budget_line(budget, why))
+    chosen = {"name": budget.name, "why": why, "length": budget.length_text(), "note": budget.note}
     if args.dry_run:
         print_plan(cells, args.results, plan_devices(args.workers, args.device, args.workers_per_gpu))
         return 0
     check_writable(args.results)
-    outcomes = run_dask(args, spec, cells) if args.dask else run_local(args, spec, cells)
+    outcomes = run_dask(args, spec, cells, chosen) if args.dask else run_local(args, spec, cells, chosen)
     code = print_summary(cells, outcomes)
     write_and_print_report(args.results, spec.name)
     return code

@@ -148,6 +148,11 @@ class TrainConfig:
 
     ``milestones`` are fractions of the whole budget, so a recipe keeps its shape when the budget
     is overridden: the paper's lr steps at 32k and 48k of 64k iterations are (0.5, 0.75).
+
+    Two warm-ups, at most one per recipe: ``warmup_iterations`` is the paper's (a constant
+    ``warmup_lr`` for that many iterations, then the schedule: He et al. 2015 §4.2, ResNet-110);
+    ``warmup_fraction`` is a gradual one (the schedule's lr ramped linearly from near 0 over that
+    fraction of the run: Goyal et al. 2017 §2.2), which keeps its meaning whatever the run's length.
     """
 
     epochs: int | None = 10
@@ -163,6 +168,7 @@ class TrainConfig:
     gamma: float = 0.1
     warmup_iterations: int = 0
     warmup_lr: float = 0.01
+    warmup_fraction: float = 0.0
     label_smoothing: float = 0.0
     augment: str = "padcrop_flip"
     normalize: bool = True
@@ -191,6 +197,12 @@ class TrainConfig:
         _check_positive("warmup_lr", self.warmup_lr)
         _check_positive("weight_decay", self.weight_decay, allow_zero=True)
         _check_positive("warmup_iterations", self.warmup_iterations, allow_zero=True)
+        if isinstance(self.warmup_fraction, bool) or not isinstance(self.warmup_fraction, (int, float)) \
+                or not 0 <= self.warmup_fraction < 1:
+            _fail("warmup_fraction", self.warmup_fraction, "expected a fraction of the run in [0, 1)")
+        if self.warmup_fraction and self.warmup_iterations:
+            _fail("warmup_fraction", self.warmup_fraction,
+                  f"set one warm-up: warmup_iterations={self.warmup_iterations} is set too")
         if not 0 <= self.momentum < 1:
             _fail("momentum", self.momentum, "expected 0 <= momentum < 1")
         if not 0 <= self.label_smoothing < 1:

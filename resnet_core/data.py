@@ -261,15 +261,19 @@ def content_fingerprint(train_x, train_y, test_x, test_y, classes) -> str:
 
 
 def describe(source: Source, cfg: DataConfig, raw: RawData) -> str:
-    """A human-readable name for reports, e.g. ``CIFAR-10 (JPEG copy) at /abs/path``."""
+    """A human-readable name for reports, e.g. ``CIFAR-10 (JPEG copy)``.
+
+    No path: reports name the data as the user did (``provenance.data_name``) plus its fingerprint,
+    never an absolute path of the machine that made them.
+    """
     if source.kind == "synthetic":
         return f"synthetic ({len(raw.train_y)} train + {len(raw.test_y)} test images, {len(raw.classes)} classes)"
     if source.kind == "torchvision":
-        return f"{BATCH_LAYOUTS[TORCHVISION_SOURCES[source.name][1]].title} (torchvision) at {source.path}"
+        return f"{BATCH_LAYOUTS[TORCHVISION_SOURCES[source.name][1]].title} (torchvision)"
     if source.kind == "batches":
-        return f"{BATCH_LAYOUTS[source.path.name].title} (python batches) at {source.path}"
+        return f"{BATCH_LAYOUTS[source.path.name].title} (python batches)"
     resized = " resized to 32x32" if cfg.resize else ""
-    return f"{_imagefolder_title(source.path)}{resized} at {source.path}"
+    return f"{_imagefolder_title(source.path)}{resized}"
 
 
 # ------------------------------------------------------------------------------------ sources

@@ -92,12 +92,21 @@ SCHEDULES = {"step": _step_factor, "cosine": _cosine_factor, "onecycle": _onecyc
 def lr_at(iteration: int, total_iterations: int, cfg: TrainConfig) -> float:
     """Learning rate of step ``iteration`` (0-based) of ``total_iterations``.
 
-    Warm-up is the paper's, not a ramp: "we use 0.01 to warm up the training until the training
-    error is below 80% (about 400 iterations), and then go back to 0.1" (He et al. 2015 §4.2).
+    ``warmup_iterations`` is the paper's warm-up, not a ramp: "we use 0.01 to warm up the training
+    until the training error is below 80% (about 400 iterations), and then go back to 0.1" (He et
+    al. 2015 §4.2). ``warmup_fraction`` is the gradual warm-up of Goyal et al. 2017 §2.2: the
+    schedule's lr scaled by (i + 1) / W over the first W = fraction x total iterations.
     """
     if iteration < cfg.warmup_iterations:
         return cfg.warmup_lr
-    return cfg.lr * SCHEDULES[cfg.schedule](iteration / total_iterations, cfg)
+    lr = cfg.lr * SCHEDULES[cfg.schedule](iteration / total_iterations, cfg)
+    ramp = warmup_length(cfg, total_iterations)
+    return lr * (iteration + 1) / ramp if iteration < ramp else lr
+
+
+def warmup_length(cfg: TrainConfig, total_iterations: int) -> int:
+    """Iterations of the gradual warm-up (``warmup_fraction`` of the run, at least 1 when set)."""
+    return max(1, round(cfg.warmup_fraction * total_iterations)) if cfg.warmup_fraction else 0
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

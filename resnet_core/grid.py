@@ -30,8 +30,9 @@ File format (all keys optional except ``axes`` or ``cells``; see ablation/grids/
     set = { warmup_iterations = 400 }
 
 Layering of one run (DESIGN.md, style example 4): model preset and recipe (base, then the cell's,
-then the axes'), then ``fixed``, the cell's settings, the axis values, ``when`` rules, and last the
-command-line overrides (budget, data, device).
+then the axes'), then the budget (length, subset, the schedule every cell shares: resnet_core/budgets.py),
+``fixed``, the cell's settings, the axis values (so an ``epochs`` axis scans the length), ``when``
+rules, the budget's own rules, and last the command-line overrides (data, device).
 """
 
 from __future__ import annotations
@@ -39,12 +40,14 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import os
 import tomllib
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from resnet_core.budgets import Budget
 from resnet_core.config import SECTIONS, RunConfig, apply_overrides, coerce, recipe, resolve_field, run_id
 from resnet_core.models import resolve_model
 from resnet_core.store import atomic_write_text
@@ -328,17 +331,23 @@ def _matches(run: RunConfig, match: Pairs) -> bool:
     return all(_get(run, resolve_field(name)) == coerce_field(name, value) for name, value in match)
 
 
-def _point_run(spec: GridSpec, variant: Variant | None, point: Pairs) -> RunConfig:
+def _budget_rules(budget: Budget | None) -> tuple[Rule, ...]:
+    return tuple(Rule(match=match, set=settings) for match, settings in (budget.rules if budget else ()))
+
+
+def _point_run(spec: GridSpec, variant: Variant | None, point: Pairs, budget: Budget | None = None) -> RunConfig:
     """The config of one grid point (before seed and command-line overrides)."""
     named = dict((k, v) for k, v in point if k in NAMED_AXES)
     model = named.get("model") or (variant.model if variant and variant.model else spec.model)
     recipe_name = named.get("recipe") or (variant.recipe if variant and variant.recipe else spec.recipe)
     run = _base_run(model, recipe_name)
+    if budget is not None:
+        run = apply_overrides(run, budget.settings())
     run = apply_overrides(run, dict(spec.fixed))
     if variant is not None:
         run = apply_overrides(run, dict(variant.settings))
     run = apply_overrides(run, {k: v for k, v in point if k not in NAMED_AXES})
-    for rule in spec.rules:
+    for rule in spec.rules + _budget_rules(budget):
         if _matches(run, rule.match):
             run = apply_overrides(run, dict(rule.set))
     return run
@@ -357,8 +366,10 @@ def _points(spec: GridSpec) -> list[Pairs]:
     return [tuple(zip(names, combo)) for combo in itertools.product(*(values for _, values in spec.axes))]
 
 
-def expand(spec: GridSpec, overrides: Mapping[str, Any] | None = None) -> list[Cell]:
+def expand(spec: GridSpec, overrides: Mapping[str, Any] | None = None, budget: Budget | None = None) -> list[Cell]:
     """Every (cell, seed) of the grid as a validated run config; ``overrides`` are applied last.
+
+    ``budget`` (resnet_core/budgets.py) sets length, subset and shared schedule under the grid file.
 
     Any config error is a one-line ValueError naming the grid file and the cell.
     """
@@ -368,7 +379,7 @@ def expand(spec: GridSpec, overrides: Mapping[str, Any] | None = None) -> list[C
         for point in _points(spec):
             where = ", ".join(f"{k}={_show(v)}" for k, v in ((("variant", variant.name),) if variant else ()) + point)
             try:
-                run = apply_overrides(_point_run(spec, variant, point), overrides)
+                run = apply_overrides(_point_run(spec, variant, point, budget), overrides)
                 key = _cell_key(spec, variant, point, run)
             except ValueError as exc:
                 raise ValueError(f"{spec.source}: cell {where or 'base'}: {exc}") from None
@@ -388,11 +399,18 @@ def _check_unique(spec: GridSpec, cells: Sequence[Cell]) -> None:
         seen[cell.run_id] = cell.label
 
 
-def manifest(spec: GridSpec, cells: Sequence[Cell]) -> dict[str, Any]:
-    """What a report needs to find the grid's runs again: the grid and one row per run."""
+def shown_path(path: str) -> str:
+    """A path as a report may print it: relative to the working directory, never absolute
+    (an absolute path names the machine that made the report, not the data or the grid)."""
+    return os.path.relpath(path) if os.path.isabs(path) else path
+
+
+def manifest(spec: GridSpec, cells: Sequence[Cell], budget: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What a report needs to find the grid's runs again: the grid, its budget and one row per run."""
     return {
         "grid": spec.name,
-        "source": spec.source,
+        "source": shown_path(spec.source),
+        "budget": dict(budget or {}),
         "description": spec.description,
         "report": spec.report,
         "axes": list(spec.axis_names),
@@ -408,10 +426,11 @@ def report_dir(results_dir: str | Path, grid_name: str) -> Path:
     return Path(results_dir) / "ablation" / grid_name
 
 
-def save_manifest(results_dir: str | Path, spec: GridSpec, cells: Sequence[Cell]) -> Path:
+def save_manifest(results_dir: str | Path, spec: GridSpec, cells: Sequence[Cell],
+                  budget: Mapping[str, Any] | None = None) -> Path:
     """Write ``grid.json``: the report of a grid reads it to find the grid's run records."""
     path = report_dir(results_dir, spec.name) / "grid.json"
-    atomic_write_text(path, json.dumps(manifest(spec, cells), indent=1, default=str))
+    atomic_write_text(path, json.dumps(manifest(spec, cells, budget), indent=1, default=str))
     return path
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import os
 import platform
 import socket
 import subprocess
@@ -16,16 +18,33 @@ from resnet_core.devices import device_name
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
+def _git(path: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=path, capture_output=True, text=True, timeout=5, check=True).stdout
+
+
 def git_commit(path: Path = PACKAGE_DIR) -> str:
     """The commit of the code that ran, with ``-dirty`` if it had uncommitted changes; or 'unknown'."""
+    state = code_state(path)
+    return state["commit"] + ("-dirty" if state["dirty"] else "")
+
+
+def code_state(path: Path = PACKAGE_DIR) -> dict[str, Any]:
+    """``{"commit", "dirty", "diff_sha256"}`` of the code that ran: a dirty tree is named as such and
+    its uncommitted diff (tracked files) is fingerprinted, so a result can be matched to the exact code."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True,
-                                timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=path,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        commit = _git(path, "rev-parse", "HEAD").strip()
+        diff = _git(path, "diff", "HEAD", "--binary")
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return commit + ("-dirty" if dirty else "")
+        return {"commit": "unknown", "dirty": None, "diff_sha256": None}
+    return {"commit": commit, "dirty": bool(diff), "diff_sha256": hashlib.sha256(diff.encode()).hexdigest()[:16] if diff else None}
+
+
+def data_name(source: str) -> str:
+    """The data as a report may name it: a dataset name as given, a directory relative to the working
+    directory (an absolute path would name the machine, not the data)."""
+    if source in ("cifar10", "cifar100") or source.startswith("synthetic"):
+        return source
+    return os.path.relpath(os.path.abspath(os.path.expanduser(source)))
 
 
 def software_versions() -> dict[str, Any]:
@@ -39,8 +58,11 @@ def software_versions() -> dict[str, Any]:
 
 def collect_provenance(run, device: torch.device | None, amp_dtype: torch.dtype | None, data) -> dict[str, Any]:
     """Provenance of one run: code, software, device, precision and data fingerprint."""
+    code = code_state()
     return {
-        "git_commit": git_commit(),
+        "git_commit": code["commit"] + ("-dirty" if code["dirty"] else ""),
+        "git_dirty": code["dirty"],
+        "git_diff_sha256": code["diff_sha256"],
         **software_versions(),
         "device": str(device) if device is not None else run.device,
         "device_name": device_name(device) if device is not None else None,
@@ -50,6 +72,7 @@ def collect_provenance(run, device: torch.device | None, amp_dtype: torch.dtype 
         "hostname": socket.gethostname(),
         "platform": platform.platform(),
         "data_source": run.data.source,
+        "data_name": data_name(run.data.source),
         "data_fingerprint": getattr(data, "fingerprint", None),
         "data_description": getattr(data, "description", None),
         "train_size": len(data.train_y) if data is not None else None,

@@ -157,7 +157,7 @@ def test_cifar_batches_directory(tiny_cifar_batches, tmp_path, point_at):
     assert torch.bincount(bundle.val_y).tolist() == [1, 1, 1]
     for x, y in ((bundle.train_x, bundle.train_y), (bundle.val_x, bundle.val_y), (bundle.test_x, bundle.test_y)):
         assert torch.equal(x[:, 0, 0, 0].long(), y)  # each image still carries its own label
-    assert bundle.description == f"CIFAR-10 (python batches) at {folder}"
+    assert bundle.description == "CIFAR-10 (python batches)"
 
 
 def test_cifar_batches_missing_file_names_it(tiny_cifar_batches, tmp_path):
@@ -228,7 +228,7 @@ def test_imagefolder_reads_classes_labels_and_pixels(tmp_path):
     assert torch.equal(bundle.train_x[:, 0, 0, 0].long(), bundle.train_y * 10)  # pixels stay with labels
     first = np.array(Image.open(root / "train" / "cat" / "0000.png"))  # (H, W, 3)
     assert torch.equal(bundle.train_x[0], torch.from_numpy(first).permute(2, 0, 1))
-    assert bundle.description == f"set (ImageFolder) at {root.resolve()}"
+    assert bundle.description == "set (ImageFolder)"
 
 
 def test_imagefolder_converts_grayscale_and_rgba_to_rgb(tmp_path):
@@ -306,7 +306,7 @@ def test_jpeg_copy_readme_names_the_dataset(tmp_path):
     root = make_imagefolder(tmp_path / "somecopy")
     (root / "README.md").write_text("# CIFAR-10, JPEG copy (offline stand-in)\n\nText.\n")
     bundle = load_data(tiny_cfg(root, tmp_path))
-    assert bundle.description == f"CIFAR-10 (JPEG copy) at {root.resolve()}"
+    assert bundle.description == "CIFAR-10 (JPEG copy)"
 
 
 # ------------------------------------------------------------------------------------ cache
@@ -390,7 +390,7 @@ def test_real_data_classes_counts_and_statistics(real_bundle, real_data_dir):
     assert torch.bincount(real_bundle.test_y).tolist() == [1000] * 10
     np.testing.assert_allclose(real_bundle.mean, README_MEAN, atol=0.002)
     np.testing.assert_allclose(real_bundle.std, README_STD, atol=0.002)
-    assert real_bundle.description == f"CIFAR-10 (JPEG copy) at {real_data_dir}"
+    assert real_bundle.description == "CIFAR-10 (JPEG copy)"
 
 
 def test_real_data_second_load_is_a_cache_hit(real_bundle, real_data_dir, monkeypatch):

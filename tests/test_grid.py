@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from resnet_core.budgets import GRID_BUDGETS
 from resnet_core.cli import run_cli
 from resnet_core.config import PAPER, SEED
 from resnet_core.grid import (
@@ -74,12 +75,16 @@ def test_seed_vs_paper_links_model_and_recipe():
     assert by_variant["resnet20-paper"].model == PRESETS["resnet20"] and by_variant["resnet20-paper"].train == PAPER
 
 
-def test_axis_option_adds_depth_110_with_the_paper_warmup():
+def test_axis_option_adds_depth_110_with_the_paper_warmup_under_the_paper_budget():
     spec = with_axis(load_grid("degradation", GRIDS), *parse_axis_option("depth=20,56,110"))
-    cells = expand(with_seeds(spec, 1), {"epochs": 3})
+    cells = expand(with_seeds(spec, 1), budget=GRID_BUDGETS["paper"].with_length(epochs=3))
     warm = {c.run.model.depth: c.run.train.warmup_iterations for c in cells}
     assert warm == {20: 0, 56: 0, 110: 400}
     assert len(cells) == 6 and all(c.run.train.epochs == 3 and c.run.train.iterations is None for c in cells)
+    # Short budgets give every cell the same recipe: no depth-specific warm-up there.
+    quick = expand(with_seeds(spec, 1), budget=GRID_BUDGETS["quick"])
+    assert {c.run.train.warmup_iterations for c in quick} == {0}
+    assert len({(c.run.train.schedule, c.run.train.epochs, c.run.data.subset) for c in quick}) == 1
 
 
 def test_model_axis_takes_presets_and_seed_axis_sets_seeds(tmp_path):

@@ -1,0 +1,123 @@
+"""Budgets: how long runs train, on how much data, and the schedule shape that length needs.
+
+One class serves grids and studies. A budget is applied on top of a recipe (``config.RECIPES``):
+it sets the run's length (epochs or iterations), the training subset, the settings every run of
+the budget shares (schedule, warm-up) and conditional settings the source of the budget used
+(the paper's ResNet-110 warm-up). Command-line length flags replace the budget's length.
+
+Why short budgets change the schedule: every residual branch starts with BatchNorm gamma 1, so the
+identity path grows with depth and a deep net at the paper's lr 0.1 from step 0 spikes in its first
+steps (loss 10-17 for ResNet-56). Over the paper's 64k iterations that is a blip; over a few hundred
+it eats the budget and the deep *residual* nets look degraded too. A gradual warm-up (one-cycle's
+ramp here) removes the spike for every cell alike, so the grid still compares like with like.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+Pairs = tuple[tuple[str, Any], ...]
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A named training budget; see the module docstring for how it is applied.
+
+    ``recipe`` names the base recipe (studies); ``None`` keeps the grid's own. ``train`` holds
+    settings applied to every run; ``rules`` are ``(match, set)`` pairs applied after a grid's axes.
+    """
+
+    name: str
+    epochs: int | None = None
+    iterations: int | None = None
+    subset: int | None = None
+    recipe: str | None = None
+    train: Pairs = ()
+    rules: tuple[tuple[Pairs, Pairs], ...] = ()
+    note: str = ""
+
+    def with_length(self, epochs: int | None = None, iterations: int | None = None,
+                    subset: int | None = None) -> Budget:
+        """The budget with command-line length flags applied (a flag replaces, never adds)."""
+        changes: dict[str, Any] = {}
+        if epochs is not None:
+            changes.update(epochs=epochs, iterations=None)
+        if iterations is not None:
+            changes.update(iterations=iterations, epochs=None)
+        if subset is not None:
+            changes["subset"] = subset
+        return dataclasses.replace(self, **changes) if changes else self
+
+    def settings(self) -> dict[str, Any]:
+        """Config settings (``apply_overrides`` names) every run of this budget gets."""
+        values: dict[str, Any] = dict(self.train)
+        if self.epochs is not None:
+            values["epochs"] = self.epochs
+        elif self.iterations is not None:
+            values["iterations"] = self.iterations
+        if self.subset is not None:
+            values["subset"] = self.subset
+        return values
+
+    def length_text(self) -> str:
+        length = f"{self.epochs} epochs" if self.epochs is not None else f"{self.iterations:,} iterations"
+        data = f" on {self.subset:,} training images" if self.subset is not None else " on the whole training split"
+        return length + data
+
+
+# He et al. 2015 §4.2: "we use 0.01 to warm up the training until the training error is below 80%
+# (about 400 iterations), and then go back to 0.1" -- for ResNet-110 only.
+PAPER_RESNET110_WARMUP = (((("depth", 110),), (("warmup_iterations", 400),)),)
+
+GRID_BUDGETS: dict[str, Budget] = {
+    "quick": Budget(
+        "quick", epochs=4, subset=10000, train=(("schedule", "onecycle"), ("warmup_iterations", 0)),
+        note="CPU-sized: 4 epochs on 10,000 images; one-cycle schedule (lr ramps up from lr/25 over the first "
+             "30% of iterations, then anneals), the same for every cell"),
+    "standard": Budget(
+        "standard", epochs=40, train=(("warmup_fraction", 0.02), ("warmup_iterations", 0)),
+        note="GPU-sized: 40 epochs on the 45k split, the recipe's schedule with a linear warm-up over the first "
+             "2% of iterations (Goyal et al. 2017), the same for every cell"),
+    "paper": Budget(
+        "paper", iterations=64000, rules=PAPER_RESNET110_WARMUP,
+        note="He et al. 2015: 64k iterations (~182 epochs of 45k images), the recipe as published, "
+             "with the paper's lr-0.01 warm-up for 400 iterations at depth 110 only"),
+}
+
+STUDY_BUDGETS: dict[str, Budget] = {
+    # Sized so `studies/run.py --trials 50 --budget quick` fits ~20 min on a 2-core CPU (bf16):
+    # ~1.3k training images/s, evaluation of val 5k + test 10k each epoch, the median pruner.
+    "quick": Budget("quick", epochs=2, subset=4000, recipe="quick",
+                    note="CPU-sized: 2 one-cycle epochs on 4,000 images"),
+    "standard": Budget("standard", epochs=30, recipe="paper",
+                       note="GPU-sized: 30 epochs on the 45k split, steps at 50%/75%"),
+    "paper": Budget("paper", iterations=64000, recipe="paper",
+                    note="He et al. 2015: 64k iterations, batch 128 (~182 epochs)"),
+}
+
+
+def lookup(name: str, table: dict[str, Budget], allow_auto: bool = False) -> Budget:
+    """A budget by name; an unknown name is a one-line error listing the known ones."""
+    if name not in table:
+        known = ([AUTO] if allow_auto else []) + list(table)
+        raise ValueError(f"--budget {name!r} is invalid: expected one of {', '.join(known)}")
+    return table[name]
+
+
+def auto_grid_budget(device_type: str) -> tuple[str, str]:
+    """(budget name, why) for ``--budget auto``: the paper's length on a GPU, quick elsewhere."""
+    if device_type == "cuda":
+        return "paper", "auto: a CUDA device is available, so the paper's 64k iterations"
+    return "quick", (f"auto: no GPU (device {device_type}); the paper's 64k iterations would take days here, "
+                     "pass --budget paper to insist")
+
+
+def resolve_grid_budget(name: str, device_type: str) -> tuple[Budget, str]:
+    """The grid budget for ``--budget NAME`` (``auto`` by device) and the reason it was chosen."""
+    if name == AUTO:
+        chosen, why = auto_grid_budget(device_type)
+        return GRID_BUDGETS[chosen], why
+    return lookup(name, GRID_BUDGETS, allow_auto=True), "as asked (--budget)"
