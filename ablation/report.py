@@ -14,7 +14,7 @@ from pathlib import Path
 
 from resnet_core.cli import run_cli
 from resnet_core.grid import load_grid, report_dir
-from resnet_core.reports import build_grid_report, skipped_warning, write_report
+from resnet_core.grid_report import build_grid_report, skipped_warning, write_report
 
 GRIDS_DIR = Path(__file__).resolve().parent / "grids"
 

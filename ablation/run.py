@@ -30,7 +30,7 @@ from resnet_core.budgets import AUTO, GRID_BUDGETS, Budget, resolve_grid_budget
 from resnet_core.cli import run_cli
 from resnet_core.devices import resolve_device
 from resnet_core.engine import estimate_seconds, measure_step_rate
-from resnet_core.reports import build_grid_report, skipped_warning, write_report
+from resnet_core.grid_report import build_grid_report, skipped_warning, write_report
 from resnet_core.runner import check_parallelism, check_writable, plan_devices, preload_data, run_all, split_done
 
 GRIDS_DIR = Path(__file__).resolve().parent / "grids"
@@ -84,19 +84,24 @@ def overrides(args: argparse.Namespace) -> dict[str, object]:
 LENGTH_FIELDS = ("train.epochs", "train.iterations")
 
 
+def length_axis(spec: grids.GridSpec) -> str | None:
+    """The grid's axis that sets the run length (epochs or iterations), if it has one."""
+    names = [name for name, _ in spec.axes if name not in grids.NAMED_AXES and grids.resolve_field(name) in LENGTH_FIELDS]
+    return names[0] if names else None
+
+
 def choose_budget(args: argparse.Namespace, spec: grids.GridSpec) -> tuple[Budget, str]:
     """The budget (``--budget``, with --epochs/--iterations/--subset replacing its length) and why."""
     device_type = resolve_device(args.device).type if not args.dask else "cpu"
     budget, why = resolve_grid_budget(args.budget, device_type)
-    length_axes = [name for name, _ in spec.axes
-                   if name not in grids.NAMED_AXES and grids.resolve_field(name) in LENGTH_FIELDS]
-    if length_axes and (args.epochs is not None or args.iterations is not None):
-        raise ValueError(f"--epochs/--iterations and the axis {length_axes[0]!r} both set the length: give one")
+    axis = length_axis(spec)
+    if axis and (args.epochs is not None or args.iterations is not None):
+        raise ValueError(f"--epochs/--iterations and the axis {axis!r} both set the length: give one")
     return budget.with_length(args.epochs, args.iterations, args.subset), why
 
 
-def budget_line(budget: Budget, why: str) -> str:
-    return f"budget {budget.name} ({why}): {budget.length_text()}; {budget.note}"
+def budget_line(budget: Budget, why: str, axis: str | None) -> str:
+    return f"budget {budget.name} ({why}): {budget.length_text(axis)}; {budget.note}"
 
 
 def build_spec(args: argparse.Namespace) -> grids.GridSpec:
@@ -194,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     budget, why = choose_budget(args, spec)
     cells = grids.expand(spec, overrides(args), budget)  # every config is validated before anything trains
     print(f"grid {spec.name}: {len(cells)} runs ({len(cells) // len(spec.seeds)} cells x {len(spec.seeds)} seeds)")
-    print(budget_line(budget, why))
-    chosen = {"name": budget.name, "why": why, "length": budget.length_text(), "note": budget.note}
+    print(budget_line(budget, why, length_axis(spec)))
+    chosen = {"name": budget.name, "why": why, "length": budget.length_text(length_axis(spec)), "note": budget.note}
     if args.dry_run:
         print_plan(cells, args.results, plan_devices(args.workers, args.device, args.workers_per_gpu))
         return 0

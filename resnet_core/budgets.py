@@ -62,8 +62,11 @@ class Budget:
             values["subset"] = self.subset
         return values
 
-    def length_text(self) -> str:
+    def length_text(self, length_axis: str | None = None) -> str:
+        """``4 epochs on 10,000 training images``; a grid's length axis replaces the length."""
         length = f"{self.epochs} epochs" if self.epochs is not None else f"{self.iterations:,} iterations"
+        if length_axis is not None:
+            length = f"the length from the grid's {length_axis!r} axis"
         data = f" on {self.subset:,} training images" if self.subset is not None else " on the whole training split"
         return length + data
 
@@ -75,15 +78,15 @@ PAPER_RESNET110_WARMUP = (((("depth", 110),), (("warmup_iterations", 400),)),)
 GRID_BUDGETS: dict[str, Budget] = {
     "quick": Budget(
         "quick", epochs=4, subset=10000, train=(("schedule", "onecycle"), ("warmup_iterations", 0)),
-        note="CPU-sized: 4 epochs on 10,000 images; one-cycle schedule (lr ramps up from lr/25 over the first "
+        note="CPU-sized; one-cycle schedule (lr ramps up from lr/25 over the first "
              "30% of iterations, then anneals), the same for every cell"),
     "standard": Budget(
         "standard", epochs=40, train=(("warmup_fraction", 0.02), ("warmup_iterations", 0)),
-        note="GPU-sized: 40 epochs on the 45k split, the recipe's schedule with a linear warm-up over the first "
+        note="GPU-sized; the recipe's schedule with a linear warm-up over the first "
              "2% of iterations (Goyal et al. 2017), the same for every cell"),
     "paper": Budget(
         "paper", iterations=64000, rules=PAPER_RESNET110_WARMUP,
-        note="He et al. 2015: 64k iterations (~182 epochs of 45k images), the recipe as published, "
+        note="He et al. 2015: ~182 epochs of 45k images, the recipe as published, "
              "with the paper's lr-0.01 warm-up for 400 iterations at depth 110 only"),
 }
 

@@ -1,7 +1,8 @@
-"""Ablation reports: tables, verdict sentences and figures from run records.
+"""Building blocks of grid reports: the run table, per-cell summaries, header, generic figures.
 
-Pure functions (DESIGN.md, "Reports"): a DataFrame in, a DataFrame, a string or a matplotlib
-Figure out; only :func:`write_report` touches files. Figures are built on ``Figure`` objects (no
+Pure functions (docs/DESIGN.md, "Reports"): a DataFrame in, a DataFrame, a string or a matplotlib
+Figure out; report kinds (resnet_core/degradation.py) build on them and resnet_core/grid_report.py
+assembles and writes them. Figures are built on ``Figure`` objects (no
 pyplot state), so they render with the Agg canvas anywhere, also without a display.
 
 Rules of evidence kept here: numbers are final-epoch values (never best-epoch); a cell's number is
@@ -11,9 +12,7 @@ seed is labelled as such; diverged runs are counted and shown, never averaged in
 
 from __future__ import annotations
 
-import io
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -22,20 +21,12 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from resnet_core.stats import difference_interval, mean_interval
-from resnet_core.store import atomic_write_bytes, atomic_write_text
+from resnet_core.grid import shown_path
+from resnet_core.stats import mean_interval
 
 METRICS = ("test_error", "train_error", "val_error")
 METRIC_LABELS = {"test_error": "test error (%)", "train_error": "train error (%)", "val_error": "val error (%)"}
 STATUS_COLUMNS = ("completed", "diverged", "failed", "stopped", "missing")
-
-# He et al. 2015, Table 6: CIFAR-10 test error (%) of ResNets with option-A shortcuts, 64k iterations.
-HE2015_TABLE6 = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43}
-HE2015_PARAMS = {20: 0.27e6, 32: 0.46e6, 44: 0.66e6, 56: 0.85e6, 110: 1.7e6}
-# The paper shows plain nets only as curves (Fig. 6); one reproduction with the paper recipe: mean, std.
-PLAIN_REFERENCE = {20: (9.78, 0.13), 56: (12.95, 0.22)}
-# What He et al. 2015 found as depth grows (Fig. 6, Table 6): plain nets worse, ResNets better.
-PAPER_TREND = {"plain": +1, "residual": -1}
 
 
 # ---------------------------------------------------------------------------- the run table
@@ -197,12 +188,51 @@ def _combos(table: pd.DataFrame, columns: Sequence[str]) -> list[tuple]:
     return list(dict.fromkeys(tuple(row) for row in frame.itertuples(index=False)))
 
 
-def _budget_text(table: pd.DataFrame) -> str:
-    budgets = [_plural(int(iterations), "iteration") if iterations is not None else _plural(int(epochs), "epoch")
+def _length_text(table: pd.DataFrame) -> str:
+    lengths = [_plural(int(iterations), "iteration") if iterations is not None else _plural(int(epochs), "epoch")
                for epochs, iterations in _combos(table, ["train.epochs", "train.iterations"])]
-    batches = ", ".join(str(int(b)) for b in _unique(table, "train.batch_size"))
-    recipes = [f"{o} lr {lr:g} {sched}" for o, lr, sched in _combos(table, ["train.optimizer", "train.lr", "train.schedule"])]
-    return f"{_joined(budgets)} per run, batch {batches or 'unknown'} ({_joined(recipes)})"
+    iterations = sorted({int(i) for i in _unique(table, "final.iterations")})
+    done = f" ({', '.join(f'{i:,}' for i in iterations)} iterations trained)" if iterations else ""
+    return f"{_joined(lengths)} per run{done}"
+
+
+def _budget_text(table: pd.DataFrame, manifest: Mapping[str, Any]) -> str:
+    budget = manifest.get("budget") or {}
+    named = f"{budget['name']} ({budget.get('note', '')}); " if budget.get("name") else ""
+    return f"{named}{_length_text(table)}"
+
+
+def _recipe_text(table: pd.DataFrame) -> str:
+    columns = ["train.optimizer", "train.lr", "train.momentum", "train.nesterov", "train.weight_decay",
+               "train.batch_size", "train.label_smoothing"]
+    recipes = [f"{o} lr {lr:g}, momentum {m:g}{' (Nesterov)' if n else ''}, weight decay {wd:g}, batch {int(b)}"
+               + (f", label smoothing {ls:g}" if ls else "")
+               for o, lr, m, n, wd, b, ls in _combos(table, columns)]
+    return _joined(recipes)
+
+
+def _schedule_text(table: pd.DataFrame) -> str:
+    columns = ["train.schedule", "train.milestones", "train.gamma", "train.warmup_iterations", "train.warmup_lr",
+               "train.warmup_fraction"]
+    texts = []
+    for schedule, milestones, gamma, warm_it, warm_lr, warm_frac in _combos(table, columns):
+        text = {"step": f"step: lr x{gamma:g} at {', '.join(f'{m:.0%}' for m in (milestones or []))} of the run",
+                "onecycle": "one-cycle (linear ramp from lr/25 over the first 30%, then cosine annealing)",
+                "cosine": "cosine annealing", "constant": "constant lr"}.get(schedule, str(schedule))
+        if warm_it:
+            text += f"; warm-up: lr {warm_lr:g} for the first {int(warm_it)} iterations (He et al. 2015 §4.2)"
+        elif warm_frac:
+            text += f"; warm-up: linear ramp over the first {warm_frac:.0%} of iterations (Goyal et al. 2017)"
+        else:
+            text += "; no separate warm-up"
+        texts.append(text)
+    return _joined(texts)
+
+
+def _precision_text(table: pd.DataFrame) -> str:
+    combos = _combos(table, ["provenance.amp", "provenance.channels_last"])
+    return _joined([f"{'autocast ' + amp if amp and amp != 'fp32' else 'fp32'}, "
+                    f"{'channels_last' if cl else 'contiguous (NCHW)'} memory format" for amp, cl in combos])
 
 
 def _plural(n: int, word: str) -> str:
@@ -210,9 +240,25 @@ def _plural(n: int, word: str) -> str:
 
 
 def _data_text(table: pd.DataFrame) -> str:
+    """The data as the user named it (never an absolute path), its content fingerprint and split sizes."""
+    names = _unique(table, "provenance.data_name") or [Path(str(s)).name for s in _unique(table, "data.source")]
     sizes = [f"{int(t)} train / {int(v)} val / {int(te)} test images" for t, v, te in
              _combos(table, ["provenance.train_size", "provenance.val_size", "provenance.test_size"]) if t is not None]
-    return f"{_joined(_unique(table, 'provenance.data_description'))}; {_joined(sizes)}"
+    fingerprints = _unique(table, "provenance.data_fingerprint")
+    return (f"{_joined(_unique(table, 'provenance.data_description'))} (`{_joined(names)}`, "
+            f"fingerprint {_joined(fingerprints)}); {_joined(sizes)}")
+
+
+def _code_text(table: pd.DataFrame) -> str:
+    """The commit(s) that trained the runs; a dirty tree is said so with the hash of its diff."""
+    texts = []
+    for commit, dirty, diff in _combos(table, ["provenance.git_commit", "provenance.git_dirty",
+                                               "provenance.git_diff_sha256"]) or [(c, None, None) for c in
+                                                                                  _unique(table, "provenance.git_commit")]:
+        commit = str(commit).removesuffix("-dirty")
+        texts.append(f"git {commit} with uncommitted changes (diff sha256 {diff})" if dirty
+                     else f"git {commit} (clean tree)" if dirty is False else f"git {commit}")
+    return _joined(texts)
 
 
 def skipped_line(skipped: Sequence[str]) -> list[str]:
@@ -235,12 +281,15 @@ def header_lines(table: pd.DataFrame, manifest: Mapping[str, Any], skipped: Sequ
         f"# Ablation: {manifest['grid']}",
         "",
         *([manifest["description"], ""] if manifest.get("description") else []),
-        f"- Grid file: `{manifest.get('source', '?')}`",
+        f"- Grid file: `{shown_path(str(manifest.get('source', '?')))}`",
         f"- Data: {_data_text(ran)}",
-        f"- Budget: {_budget_text(ran)}",
+        f"- Budget: {_budget_text(ran, manifest)}",
+        f"- Recipe: {_recipe_text(ran)}; schedule {_schedule_text(ran)}",
+        f"- Precision: {_precision_text(ran)}",
         f"- Seeds: {len(seeds)} per cell ({', '.join(map(str, seeds))})",
         f"- Hardware: {_joined(_unique(ran, 'provenance.device_name'))}",
-        f"- Software: {_joined(software)}; git {_joined(_unique(ran, 'provenance.git_commit'))}",
+        f"- Software: {_joined(software)}",
+        f"- Code: {_code_text(ran)}",
         f"- Runs: {len(table)} in the grid: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n),
         *skipped_line(skipped),
         "- Numbers are final-epoch values (not best-epoch), mean ± std [95% t-interval] over completed seeds. "
@@ -248,128 +297,6 @@ def header_lines(table: pd.DataFrame, manifest: Mapping[str, Any], skipped: Sequ
         "running error on the augmented training batches of the last epoch (as in He et al. 2015, Fig. 6). "
         "Diverged runs are counted in `runs`, not averaged.",
     ]
-
-
-# ------------------------------------------------------------------------------- verdicts
-
-def trend_word(diff: Mapping[str, float], up: str, down: str, flat: str) -> str:
-    """``up`` / ``down`` when the 95% interval excludes 0, else ``flat`` (no interval: by sign only)."""
-    low, high, value = diff["ci_low"], diff["ci_high"], diff["diff"]
-    if not np.isfinite(value):
-        return flat
-    if not (np.isfinite(low) and np.isfinite(high)):
-        return up if value > 0 else down if value < 0 else flat
-    if low > 0:
-        return up
-    if high < 0:
-        return down
-    return flat
-
-
-def diff_text(diff: Mapping[str, float], n_a: int, n_b: int) -> str:
-    """``+2.31 points (95% CI +1.10 to +3.52; 3 vs 3 seeds)``, or labelled single-seed."""
-    if not np.isfinite(diff["ci_low"]):
-        return f"{diff['diff']:+.2f} points (single-seed numbers, {n_b} vs {n_a} runs: no interval)"
-    return f"{diff['diff']:+.2f} points (95% CI {diff['ci_low']:+.2f} to {diff['ci_high']:+.2f}; {n_b} vs {n_a} seeds)"
-
-
-def _excluded(frame: pd.DataFrame) -> str:
-    diverged = int((frame["status"] == "diverged").sum())
-    return f"; {diverged} diverged run(s) not averaged" if diverged else ""
-
-
-DEPTH_WORDS = {"up": "rises with depth", "down": "falls with depth", "flat": "shows no clear change with depth"}
-SINGLE_SEED_WORDS = {"up": "is higher at depth {deep}", "down": "is lower at depth {deep}", "flat": "is unchanged at depth {deep}"}
-FAMILY_WORDS = {"up": "higher for residual", "down": "lower for residual", "flat": "no clear difference"}
-
-
-def depth_verdict(table: pd.DataFrame, family: str, metric: str) -> str | None:
-    """``plain: train error rises with depth, 56 vs 20: +x.xx points (95% CI a to b; ...)``.
-
-    The word follows the sign only when the 95% interval of the difference excludes 0; with a
-    single seed on either side there is no interval and the sentence says so.
-    """
-    runs = table[table["family"] == family]
-    depths = sorted(runs["depth"].dropna().unique())
-    if len(depths) < 2:
-        return None
-    shallow, deep = int(depths[0]), int(depths[-1])
-    compared = runs[runs["depth"].isin([shallow, deep])]
-    a, b = _values(runs[runs["depth"] == shallow], metric), _values(runs[runs["depth"] == deep], metric)
-    name = metric.replace("_", " ")
-    if not a or not b:
-        return f"{family}: {name}: {deep} vs {shallow}: no completed runs to compare{_excluded(compared)}."
-    diff = difference_interval(a, b)
-    single = not np.isfinite(diff["ci_low"])
-    trend = trend_word(diff, "up", "down", "flat")
-    word = SINGLE_SEED_WORDS[trend].format(deep=deep) + " in a single-seed comparison" if single else DEPTH_WORDS[trend]
-    return (f"{family}: {name} {word}, {deep} vs {shallow}: {diff_text(diff, len(a), len(b))}"
-            f"{_paper_note(family, trend, single)}{_excluded(compared)}.")
-
-
-def _paper_note(family: str, trend: str, single: bool) -> str:
-    """Whether a clear trend agrees with He et al. 2015 (plain worse with depth, ResNet better)."""
-    if single or trend == "flat" or family not in PAPER_TREND:
-        return ""
-    agrees = (trend == "up") == (PAPER_TREND[family] > 0)
-    return " — as in He et al. 2015" if agrees else " — unlike He et al. 2015"
-
-
-def family_verdict(table: pd.DataFrame, depth: int, metric: str) -> str | None:
-    """``residual vs plain at depth 56: test error lower for residual by ... (95% CI ...)``."""
-    at = table[table["depth"] == depth]
-    plain, residual = _values(at[at["family"] == "plain"], metric), _values(at[at["family"] == "residual"], metric)
-    if not plain or not residual:
-        return None
-    diff = difference_interval(plain, residual)  # residual - plain
-    word = FAMILY_WORDS[trend_word(diff, "up", "down", "flat")]
-    if not np.isfinite(diff["ci_low"]):
-        word += " (single seed)"
-    return (f"residual vs plain at depth {int(depth)}: {metric.replace('_', ' ')} {word}, "
-            f"residual − plain = {diff_text(diff, len(plain), len(residual))}{_excluded(at)}.")
-
-
-def degradation_verdicts(table: pd.DataFrame) -> list[str]:
-    """Data-driven sentences: each family's trend with depth, then residual vs plain per depth."""
-    sentences = []
-    for family in ("plain", "residual"):
-        for metric in ("train_error", "test_error"):
-            sentence = depth_verdict(table, family, metric)
-            if sentence:
-                sentences.append(sentence)
-    for depth in sorted(table["depth"].dropna().unique()):
-        for metric in ("train_error", "test_error"):
-            sentence = family_verdict(table, depth, metric)
-            if sentence:
-                sentences.append(sentence)
-    return sentences
-
-
-def paper_comparison(table: pd.DataFrame) -> pd.DataFrame:
-    """Side by side with He et al. 2015 Table 6 (ResNets) and a plain-net reproduction, by depth."""
-    rows = []
-    for depth in sorted(table["depth"].dropna().unique()):
-        at = table[table["depth"] == depth]
-        row: dict[str, Any] = {"depth": int(depth)}
-        for family in ("residual", "plain"):
-            runs = at[at["family"] == family]
-            stats = mean_interval(_values(runs, "test_error"))
-            row[f"{family} test error (%), ours"] = format_stat(**stats) if len(runs) else "not in grid"
-            if family == "residual":
-                row["ResNet, He et al. 2015 Table 6"] = _ref(HE2015_TABLE6.get(int(depth)))
-                paper = HE2015_TABLE6.get(int(depth))
-                row["ours − paper"] = f"{stats['mean'] - paper:+.2f}" if paper and stats["n"] else "—"
-                row["params, ours"] = _millions(_first(runs, "params"))
-                row["params, paper"] = _millions(HE2015_PARAMS.get(int(depth), math.nan))
-            else:
-                ref = PLAIN_REFERENCE.get(int(depth))
-                row["plain, reproduction"] = f"{ref[0]:.2f} ± {ref[1]:.2f}" if ref else "—"
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def _ref(value: float | None) -> str:
-    return f"{value:.2f}" if value is not None else "—"
 
 
 # --------------------------------------------------------------------------------- figures
@@ -429,71 +356,6 @@ def _interval_bars(stats: pd.DataFrame, metric: str) -> np.ndarray:
     return np.nan_to_num(np.vstack([mean - low, high - mean]))
 
 
-def plot_final_vs_depth(table: pd.DataFrame) -> Figure:
-    """Final train and test error vs depth per family, mean with 95% interval bars; Table 6 marked."""
-    stats = summarize(table, ["family", "depth"]).dropna(subset=["depth"]).sort_values("depth")
-    with sns.axes_style("whitegrid"):
-        fig = Figure(figsize=(10, 4.2), layout="constrained")
-        axes = fig.subplots(1, 2)
-    palette = {"plain": "tab:red", "residual": "tab:blue"}
-    for ax, metric in zip(axes, ("train_error", "test_error")):
-        for family, part in stats.groupby("family"):
-            part = part[part[f"{metric}_n"] > 0]
-            ax.errorbar(part["depth"], part[f"{metric}_mean"], yerr=_interval_bars(part, metric), marker="o", capsize=4,
-                        color=palette.get(family), label=family)
-        if metric == "test_error":
-            depths = [d for d in HE2015_TABLE6 if d in set(stats["depth"])]
-            ax.plot(depths, [HE2015_TABLE6[d] for d in depths], "kx", markersize=9, label="ResNet, He et al. 2015")
-        ax.set(xlabel="depth (weighted layers)", ylabel=METRIC_LABELS[metric], title=f"final {METRIC_LABELS[metric]}")
-        ax.set_xticks(sorted(stats["depth"].unique()))
-        ax.legend()
-    fig.suptitle("Final epoch, mean over completed seeds, bars: 95% t-interval (none for a single seed)")
-    return fig
-
-
-def grad_norm_frame(histories: pd.DataFrame, table: pd.DataFrame, epochs: str = "all") -> pd.DataFrame:
-    """Per-stage gradient norms per run, averaged over all epochs (``epochs="all"``) or the first."""
-    columns = [c for c in histories.columns if c.startswith("grad_norm.")]
-    done = table.loc[table["status"] == "completed", ["run_id", "family", "depth"]]
-    if not columns or done.empty:
-        return pd.DataFrame(columns=["run_id", "family", "depth", "stage", "grad_norm"])
-    part = histories if epochs == "all" else histories[histories["epoch"] == 1]
-    per_run = part.groupby("run_id")[columns].mean().reset_index().merge(done, on="run_id")
-    long = per_run.melt(id_vars=["run_id", "family", "depth"], value_vars=columns, var_name="stage", value_name="grad_norm")
-    long["stage"] = long["stage"].str.removeprefix("grad_norm.")
-    return long.sort_values("stage", key=lambda s: s.map(_stage_order), kind="stable")
-
-
-def _stage_order(stage: str) -> tuple[int, int]:
-    """Network order: stem, stage1..stageK, head (records store the stages sorted by name)."""
-    if stage == "stem":
-        return (0, 0)
-    if stage.startswith("stage") and stage[5:].isdigit():
-        return (1, int(stage[5:]))
-    return (2, 0)
-
-
-def plot_grad_norms(histories: pd.DataFrame, table: pd.DataFrame, epochs: str = "all") -> Figure:
-    """Gradient norm of each stage vs depth, plain vs residual (mean over seeds, log scale)."""
-    data = grad_norm_frame(histories, table, epochs)
-    stages = list(dict.fromkeys(data["stage"])) or ["(none)"]
-    with sns.axes_style("whitegrid"):
-        fig = Figure(figsize=(3.2 * len(stages), 3.6), layout="constrained")
-        axes = fig.subplots(1, len(stages), sharey=True, squeeze=False)[0]
-    for ax, stage in zip(axes, stages):
-        part = data[data["stage"] == stage]
-        if not part.empty:
-            sns.lineplot(data=part, x="depth", y="grad_norm", hue="family", hue_order=["plain", "residual"],
-                         marker="o", errorbar=None, ax=ax, legend=ax is axes[-1],
-                         palette={"plain": "tab:red", "residual": "tab:blue"})
-            ax.set_yscale("log")
-        ax.set(title=stage, xlabel="depth", ylabel="gradient L2 norm")
-        ax.set_xticks(sorted(part["depth"].unique()))
-    which = "averaged over all epochs" if epochs == "all" else "first epoch"
-    fig.suptitle(f"Per-stage gradient norm (mean over the epoch's steps, {which}; mean over seeds)")
-    return fig
-
-
 def plot_cell_errors(summary: pd.DataFrame) -> Figure:
     """Final test error per cell: mean with 95% interval bars; cells without a number are labelled."""
     rows = summary.reset_index(drop=True)
@@ -511,97 +373,3 @@ def plot_cell_errors(summary: pd.DataFrame) -> Figure:
     ax.invert_yaxis()
     ax.set(xlabel=METRIC_LABELS["test_error"], title="Final test error per cell (bars: 95% t-interval)")
     return fig
-
-
-# ---------------------------------------------------------------------------------- report
-
-PAPER_NOTE = (
-    "He et al. trained 64k iterations (about 182 epochs of 45k images) with the paper recipe; the plain "
-    "reference is one reproduction with that recipe. Numbers from a shorter budget (see Budget above) "
-    "are not expected to match them, only the direction of the effects."
-)
-CAPTIONS = {
-    "test_error_by_cell": "Final test error per cell: mean over completed seeds, bars a 95% t-interval.",
-    "curves": "Train error (dashed) and test error (solid) per epoch, mean over completed seeds (He et al. Fig. 6).",
-    "final_vs_depth": "Final train and test error vs depth; crosses: He et al. 2015 Table 6 (ResNets).",
-    "grad_norms": "L2 norm of each stage's gradient, mean over each epoch's steps, averaged over all epochs, "
-                  "mean over seeds (log scale).",
-}
-
-@dataclass
-class Report:
-    """Everything a grid's report consists of; :func:`write_report` puts it on disk."""
-
-    summary: pd.DataFrame
-    markdown: str
-    figures: dict[str, Figure] = field(default_factory=dict)
-    skipped: list[str] = field(default_factory=list)  # unreadable files in runs/ (counted in the header)
-
-
-def _section(title: str, body: str) -> str:
-    return f"\n## {title}\n\n{body}\n"
-
-
-def build_report(runs: pd.DataFrame, histories: pd.DataFrame, manifest: Mapping[str, Any]) -> Report:
-    """Tables, verdicts and figures of one grid from the result store's frames and its manifest."""
-    table = grid_table(runs, manifest)
-    axes = list(manifest["axes"])
-    summary = summarize_cells(table, axes)
-    skipped = list(runs.attrs.get("skipped", []))
-    parts = ["\n".join(header_lines(table, manifest, skipped)),
-             _section("Cells", markdown_table(display_table(summary, axes)))]
-    figures = {"test_error_by_cell": plot_cell_errors(summary)}
-    if manifest.get("report") == "degradation" and "family" in table:
-        parts.append(_section("Compared with He et al. 2015 (test error %, CIFAR-10)",
-                              markdown_table(paper_comparison(table)) + "\n\n" + PAPER_NOTE))
-        verdicts = degradation_verdicts(table)
-        parts.append(_section("Verdicts (computed from the runs above)", "\n".join(f"- {v}" for v in verdicts) or "- none yet"))
-        figures["curves"] = plot_learning_curves(histories, table, hue="depth", panel="family")
-        figures["final_vs_depth"] = plot_final_vs_depth(table)
-        figures["grad_norms"] = plot_grad_norms(histories, table, epochs="all")
-    else:
-        figures["curves"] = plot_learning_curves(histories, table, hue="cell")
-    parts.append(_section("Figures", "\n\n".join(f"![{name}]({name}.png)\n\n{CAPTIONS[name]}" for name in figures)))
-    return Report(summary=summary, markdown="\n".join(parts), figures=figures, skipped=skipped)
-
-
-def write_report(report: Report, out_dir: str | Path, dpi: int = 120) -> list[Path]:
-    """summary.csv, report.md and one PNG per figure under ``out_dir``; returns the paths.
-
-    Every file is written atomically (temp file, then rename): a kill leaves the old file or the
-    new one, never half of one.
-    """
-    out = Path(out_dir)
-    paths = [out / "summary.csv", out / "report.md"]
-    atomic_write_text(paths[0], report.summary.to_csv(index=False))
-    atomic_write_text(paths[1], report.markdown + "\n")
-    for name, figure in report.figures.items():
-        paths.append(out / f"{name}.png")
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=dpi)
-        atomic_write_bytes(paths[-1], buffer.getvalue())
-    return paths
-
-
-def skipped_warning(report: Report, results_dir: str | Path) -> str | None:
-    """The command lines' warning line for unreadable files in ``runs/`` (None when there are none)."""
-    if not report.skipped:
-        return None
-    return (f"warning: skipped {_plural(len(report.skipped), 'unreadable file')} in {Path(results_dir) / 'runs'} "
-            "(corrupt JSON or not a run record; counted in report.md)")
-
-
-def build_grid_report(results_dir: str | Path, grid_name: str) -> Report:
-    """A grid's report from its manifest and the run records (no training, no files written)."""
-    from resnet_core.grid import load_manifest
-    from resnet_core.store import load_histories, load_runs
-
-    manifest = load_manifest(results_dir, grid_name)
-    return build_report(load_runs(results_dir), load_histories(results_dir), manifest)
-
-
-def write_grid_report(results_dir: str | Path, grid_name: str) -> list[Path]:
-    """Rebuild a grid's report from its manifest and the run records (no training)."""
-    from resnet_core.grid import report_dir
-
-    return write_report(build_grid_report(results_dir, grid_name), report_dir(results_dir, grid_name))

@@ -11,19 +11,9 @@ from PIL import Image
 from scipy import stats as scipy_stats
 
 from resnet_core.config import DataConfig, ModelConfig, RunConfig, apply_overrides, run_id, to_dict
-from resnet_core.reports import (
-    build_report,
-    degradation_verdicts,
-    depth_verdict,
-    display_table,
-    family_verdict,
-    grid_table,
-    markdown_table,
-    paper_comparison,
-    summarize_cells,
-    trend_word,
-    write_report,
-)
+from resnet_core.degradation import PLAIN_REFERENCE_COLUMN, paper_comparison
+from resnet_core.grid_report import build_report, write_report
+from resnet_core.reports import display_table, grid_table, markdown_table, summarize_cells
 from resnet_core.store import RunRecord, load_histories, load_runs, write_record
 
 STAGES = ("stem", "stage1", "stage2", "stage3", "head")
@@ -103,57 +93,11 @@ def test_summary_is_the_mean_and_interval_of_completed_seeds(store):
     assert (missing["missing"], missing["test_error_n"]) == (1, 0) and math.isnan(missing["test_error_mean"])
 
 
-@pytest.mark.parametrize(
-    "diff, expected",
-    [
-        ({"diff": 2.0, "ci_low": 1.0, "ci_high": 3.0}, "up"),
-        ({"diff": -2.0, "ci_low": -3.0, "ci_high": -1.0}, "down"),
-        ({"diff": 2.0, "ci_low": -0.5, "ci_high": 4.5}, "flat"),
-        ({"diff": -2.0, "ci_low": -4.5, "ci_high": 0.5}, "flat"),
-        ({"diff": 1.0, "ci_low": math.nan, "ci_high": math.nan}, "up"),  # single seed: by sign only
-        ({"diff": math.nan, "ci_low": math.nan, "ci_high": math.nan}, "flat"),
-    ],
-)
-def test_trend_word_follows_sign_and_interval(diff, expected):
-    assert trend_word(diff, "up", "down", "flat") == expected
-
-
-def test_verdicts_follow_the_data(store):
-    path, manifest = store
-    table = grid_table(load_runs(path), manifest)
-    plain = depth_verdict(table, "plain", "train_error")
-    assert plain.startswith("plain: train error rises with depth, 56 vs 20: +4.07 points (95% CI +")
-    assert "3 vs 3 seeds" in plain and "as in He et al. 2015" in plain and "1 diverged run(s) not averaged" in plain
-    residual = depth_verdict(table, "residual", "test_error")
-    assert residual.startswith("residual: test error falls with depth, 56 vs 20: -1.75 points") and "as in He" in residual
-    versus = family_verdict(table, 56, "test_error")
-    assert versus.startswith("residual vs plain at depth 56: test error lower for residual, residual − plain = -5.97")
-    assert len(degradation_verdicts(table)) == 4 + 2 * 2
-
-
-def test_verdict_without_clear_change_and_against_the_paper(tmp_path):
-    values = {(True, 20): [(8.0, 3.0), (9.0, 5.0), (8.5, 4.0)], (True, 56): [(8.4, 3.2), (8.2, 5.1), (9.3, 4.1)],
-              (False, 20): [(9.0, 6.0), (9.1, 6.1), (9.0, 6.2)], (False, 56): [(8.0, 3.0), (8.1, 3.1), (8.0, 3.2)]}
-    runs = {}
-    for key, seeds in values.items():
-        runs[key] = [make_run(*key, seed) for seed in range(len(seeds))]
-        for run, (test, train) in zip(runs[key], seeds):
-            write_record(tmp_path, make_record(run, test, train))
-    table = grid_table(load_runs(tmp_path), manifest_for(runs))
-    flat = depth_verdict(table, "residual", "train_error")
-    assert "shows no clear change with depth" in flat and "He et al" not in flat
-    assert "falls with depth" in depth_verdict(table, "plain", "test_error")
-    assert "unlike He et al. 2015" in depth_verdict(table, "plain", "test_error")
-
-
 def test_single_seed_numbers_are_labelled(tmp_path):
     runs = {(False, 20): [make_run(False, 20, 0)], (False, 56): [make_run(False, 56, 0)]}
     write_record(tmp_path, make_record(runs[(False, 20)][0], 10.0, 5.0))
     write_record(tmp_path, make_record(runs[(False, 56)][0], 12.0, 7.5))
     table = grid_table(load_runs(tmp_path), manifest_for(runs))
-    sentence = depth_verdict(table, "plain", "train_error")
-    assert "is higher at depth 56 in a single-seed comparison" in sentence and "+2.50 points (single-seed" in sentence
-    assert "95% CI" not in sentence and "He et al" not in sentence
     shown = display_table(summarize_cells(table, ["residual", "depth"]), ["residual", "depth"])
     assert shown.loc[0, "test error (%)"] == "10.00 (single seed)"
 
@@ -167,7 +111,7 @@ def test_table6_side_by_side(store):
     assert table.loc[56, "ResNet, He et al. 2015 Table 6"] == "6.97"
     assert table.loc[20, "ours − paper"] == f"{ours20 - 8.75:+.2f}"
     assert table.loc[20, "residual test error (%), ours"].startswith(f"{ours20:.2f} ± ")
-    assert table.loc[56, "plain, reproduction"] == "12.95 ± 0.22" and table.loc[32, "plain, reproduction"] == "—"
+    assert table.loc[56, PLAIN_REFERENCE_COLUMN] == "12.95 ± 0.22" and table.loc[32, PLAIN_REFERENCE_COLUMN] == "—"
     assert table.loc[32, "residual test error (%), ours"] == "not in grid"
     assert table.loc[20, "params, paper"] == "0.27M"
 
@@ -203,12 +147,13 @@ def test_degradation_report_header_tables_and_figures(store, tmp_path_factory):
     path, manifest = store
     report = build_report(load_runs(path), load_histories(path), manifest)
     text = report.markdown
-    for fragment in ("# Ablation: deg", "synthetic (2000 train); 1500 train / 500 val / 500 test images",
-                     "2 epochs per run, batch 128", "Seeds: 3 per cell", "cpu (x86_64, 2 cores)",
+    for fragment in ("# Ablation: deg", "synthetic (2000 train) (`synthetic`", "1500 train / 500 val / 500 test images",
+                     "2 epochs per run", "batch 128", "Seeds: 3 per cell", "cpu (x86_64, 2 cores)",
                      "torch 2.14.1, python 3.11.7", "git abc123", "1 diverged", "1 missing",
-                     "ResNet, He et al. 2015 Table 6", "plain: train error rises with depth"):
+                     "He et al. 2015, Table 6", "nabla0001/resnet", "Degradation reproduced"):
         assert fragment in text, fragment
     assert set(report.figures) == {"test_error_by_cell", "curves", "final_vs_depth", "grad_norms"}
+    assert set(report.tables) == {"trends"}
     curves = report.figures["curves"]
     assert [ax.get_title() for ax in curves.axes if ax.get_title()] == ["plain", "residual"]
     assert all(len(ax.get_lines()) >= 4 for ax in curves.axes[:2])  # 2 depths x (train, test)

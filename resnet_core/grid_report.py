@@ -1,0 +1,125 @@
+"""A grid's report: the generic part (header, cells, per-cell figure) plus its kind's part, and the
+files they become. Report kinds are a registry: a grid file's ``report = "..."`` picks one.
+
+Reports read only the run records and the grid's manifest (docs/DESIGN.md, result store), so they
+can be rebuilt at any time without training (``ablation/report.py``).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from resnet_core.degradation import CAPTIONS as DEGRADATION_CAPTIONS
+from resnet_core.degradation import KindOutput, degradation_kind
+from resnet_core.grid import load_manifest, report_dir
+from resnet_core.reports import (
+    _plural,
+    display_table,
+    grid_table,
+    header_lines,
+    markdown_table,
+    plot_cell_errors,
+    plot_learning_curves,
+    summarize_cells,
+)
+from resnet_core.store import atomic_write_bytes, atomic_write_text, load_histories, load_runs
+
+Kind = Callable[[pd.DataFrame, pd.DataFrame, Mapping[str, Any]], KindOutput]
+
+
+def generic_kind(table: pd.DataFrame, histories: pd.DataFrame, manifest: Mapping[str, Any]) -> KindOutput:
+    """Learning curves per cell; nothing grid-specific."""
+    return KindOutput(figures={"curves": plot_learning_curves(histories, table, hue="cell")})
+
+
+# The names a grid file's ``report`` key may take (grid.REPORTS lists the same names for validation).
+KINDS: dict[str, Kind] = {"generic": generic_kind, "degradation": degradation_kind}
+CAPTIONS = {
+    "test_error_by_cell": "Final test error per cell: mean over completed seeds, bars a 95% t-interval.",
+    "curves": "Train error (dashed) and test error (solid) per epoch, mean over completed seeds.",
+    **DEGRADATION_CAPTIONS,
+}
+
+
+@dataclass
+class Report:
+    """Everything a grid's report consists of; :func:`write_report` puts it on disk."""
+
+    summary: pd.DataFrame
+    markdown: str
+    figures: dict[str, Figure] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)  # unreadable files in runs/ (counted in the header)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # extra CSVs (trends.csv, ...)
+
+
+def _section(title: str, body: str) -> str:
+    return f"\n## {title}\n\n{body}\n"
+
+
+def kind_of(manifest: Mapping[str, Any]) -> Kind:
+    name = manifest.get("report", "generic")
+    if name not in KINDS:
+        raise ValueError(f"report={name!r} is invalid: expected one of {', '.join(KINDS)}")
+    return KINDS[name]
+
+
+def build_report(runs: pd.DataFrame, histories: pd.DataFrame, manifest: Mapping[str, Any]) -> Report:
+    """Tables, verdicts and figures of one grid from the result store's frames and its manifest."""
+    table = grid_table(runs, manifest)
+    axes = list(manifest["axes"])
+    summary = summarize_cells(table, axes)
+    skipped = list(runs.attrs.get("skipped", []))
+    extra = kind_of(manifest)(table, histories, manifest)
+    parts = ["\n".join(header_lines(table, manifest, skipped)),
+             *(_section(title, body) for title, body in extra.sections[:1]),  # verdicts first, when any
+             _section("Cells", markdown_table(display_table(summary, axes))),
+             *(_section(title, body) for title, body in extra.sections[1:])]
+    figures = {"test_error_by_cell": plot_cell_errors(summary), **extra.figures}
+    parts.append(_section("Figures", "\n\n".join(f"![{name}]({name}.png)\n\n{CAPTIONS[name]}" for name in figures)))
+    return Report(summary=summary, markdown="\n".join(parts), figures=figures, skipped=skipped, tables=extra.tables)
+
+
+def write_report(report: Report, out_dir: str | Path, dpi: int = 120) -> list[Path]:
+    """summary.csv, report.md, the kind's CSVs and one PNG per figure under ``out_dir``; returns the paths.
+
+    Every file is written atomically (temp file, then rename): a kill leaves the old file or the
+    new one, never half of one.
+    """
+    out = Path(out_dir)
+    paths = [out / "summary.csv", out / "report.md"]
+    atomic_write_text(paths[0], report.summary.to_csv(index=False))
+    atomic_write_text(paths[1], report.markdown + "\n")
+    for name, frame in report.tables.items():
+        paths.append(out / f"{name}.csv")
+        atomic_write_text(paths[-1], frame.to_csv(index=False))
+    for name, figure in report.figures.items():
+        paths.append(out / f"{name}.png")
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=dpi)
+        atomic_write_bytes(paths[-1], buffer.getvalue())
+    return paths
+
+
+def skipped_warning(report: Report, results_dir: str | Path) -> str | None:
+    """The command lines' warning line for unreadable files in ``runs/`` (None when there are none)."""
+    if not report.skipped:
+        return None
+    return (f"warning: skipped {_plural(len(report.skipped), 'unreadable file')} in {Path(results_dir) / 'runs'} "
+            "(corrupt JSON or not a run record; counted in report.md)")
+
+
+def build_grid_report(results_dir: str | Path, grid_name: str) -> Report:
+    """A grid's report from its manifest and the run records (no training, no files written)."""
+    manifest = load_manifest(results_dir, grid_name)
+    return build_report(load_runs(results_dir), load_histories(results_dir), manifest)
+
+
+def write_grid_report(results_dir: str | Path, grid_name: str) -> list[Path]:
+    """Rebuild a grid's report from its manifest and the run records (no training)."""
+    return write_report(build_grid_report(results_dir, grid_name), report_dir(results_dir, grid_name))
