@@ -31,6 +31,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
+from resnet_core.budgets import STUDY_BUDGETS, Budget, lookup
 from resnet_core.config import (
     SECTIONS, DataConfig, RunConfig, apply_overrides, identity_dict, recipe, resolve_field, run_id,
 )
@@ -286,31 +287,9 @@ def validate_space(space: SearchSpace, base: RunConfig) -> RunConfig:
 
 # ==================================================================================== budgets
 
-@dataclass(frozen=True)
-class Budget:
-    """How long each trial trains: a recipe and its length, and how much of the data it sees."""
-
-    name: str
-    recipe: str
-    epochs: int | None = None
-    iterations: int | None = None
-    subset: int | None = None
-    note: str = ""
-
-
-BUDGETS: dict[str, Budget] = {
-    # Sized so `studies/run.py --trials 50 --budget quick` fits ~20 min on a 2-core CPU (bf16):
-    # ~1.3k training images/s, evaluation of val 5k + test 10k each epoch, the median pruner.
-    "quick": Budget("quick", "quick", epochs=2, subset=4000, note="CPU-sized: 2 one-cycle epochs on 4,000 images"),
-    "standard": Budget("standard", "paper", epochs=30, note="GPU-sized: 30 epochs on the 45k split, steps at 50%/75%"),
-    "paper": Budget("paper", "paper", iterations=64000, note="He et al. 2015: 64k iterations, batch 128 (~182 epochs)"),
-}
-
-
 def budget(name: str) -> Budget:
-    if name not in BUDGETS:
-        raise ValueError(f"unknown budget {name!r}: expected one of {', '.join(BUDGETS)}")
-    return BUDGETS[name]
+    """A study budget by name (resnet_core/budgets.py: one Budget class for grids and studies)."""
+    return lookup(name, STUDY_BUDGETS)
 
 
 def base_run(model: str, plan: Budget, *, epochs: int | None = None, data: str | None = None,
