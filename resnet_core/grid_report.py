@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from resnet_core.degradation import CAPTIONS as DEGRADATION_CAPTIONS
 from resnet_core.degradation import KindOutput, degradation_kind
 from resnet_core.grid import load_manifest, report_dir
+from resnet_core.provenance import code_state
 from resnet_core.reports import (
     _plural,
     display_table,
@@ -69,14 +70,18 @@ def kind_of(manifest: Mapping[str, Any]) -> Kind:
     return KINDS[name]
 
 
-def build_report(runs: pd.DataFrame, histories: pd.DataFrame, manifest: Mapping[str, Any]) -> Report:
-    """Tables, verdicts and figures of one grid from the result store's frames and its manifest."""
+def build_report(runs: pd.DataFrame, histories: pd.DataFrame, manifest: Mapping[str, Any],
+                 built_by: Mapping[str, Any] | None = None) -> Report:
+    """Tables, verdicts and figures of one grid from the result store's frames and its manifest.
+
+    ``built_by`` is the code state of the process building the report (``provenance.code_state``).
+    """
     table = grid_table(runs, manifest)
     axes = list(manifest["axes"])
     summary = summarize_cells(table, axes)
     skipped = list(runs.attrs.get("skipped", []))
     extra = kind_of(manifest)(table, histories, manifest)
-    parts = ["\n".join(header_lines(table, manifest, skipped)),
+    parts = ["\n".join(header_lines(table, manifest, skipped, built_by)),
              *(_section(title, body) for title, body in extra.sections[:1]),  # verdicts first, when any
              _section("Cells", markdown_table(display_table(summary, axes))),
              *(_section(title, body) for title, body in extra.sections[1:])]
@@ -117,7 +122,7 @@ def skipped_warning(report: Report, results_dir: str | Path) -> str | None:
 def build_grid_report(results_dir: str | Path, grid_name: str) -> Report:
     """A grid's report from its manifest and the run records (no training, no files written)."""
     manifest = load_manifest(results_dir, grid_name)
-    return build_report(load_runs(results_dir), load_histories(results_dir), manifest)
+    return build_report(load_runs(results_dir), load_histories(results_dir), manifest, code_state())
 
 
 def write_grid_report(results_dir: str | Path, grid_name: str) -> list[Path]:

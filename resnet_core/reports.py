@@ -270,8 +270,17 @@ def skipped_line(skipped: Sequence[str]) -> list[str]:
             f"{names}); runs without a readable record count as not run"]
 
 
-def header_lines(table: pd.DataFrame, manifest: Mapping[str, Any], skipped: Sequence[str] = ()) -> list[str]:
-    """What the numbers came from (DESIGN.md: data, budget, hardware, software, seeds)."""
+def _built_by(code: Mapping[str, Any] | None) -> list[str]:
+    """The header line naming the code that wrote the report (it may be newer than the runs' code)."""
+    if not code:
+        return []
+    state = f"uncommitted changes, diff sha256 {code.get('diff_sha256')}" if code.get("dirty") else "clean tree"
+    return [f"- Report built by: git {code.get('commit')} ({state})"]
+
+
+def header_lines(table: pd.DataFrame, manifest: Mapping[str, Any], skipped: Sequence[str] = (),
+                 built_by: Mapping[str, Any] | None = None) -> list[str]:
+    """What the numbers came from (docs/DESIGN.md: data, budget, hardware, software, seeds, code)."""
     ran = table[table["status"] != "missing"]
     counts = _status_counts(table)
     software = [f"torch {t}, python {p}, CUDA build {c or 'none'}"
@@ -290,6 +299,7 @@ def header_lines(table: pd.DataFrame, manifest: Mapping[str, Any], skipped: Sequ
         f"- Hardware: {_joined(_unique(ran, 'provenance.device_name'))}",
         f"- Software: {_joined(software)}",
         f"- Code: {_code_text(ran)}",
+        *_built_by(built_by),
         f"- Runs: {len(table)} in the grid: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n),
         *skipped_line(skipped),
         "- Numbers are final-epoch values (not best-epoch), mean ± std [95% t-interval] over completed seeds. "

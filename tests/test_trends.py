@@ -181,5 +181,6 @@ def test_report_header_names_no_absolute_path(scan_results):
     header = report.split("## ")[0]
     assert "- Grid file: `" in header and "- Precision: autocast bfloat16" in header or "fp32" in header
     assert "Code: git " in header and "Budget: quick (" in header and "one-cycle" in header
+    assert "Report built by: git " in header
     assert not re.search(r"(^|[\s`(])/[A-Za-z]", header), "an absolute path in the header"
     assert str(scan_results.parents[1]) not in report and os.getcwd() not in report
