@@ -490,7 +490,7 @@ def plot_grad_norms(histories: pd.DataFrame, table: pd.DataFrame, epochs: str = 
         ax.set(title=stage, xlabel="depth", ylabel="gradient L2 norm")
         ax.set_xticks(sorted(part["depth"].unique()))
     which = "averaged over all epochs" if epochs == "all" else "first epoch"
-    fig.suptitle(f"Per-stage gradient norm (mean over the epoch's steps, {which}; mean over seeds)")
+    fig.suptitle(f"Per-stage gradient norm (mean over the epoch's sampled steps, {which}; mean over seeds)")
     return fig
 
 
@@ -524,7 +524,7 @@ CAPTIONS = {
     "test_error_by_cell": "Final test error per cell: mean over completed seeds, bars a 95% t-interval.",
     "curves": "Train error (dashed) and test error (solid) per epoch, mean over completed seeds (He et al. Fig. 6).",
     "final_vs_depth": "Final train and test error vs depth; crosses: He et al. 2015 Table 6 (ResNets).",
-    "grad_norms": "L2 norm of each stage's gradient, mean over each epoch's steps, averaged over all epochs, "
+    "grad_norms": "L2 norm of each stage's gradient, mean over each epoch's sampled steps, averaged over all epochs, "
                   "mean over seeds (log scale).",
 }
 
