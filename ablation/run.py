@@ -52,7 +52,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--val-size", type=int, help="validation images carved from the training set (default 5000)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--workers", type=int, default=1, help="parallel runs (0: one per GPU slot); not used with --dask")
-    parser.add_argument("--workers-per-gpu", type=int, default=1, help="runs sharing one GPU; not used with --dask")
+    parser.add_argument("--workers-per-gpu", type=int, default=1,
+                        help="at most this many runs per GPU (more --workers than GPU slots is an error); "
+                        "not used with --dask")
     parser.add_argument("--threads", type=int, help="torch threads per CPU run (default: cores // parallel runs); "
                         "CPU results repeat bit for bit only at the same thread count")
     parser.add_argument("--dask", metavar="ADDRESS", help="run on a Dask cluster: a scheduler address (tcp://HOST:8786) "

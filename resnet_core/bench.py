@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from resnet_core.cli import run_cli
 from resnet_core.config import DataConfig, RunConfig, TrainConfig
-from resnet_core.devices import device_name, resolve_amp, resolve_device
+from resnet_core.devices import device_name, needs_grad_scaler, resolve_amp, resolve_device
 from resnet_core.engine import Budget, _random_bundle, make_trainer, train_one_epoch
 from resnet_core.models import build_model, resolve_model
 
@@ -71,6 +71,7 @@ def model_step_fn(run: RunConfig) -> tuple[Callable[[int], None], torch.device]:
     model = build_model(run.model, num_classes=10).to(device=device, memory_format=fmt).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     amp = resolve_amp(run.train.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(amp))  # fp16: as the engine steps
     x = torch.randn(run.train.batch_size, 3, 32, 32, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (run.train.batch_size,), device=device)
 
@@ -83,8 +84,9 @@ def model_step_fn(run: RunConfig) -> tuple[Callable[[int], None], torch.device]:
             logits = model(x)
         loss = F.cross_entropy(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
 
     return run_steps, device
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import signal
 import sys
 import tempfile
@@ -38,7 +39,7 @@ import torch
 from distributed import Client, Event, Future, KilledWorker, LocalCluster, WorkerPlugin, as_completed, get_worker
 
 from resnet_core.config import RunConfig, run_id
-from resnet_core.devices import resolve_device
+from resnet_core.devices import pin_device, resolve_device, share_compile_threads, worker_devices
 from resnet_core.engine import fit, make_budget
 from resnet_core.runner import Outcome, available_cores, outcome_of, progress_bar, split_done, tally, worker_data
 from resnet_core.store import (
@@ -54,6 +55,7 @@ CONNECT_TIMEOUT = "5s"  # an unreachable scheduler is an error within seconds, n
 RETRIES = 2  # Dask re-runs a task that raised this often (a worker-side hiccup, not a training failure)
 RESUBMITS = 2  # the driver resubmits a run whose workers kept dying (KilledWorker) this often
 LOCAL_PREFIX = "local:"
+LOCAL_GPU_ATTR = "resnet_core_gpu"  # attribute a local:N worker gets: the GPU its auto/cuda runs use
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,37 @@ class _IgnoreSigint(WorkerPlugin):
             signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+class _PinLocalGpu(WorkerPlugin):
+    """``local:N`` on a host with GPUs: worker i trains its auto/cuda runs on ``devices[i]``.
+
+    Without it every worker's ``cuda`` is the process's current device, GPU 0. LocalCluster names
+    its workers 0..N-1. The GPU is pinned by the task itself (:func:`train_remote`), since the
+    current CUDA device is per thread and tasks do not run in the thread that sets plugins up.
+    """
+
+    name = "resnet_core-local-gpu"
+
+    def __init__(self, devices: tuple[str, ...]):
+        self.devices = devices
+
+    def setup(self, worker) -> None:
+        if isinstance(worker.name, int):
+            setattr(worker, LOCAL_GPU_ATTR, self.devices[worker.name % len(self.devices)])
+
+
+def local_gpu_devices(count: int) -> tuple[str, ...]:
+    """The GPU of each of ``count`` local workers, spread evenly as the local runner spreads its
+    workers (``devices.worker_devices``); empty without GPUs."""
+    gpus = torch.cuda.device_count()
+    return tuple(worker_devices(count, "cuda", math.ceil(count / gpus))) if gpus else ()
+
+
+def device_here(requested: str, worker) -> str:
+    """The device a run asking for ``requested`` trains on, on this worker (auto/cuda: its GPU)."""
+    gpu = getattr(worker, LOCAL_GPU_ATTR, None)
+    return gpu if gpu is not None and requested in ("auto", "cuda") else requested
+
+
 def local_workers(address: str) -> int | None:
     """``local:N`` -> N (a LocalCluster of N worker processes); a scheduler address -> None."""
     if not address.startswith("local"):
@@ -106,6 +139,9 @@ def dask_client(address: str, timeout: str = CONNECT_TIMEOUT) -> Iterator[Client
         with LocalCluster(n_workers=count, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
                 Client(cluster) as client:
             client.register_plugin(_IgnoreSigint())
+            gpus = local_gpu_devices(count)
+            if gpus:
+                client.register_plugin(_PinLocalGpu(gpus))
             yield client
         return
     try:
@@ -170,11 +206,12 @@ def _reply(record: RunRecord, scratch: str) -> dict[str, Any]:
 
 
 def _use_device(device: torch.device, task: Task, worker) -> None:
+    """Set in the task's own thread: OpenMP keeps the thread count, CUDA the current device, per thread."""
+    threads = _task_threads(task.threads, worker)
     if device.type == "cpu":
-        # Set in the task's own thread: OpenMP keeps the thread count per calling thread.
-        torch.set_num_threads(_task_threads(task.threads, worker))
-    elif device.type == "cuda" and device.index is not None:
-        torch.cuda.set_device(device)  # stray allocations (cuDNN workspaces) land on the run's GPU
+        torch.set_num_threads(threads)
+    pin_device(device)  # stray allocations (cuDNN workspaces) land on the run's GPU
+    share_compile_threads(threads)
 
 
 def train_remote(task: Task) -> dict[str, Any] | None:
@@ -187,14 +224,14 @@ def train_remote(task: Task) -> dict[str, Any] | None:
     stop = Event(task.stop)
     if stop.is_set():
         return None
-    run = task.run
+    run = dataclasses.replace(task.run, device=device_here(task.run.device, worker))
     try:
         device = resolve_device(run.device)
+        _use_device(device, task, worker)
         data = worker_data(run.data, run.device)
         total = make_budget(run.train, len(data.train_y)).total_iterations
     except (ValueError, OSError) as exc:
         return {"error": f"on worker {worker.address}: {_first_line(exc)}"}
-    _use_device(device, task, worker)
 
     def interrupted(metrics: dict[str, Any]) -> bool:  # after each epoch; a finished run just completes
         return metrics["iteration"] < total and stop.is_set()

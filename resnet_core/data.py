@@ -73,6 +73,7 @@ class DataBundle:
     std: tuple[float, ...]
     fingerprint: str
     description: str
+    config: DataConfig | None = None  # what it was loaded for (None: built by hand, e.g. random tensors)
 
     @property
     def num_classes(self) -> int:
@@ -148,7 +149,7 @@ def load_data(cfg: DataConfig, device: torch.device | str = "cpu") -> DataBundle
         val_x=raw.train_x[val_idx], val_y=raw.train_y[val_idx],
         test_x=raw.test_x, test_y=raw.test_y,
         classes=raw.classes, mean=mean, std=std,
-        fingerprint=raw.fingerprint, description=describe(source, cfg, raw),
+        fingerprint=raw.fingerprint, description=describe(source, cfg, raw), config=cfg,
     )
     return bundle.to(device)
 

@@ -64,7 +64,7 @@ PAPER_NOTE = (
 CAPTIONS = {
     "curves": "Train error (dashed) and test error (solid) per epoch, mean over completed seeds (He et al. 2015 Fig. 6).",
     "final_vs_depth": f"Final train and test error vs depth; crosses: {TABLE6_SOURCE} (ResNets).",
-    "grad_norms": "L2 norm of each stage's gradient, mean over each epoch's steps, averaged over all epochs, "
+    "grad_norms": "L2 norm of each stage's gradient, mean over each epoch's sampled steps, averaged over all epochs, "
                   "mean over seeds (log scale).",
     "budget_scan": "Degradation effect sizes (training error, points) against training length, each length "
                    "fitted on its own runs; bars: 95% intervals.",
@@ -352,5 +352,5 @@ def plot_grad_norms(histories: pd.DataFrame, table: pd.DataFrame, epochs: str = 
         ax.set(title=stage, xlabel="depth", ylabel="gradient L2 norm")
         ax.set_xticks(sorted(part["depth"].unique()))
     which = "averaged over all epochs" if epochs == "all" else "first epoch"
-    fig.suptitle(f"Per-stage gradient norm (mean over the epoch's steps, {which}; mean over seeds)")
+    fig.suptitle(f"Per-stage gradient norm (mean over the epoch's sampled steps, {which}; mean over seeds)")
     return fig

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import functools
+import os
+import sys
+from typing import Any
 
 import torch
 
@@ -23,6 +26,19 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def pin_device(device: torch.device) -> None:
+    """Make an indexed CUDA device the process's current one (a no-op elsewhere).
+
+    Work that names no device (cuDNN workspaces, ``torch.cuda.get_rng_state()``, an unindexed
+    ``cuda`` device) lands on the current device, which is GPU 0 until set. The current device is
+    per host thread (CUDA runtime docs, cudaSetDevice), so call this in the thread that trains.
+    """
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+
+
+# ------------------------------------------------------------------------------- precision
+
 @functools.cache
 def cpu_has_native_bf16() -> bool:
     """True on CPUs with AVX512-BF16 or AMX (bf16 autocast is fast there, slow elsewhere)."""
@@ -34,43 +50,151 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """Native bf16 on ``device`` itself (Ampere, compute capability 8.0, and later).
+
+    ``torch.cuda.is_bf16_supported()`` answers for the *current* device, and by default also
+    counts bf16 that is merely emulated (torch 2.14 source: ``including_emulation=True``): on a
+    T4 or V100 that is slow bf16 instead of fp16 with a loss scaler. So ask for native support
+    with the run's device made current for the question.
+    """
+    with torch.cuda.device(device):
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``amp`` = auto | bf16 | off on ``device`` (None: full fp32).
 
-    ``auto`` uses bf16 on CUDA devices that support it and on CPUs with native bf16 units.
+    ``auto``: bf16 where the device has native bf16 units (CUDA from Ampere on; CPUs with
+    AVX512-BF16 or AMX); fp16 (trained with a ``torch.amp.GradScaler``) on older CUDA GPUs; fp32
+    on other CPUs and devices. ``bf16`` is honoured wherever torch can run it (emulated too).
     """
     if mode == "off":
         return None
     if device.type == "cuda":
-        supported = torch.cuda.is_bf16_supported()
-    elif device.type == "cpu":
-        supported = cpu_has_native_bf16() or mode == "bf16"
-    else:
-        supported = False
+        return _cuda_amp(mode, device)
+    supported = device.type == "cpu" and (cpu_has_native_bf16() or mode == "bf16")
     if mode == "bf16" and not supported:
         raise ValueError(f"amp='bf16' is not supported on {device}: use amp=auto or amp=off")
     return torch.bfloat16 if supported else None
+
+
+def _cuda_amp(mode: str, device: torch.device) -> torch.dtype:
+    if cuda_has_native_bf16(device):
+        return torch.bfloat16
+    if mode == "bf16":
+        with torch.cuda.device(device):
+            if torch.cuda.is_bf16_supported(including_emulation=True):
+                return torch.bfloat16
+        raise ValueError(f"amp='bf16' is not supported on {device}: use amp=auto or amp=off")
+    # fp16 has 5 exponent bits: small gradients underflow unless the loss is scaled (PyTorch AMP
+    # docs, "Gradient Scaling"). The engine pairs this dtype with a GradScaler.
+    return torch.float16
+
+
+def needs_grad_scaler(amp_dtype: torch.dtype | None) -> bool:
+    """fp16 autocast needs loss scaling; bf16 has fp32's exponent range and does not."""
+    return amp_dtype == torch.float16
+
+
+def configure_backends(device: torch.device) -> None:
+    """Backend switches for a run on ``device``.
+
+    cuDNN benchmark mode times the convolution algorithms for each new input shape once and keeps
+    the fastest; a run's shapes are fixed (every training batch is full: the last partial batch is
+    dropped), so the search pays off (PyTorch performance tuning guide, "enable cuDNN auto-tuner").
+    """
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def _fp32_precision(*levels: Any) -> str:
+    """The first explicit setting along a chain of ``fp32_precision`` levels ("none" inherits)."""
+    for level in levels:
+        value = getattr(level, "fp32_precision", "none")
+        if value != "none":
+            return value
+    return "ieee"
+
+
+def tf32_in_effect(device: torch.device | None) -> dict[str, bool]:
+    """Whether fp32 convolutions and matmuls of a run on ``device`` run in TF32.
+
+    TF32 exists on CUDA devices of compute capability 8.0 and later. PyTorch's defaults: cuDNN
+    convolutions may use TF32, matmuls may not (CUDA semantics notes, "TensorFloat-32 (TF32) on
+    Ampere (and later) devices"). Read through the ``fp32_precision`` API: the legacy
+    ``allow_tf32`` flags raise once the new API has been used.
+    """
+    if device is None or device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 0):
+        return {"conv": False, "matmul": False}
+    backends = torch.backends
+    conv = _fp32_precision(getattr(backends.cudnn, "conv", None), backends.cudnn, backends)
+    matmul = _fp32_precision(backends.cuda.matmul, backends)
+    return {"conv": conv == "tf32", "matmul": matmul == "tf32"}
+
+
+def precision_facts(device: torch.device | None, amp_dtype: torch.dtype | None) -> dict[str, Any]:
+    """What provenance says about the arithmetic of a run: autocast dtype, loss scaling, TF32, cuDNN."""
+    tf32 = tf32_in_effect(device)
+    return {
+        "amp": str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "fp32",
+        "grad_scaler": needs_grad_scaler(amp_dtype),
+        "tf32_conv": tf32["conv"],
+        "tf32_matmul": tf32["matmul"],
+        "cudnn_benchmark": bool(device is not None and device.type == "cuda" and torch.backends.cudnn.benchmark),
+    }
 
 
 def device_name(device: torch.device) -> str:
     """Human-readable name of the device for provenance ("NVIDIA H200", "cpu (x86_64, 2 cores)")."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    import os
     import platform
 
     return f"cpu ({platform.machine()}, {os.cpu_count()} cores)"
 
 
+# --------------------------------------------------------------------------------- workers
+
+def requested_gpus(requested: str) -> list[int]:
+    """The GPU indices a device request covers: every GPU for auto/cuda, one for cuda:N."""
+    if requested in ("auto", "cuda"):
+        return list(range(torch.cuda.device_count()))
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ValueError(f"device={requested!r} is invalid: expected auto, cpu, cuda, cuda:N or mps") from None
+    return [device.index] if device.type == "cuda" and device.index is not None else []
+
+
 def worker_devices(n_workers: int, requested: str = "auto", workers_per_gpu: int = 1) -> list[str]:
     """The device string for each of ``n_workers`` worker processes.
 
-    With several GPUs and ``requested`` auto/cuda, workers are spread round-robin over the GPUs,
-    at most ``workers_per_gpu`` per GPU; ``n_workers`` of 0 means "one per GPU slot" (or 1 on CPU).
+    With GPUs (``requested`` auto, cuda or cuda:N), workers are spread round-robin over the
+    GPUs the request covers, and a GPU never gets more than ``workers_per_gpu`` of them: more
+    workers than GPU slots is a one-line ValueError. ``n_workers`` of 0 means one per GPU slot
+    (or 1 without GPUs).
     """
-    gpus = torch.cuda.device_count() if requested in ("auto", "cuda") else 0
-    if gpus == 0:
+    gpus = requested_gpus(requested)
+    if not gpus:
         return [requested] * max(1, n_workers)
-    slots = gpus * max(1, workers_per_gpu)
+    slots = len(gpus) * workers_per_gpu
     count = n_workers if n_workers > 0 else slots
-    return [f"cuda:{i % gpus}" for i in range(count)]
+    if count > slots:
+        raise ValueError(f"--workers {count} is more than the {slots} GPU slot(s) here ({len(gpus)} GPU(s) x "
+                         f"--workers-per-gpu {workers_per_gpu}): lower --workers or raise --workers-per-gpu")
+    return [f"cuda:{gpus[i % len(gpus)]}" for i in range(count)]
+
+
+def share_compile_threads(threads: int) -> None:
+    """Give this worker process its share of the cores for ``torch.compile``'s Inductor pool.
+
+    Inductor compiles in a pool sized from ``TORCHINDUCTOR_COMPILE_THREADS`` (default: the CPU
+    count), read when ``torch._inductor.config`` is first imported; every worker process on a
+    host would start a full-size pool of its own. Set both the variable (for a later import) and
+    the config (if already imported).
+    """
+    os.environ["TORCHINDUCTOR_COMPILE_THREADS"] = str(max(1, threads))
+    config = sys.modules.get("torch._inductor.config")
+    if config is not None:
+        config.compile_threads = max(1, threads)

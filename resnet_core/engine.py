@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import io
 import math
 import time
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,7 +26,7 @@ from torch import nn
 from resnet_core import augment as augment_module
 from resnet_core.config import RunConfig, TrainConfig, run_id, to_dict
 from resnet_core.data import DataBundle, load_data
-from resnet_core.devices import resolve_amp, resolve_device
+from resnet_core.devices import configure_backends, needs_grad_scaler, resolve_amp, resolve_device
 from resnet_core.models import build_model, count_macs, count_parameters, stage_parameters
 from resnet_core.provenance import collect_provenance
 from resnet_core.store import (
@@ -38,6 +40,9 @@ from resnet_core.store import (
 
 Callback = Callable[[dict[str, Any]], Any]
 DIVERGENCE_CHECK_EVERY = 20  # steps between finiteness checks (each check syncs the device)
+# Steps between samples of the per-stage gradient norms. A sample costs ~17 small kernel launches,
+# as much as a launch-bound resnet20 step; every 10th step keeps the epoch mean at ~1/10 the cost.
+GRAD_NORM_EVERY = 10
 
 
 class Diverged(RuntimeError):
@@ -151,8 +156,10 @@ class Trainer:
     train_transform: Callable
     eval_transform: Callable
     stages: dict[str, list[nn.Parameter]]
+    scaler: torch.amp.GradScaler | None = None  # fp16 autocast only: loss scaling
     iteration: int = 0
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    resumed_from: str | None = None  # device type of a checkpoint written on another device type
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -166,6 +173,7 @@ class Trainer:
 
 def make_trainer(run: RunConfig, data: DataBundle) -> Trainer:
     device = resolve_device(run.device)
+    configure_backends(device)
     torch.manual_seed(run.seed)
     data = data.to(device)
     num_classes = run.model.num_classes or data.num_classes
@@ -173,20 +181,36 @@ def make_trainer(run: RunConfig, data: DataBundle) -> Trainer:
     model = model.to(device=device, memory_format=torch.channels_last if run.train.channels_last else torch.contiguous_format)
     generator = torch.Generator(device=device)
     generator.manual_seed(run.seed)
+    amp_dtype = resolve_amp(run.train.amp, device)
     return Trainer(
         run=run,
         device=device,
         model=model,
-        step_model=torch.compile(model) if run.train.compile else model,
+        step_model=_step_model(model, run.train.compile),
         optimizer=build_optimizer(model, run.train),
         data=data,
         budget=make_budget(run.train, len(data.train_y)),
-        amp_dtype=resolve_amp(run.train.amp, device),
+        amp_dtype=amp_dtype,
         generator=generator,
         train_transform=augment_module.make_train_transform(run.train.augment, data.mean, data.std, run.train.normalize),
         eval_transform=augment_module.make_eval_transform(data.mean, data.std, run.train.normalize),
         stages=stage_parameters(model),
+        scaler=torch.amp.GradScaler(device.type) if needs_grad_scaler(amp_dtype) else None,
     )
+
+
+def _step_model(model: nn.Module, compile: bool) -> nn.Module:
+    """The module the steps call: ``torch.compile``'d from empty Dynamo caches when asked.
+
+    Dynamo's caches and recompile counters are per process. A long-lived worker compiling a new
+    model per trial (a continuous ``width_multiplier``) would pile up guards and recompile until
+    ``torch._dynamo.config.recompile_limit``, then silently run eager (torch.compiler
+    troubleshooting docs); a worker runs one run at a time, so each run starts from a reset.
+    """
+    if not compile:
+        return model
+    torch._dynamo.reset()
+    return torch.compile(model)
 
 
 # ------------------------------------------------------------------------------- one epoch
@@ -201,6 +225,15 @@ def _stage_grad_norms(stages: dict[str, list[nn.Parameter]]) -> torch.Tensor:
     return torch.stack([n if n is not None else torch.zeros_like(reference) for n in norms])
 
 
+def _sampled_grad_norms(stages: dict[str, list[nn.Parameter]]) -> torch.Tensor:
+    """(stage norms..., 1) of one sampled step, on the device: summed over an epoch's samples,
+    the last entry counts them. A step whose gradients are not finite (an fp16 step the
+    GradScaler skips) adds zeros, so the mean is over the steps that updated the weights."""
+    norms = _stage_grad_norms(stages)
+    finite = torch.isfinite(norms).all()
+    return torch.cat([torch.where(finite, norms, torch.zeros_like(norms)), finite.to(norms.dtype).unsqueeze(0)])
+
+
 def train_step(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One SGD step on a uint8 batch; returns (summed loss, number correct) as device tensors."""
     x = trainer.train_transform(images, trainer.generator).contiguous(memory_format=trainer.memory_format)  # (N, C, 32, 32)
@@ -208,10 +241,25 @@ def train_step(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor) -> 
         logits = trainer.step_model(x)
     loss = F.cross_entropy(logits.float(), labels, label_smoothing=trainer.run.train.label_smoothing)
     trainer.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    trainer.optimizer.step()
+    _backward_and_step(trainer, loss)
     correct = (logits.argmax(dim=1) == labels).sum()
     return loss.detach() * len(labels), correct
+
+
+def _backward_and_step(trainer: Trainer, loss: torch.Tensor) -> None:
+    """Backward and optimizer step; under fp16 through the GradScaler (PyTorch AMP recipe).
+
+    ``unscale_`` before ``step`` leaves true gradients in ``.grad`` for the stage norms ("Working
+    with unscaled gradients", PyTorch AMP examples); ``step`` would unscale anyway, so it is free.
+    """
+    if trainer.scaler is None:
+        loss.backward()
+        trainer.optimizer.step()
+        return
+    trainer.scaler.scale(loss).backward()
+    trainer.scaler.unscale_(trainer.optimizer)
+    trainer.scaler.step(trainer.optimizer)  # skipped when the gradients hold inf/NaN
+    trainer.scaler.update()
 
 
 def train_one_epoch(trainer: Trainer, bar=None) -> dict[str, Any]:
@@ -227,7 +275,7 @@ def train_one_epoch(trainer: Trainer, bar=None) -> dict[str, Any]:
     batch = trainer.run.train.batch_size
     loss_sum = torch.zeros((), device=trainer.device)
     correct = torch.zeros((), device=trainer.device, dtype=torch.long)
-    grad_sum = torch.zeros(len(trainer.stages), device=trainer.device)
+    grad_sum = torch.zeros(len(trainer.stages) + 1, device=trainer.device)  # sampled stage norms, then their count
     start = time.perf_counter()
     for step in range(steps):
         lr = lr_at(trainer.iteration, budget.total_iterations, trainer.run.train)
@@ -236,7 +284,8 @@ def train_one_epoch(trainer: Trainer, bar=None) -> dict[str, Any]:
         step_loss, step_correct = train_step(trainer, data.train_x[index], data.train_y[index])
         loss_sum += step_loss
         correct += step_correct
-        grad_sum += _stage_grad_norms(trainer.stages)
+        if step % GRAD_NORM_EVERY == 0:
+            grad_sum += _sampled_grad_norms(trainer.stages)
         trainer.iteration += 1
         if bar is not None:
             bar.update(1)
@@ -252,7 +301,7 @@ def train_one_epoch(trainer: Trainer, bar=None) -> dict[str, Any]:
     train_loss = loss_sum.item() / seen
     if not math.isfinite(train_loss):
         raise Diverged(f"training loss became {train_loss} at iteration {trainer.iteration}")
-    grads = (grad_sum / steps).tolist()
+    grads = (grad_sum[:-1] / grad_sum[-1]).tolist()  # mean over the sampled steps
     return {
         "iteration": trainer.iteration,
         "train_loss": train_loss,
@@ -292,8 +341,11 @@ def run_epoch(trainer: Trainer, bar=None) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- checkpoints
 
-def _rng_state(trainer: Trainer) -> dict[str, torch.Tensor]:
-    state = {"torch": torch.get_rng_state(), "generator": trainer.generator.get_state()}
+def _rng_state(trainer: Trainer) -> dict[str, Any]:
+    """The RNG states (CPU byte tensors, as ``get_state`` returns them) and the device type whose
+    generator wrote them: generator states of different device types are not interchangeable."""
+    state: dict[str, Any] = {"device_type": trainer.device.type, "torch": torch.get_rng_state(),
+                             "generator": trainer.generator.get_state()}
     if trainer.device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(trainer.device)
     return state
@@ -310,6 +362,7 @@ def save_checkpoint(trainer: Trainer, path: Path) -> None:
             "model": trainer.model.state_dict(),
             "optimizer": trainer.optimizer.state_dict(),
             "rng": _rng_state(trainer),
+            "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None,
         },
         buffer,
     )
@@ -317,25 +370,68 @@ def save_checkpoint(trainer: Trainer, path: Path) -> None:
 
 
 def load_checkpoint(trainer: Trainer, path: Path) -> bool:
-    """Restore a checkpoint (``weights_only=True``); a corrupt or foreign one is ignored with a warning."""
+    """Restore a checkpoint (``weights_only=True``); a corrupt or foreign one is ignored with a warning.
+
+    Everything is loaded onto the CPU, whichever device wrote it: ``load_state_dict`` copies
+    weights and optimizer state onto the parameters' device, and ``Generator.set_state`` takes
+    only CPU byte tensors (loading onto a GPU made every CUDA resume fail with "RNG state must be
+    a torch.ByteTensor").
+    """
     if not path.exists():
         return False
     try:
-        state = torch.load(path, map_location=trainer.device, weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
         if state.get("run_id") != run_id(trainer.run):
             raise ValueError("it belongs to another run")
         trainer.model.load_state_dict(state["model"])
         trainer.optimizer.load_state_dict(state["optimizer"])
+        if trainer.scaler is not None and state.get("scaler"):
+            trainer.scaler.load_state_dict(state["scaler"])
+        trainer.iteration = int(state["iteration"])
+        trainer.history = list(state["history"])
+        _restore_rng(trainer, state["rng"])
     except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint means "start again"
         warnings.warn(f"checkpoint {path} is unusable ({exc}); training this run from scratch", stacklevel=2)
         return False
-    trainer.iteration = int(state["iteration"])
-    trainer.history = list(state["history"])
-    torch.set_rng_state(state["rng"]["torch"].cpu())
-    trainer.generator.set_state(state["rng"]["generator"].cpu() if trainer.device.type == "cpu" else state["rng"]["generator"])
-    if "cuda" in state["rng"] and trainer.device.type == "cuda":
-        torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), trainer.device)
     return True
+
+
+def _restore_rng(trainer: Trainer, rng: dict[str, Any]) -> None:
+    """Continue the checkpoint's random streams, or reseed when it comes from another device type.
+
+    A generator's state is device-specific (a CPU Mersenne Twister state is 5056 bytes, a CUDA
+    Philox state 16) and ``set_state`` rejects the other kind. A run resumed on another device
+    type (a Dask rerun elsewhere, a CPU checkpoint on a GPU) keeps its weights and goes on with a
+    generator reseeded from (seed, iteration): reproducible, but its later shuffles and crops
+    differ from an uninterrupted run's, so it says so (a warning, and ``resumed_from_device``
+    in the record's provenance).
+    """
+    torch.set_rng_state(rng["torch"].cpu())  # the CPU default generator: the same on every machine
+    saved, here = _rng_device_type(trainer, rng), trainer.device.type
+    if saved != here:
+        trainer.generator.manual_seed(resume_seed(trainer.run.seed, trainer.iteration))
+        trainer.resumed_from = saved
+        warnings.warn(f"the checkpoint's RNG state comes from a {saved} device and this run resumes on a {here} "
+                      f"device: generator states differ between device types, so the generator is reseeded "
+                      f"from (seed, iteration {trainer.iteration}); the remaining shuffles and crops differ from "
+                      "an uninterrupted run", stacklevel=3)
+        return
+    trainer.generator.set_state(rng["generator"].cpu())
+    if here == "cuda" and "cuda" in rng:
+        torch.cuda.set_rng_state(rng["cuda"].cpu(), trainer.device)
+
+
+def _rng_device_type(trainer: Trainer, rng: dict[str, Any]) -> str:
+    """The device type that wrote ``rng``; checkpoints from before it was stored tell by the size."""
+    if "device_type" in rng:
+        return str(rng["device_type"])
+    fits = rng["generator"].numel() == trainer.generator.get_state().numel()
+    return trainer.device.type if fits else "different"
+
+
+def resume_seed(seed: int, iteration: int) -> int:
+    """The generator seed of a run resumed at ``iteration`` on another device type."""
+    return int(np.random.SeedSequence([seed, iteration]).generate_state(1)[0])
 
 
 # ------------------------------------------------------------------------------------ fit
@@ -364,7 +460,8 @@ def _record(run: RunConfig, status: str, trainer: Trainer | None, started: float
         wall_seconds=previous_seconds + time.perf_counter() - started,
         params=count_parameters(model) if model is not None else 0,
         macs=count_macs(model, (1, data.train_x.shape[1], *data.train_x.shape[2:])) if model is not None else 0,
-        provenance=collect_provenance(run, trainer.device if trainer else None, trainer.amp_dtype if trainer else None, data),
+        provenance=collect_provenance(run, trainer.device if trainer else None, trainer.amp_dtype if trainer else None, data,
+                                      resumed_from=trainer.resumed_from if trainer else None),
         error=error,
         stop_reason=stop_reason,
     )
@@ -417,36 +514,69 @@ def fit(run: RunConfig, callbacks: Iterable[Callback] = (), results_dir: str | P
     ckpt = checkpoint_path(results_dir, identity)
     # Data errors (a missing directory, a split that leaves no training images) are the user's to
     # fix, not results: they raise here, before any record is written.
-    data = data if data is not None else load_data(run.data, resolve_device(run.device))
-    started = time.perf_counter()
-    trainer = None
+    data = _data_for(run, data)
     try:
-        trainer = make_trainer(run, data)
-        load_checkpoint(trainer, ckpt)
-        stop_reason = _train_loop(trainer, callbacks, ckpt, progress)
-        status = "stopped" if stop_reason else "completed"
-        record = _record(run, status, trainer, started, data, stop_reason=stop_reason, previous_seconds=previous_seconds)
-    except Diverged as exc:
-        record = _record(run, "diverged", trainer, started, data, error=str(exc), previous_seconds=previous_seconds)
-    except Exception as exc:  # noqa: BLE001 - a failed run is a recorded result
-        record = _record(run, "failed", trainer, started, data,
-                         error=f"{type(exc).__name__}: {exc}", previous_seconds=previous_seconds)
-    except BaseException as exc:  # Ctrl-C, SystemExit: keep what is known, then stop
-        write_record(results_dir, _record(run, "stopped", trainer, started, data,
-                                          stop_reason=type(exc).__name__, previous_seconds=previous_seconds))
-        raise
+        record = _train(run, data, callbacks, Path(results_dir), ckpt, progress, previous_seconds)
     finally:
-        _release(trainer)
+        _release()  # _train has returned: its trainer (model, optimizer, device data) is unreferenced
     write_record(results_dir, record)
     if record.status in FINAL_STATUSES:
         ckpt.unlink(missing_ok=True)  # the record now holds everything the checkpoint did
     return record
 
 
-def _release(trainer: Trainer | None) -> None:
-    """Free device memory between runs in a long-lived worker (studies, grids)."""
-    if trainer is not None and trainer.device.type == "cuda":
-        torch.cuda.empty_cache()
+def _data_for(run: RunConfig, data: DataBundle | None) -> DataBundle:
+    """The run's data: the caller's bundle if it was loaded for ``run.data``, else loaded now.
+
+    A bundle loaded for another DataConfig (another ``subset`` or ``val_size``) would train the
+    run on data its record does not describe: that is a caller's bug, refused loudly.
+    """
+    if data is None:
+        return load_data(run.data, resolve_device(run.device))
+    if data.config is not None and data.config != run.data:
+        raise ValueError(f"fit was given data loaded for {data.config}, not for this run's {run.data}")
+    return data
+
+
+def _train(run: RunConfig, data: DataBundle, callbacks: list[Callback], results_dir: Path, ckpt: Path,
+           progress: bool, previous_seconds: float) -> RunRecord:
+    """Train (or resume) the run and return its record; Ctrl-C and SystemExit write a stopped one and re-raise."""
+    started = time.perf_counter()
+    trainer = None
+    try:
+        trainer = _start(run, data, ckpt)
+        stop_reason = _train_loop(trainer, callbacks, ckpt, progress)
+        status = "stopped" if stop_reason else "completed"
+        return _record(run, status, trainer, started, data, stop_reason=stop_reason, previous_seconds=previous_seconds)
+    except Diverged as exc:
+        return _record(run, "diverged", trainer, started, data, error=str(exc), previous_seconds=previous_seconds)
+    except Exception as exc:  # noqa: BLE001 - a failed run is a recorded result
+        return _record(run, "failed", trainer, started, data,
+                       error=f"{type(exc).__name__}: {exc}", previous_seconds=previous_seconds)
+    except BaseException as exc:  # Ctrl-C, SystemExit: keep what is known, then stop
+        write_record(results_dir, _record(run, "stopped", trainer, started, data,
+                                          stop_reason=type(exc).__name__, previous_seconds=previous_seconds))
+        raise
+
+
+def _start(run: RunConfig, data: DataBundle, ckpt: Path) -> Trainer:
+    """A trainer at the checkpoint's state, else a fresh one: also when an unusable checkpoint
+    was applied part-way (weights loaded, then the optimizer state refused)."""
+    trainer = make_trainer(run, data)
+    if load_checkpoint(trainer, ckpt) or not ckpt.exists():
+        return trainer
+    del trainer  # its memory goes before the fresh one is built
+    return make_trainer(run, data)
+
+
+def _release() -> None:
+    """Give a finished run's memory back in a long-lived worker (studies, grids, the driver's rate
+    measurement): collect what only reference cycles still hold, then return the CUDA caching
+    allocator's now unused blocks (``torch.cuda.empty_cache`` frees only blocks no tensor holds,
+    so it must run after the trainer is gone; it does nothing where CUDA was never initialised).
+    """
+    gc.collect()
+    torch.cuda.empty_cache()
 
 
 # ---------------------------------------------------------------------- rates and estimates
@@ -454,8 +584,16 @@ def _release(trainer: Trainer | None) -> None:
 def measure_step_rate(run: RunConfig, steps: int = 5, warmup: int = 2) -> float:
     """Training images/s of the engine's step for ``run``'s model and recipe, on random tensors.
 
-    A short measurement for time estimates (dry runs, study plans), not a benchmark.
+    A short measurement for time estimates (dry runs, study plans), not a benchmark. The memory
+    it used is released: the driver measures before its workers start on the same GPUs.
     """
+    try:
+        return _timed_steps(run, steps, warmup)
+    finally:
+        _release()  # _timed_steps has returned: its trainer and tensors are unreferenced
+
+
+def _timed_steps(run: RunConfig, steps: int, warmup: int) -> float:
     device = resolve_device(run.device)
     channels = run.model.in_channels
     batch = run.train.batch_size

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from resnet_core.devices import device_name
+from resnet_core.devices import device_name, precision_facts
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -56,8 +56,15 @@ def software_versions() -> dict[str, Any]:
     }
 
 
-def collect_provenance(run, device: torch.device | None, amp_dtype: torch.dtype | None, data) -> dict[str, Any]:
-    """Provenance of one run: code, software, device, precision and data fingerprint."""
+def collect_provenance(run, device: torch.device | None, amp_dtype: torch.dtype | None, data,
+                       resumed_from: str | None = None) -> dict[str, Any]:
+    """Provenance of one run: code, software, device, precision and data fingerprint.
+
+    The device is not part of a run's identity (``config.run_id``), yet precision and the random
+    streams depend on it; so the record states the device type, the arithmetic (autocast dtype,
+    loss scaling, TF32, cuDNN benchmark) and ``resumed_from_device``: the device type of a
+    checkpoint written on another device type, whose RNG streams could not be continued.
+    """
     code = code_state()
     return {
         "git_commit": code["commit"] + ("-dirty" if code["dirty"] else ""),
@@ -65,8 +72,10 @@ def collect_provenance(run, device: torch.device | None, amp_dtype: torch.dtype 
         "git_diff_sha256": code["diff_sha256"],
         **software_versions(),
         "device": str(device) if device is not None else run.device,
+        "device_type": device.type if device is not None else None,
         "device_name": device_name(device) if device is not None else None,
-        "amp": str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "fp32",
+        **precision_facts(device, amp_dtype),
+        "resumed_from_device": resumed_from,
         "channels_last": run.train.channels_last,
         "threads": torch.get_num_threads(),
         "hostname": socket.gethostname(),

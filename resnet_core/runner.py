@@ -29,7 +29,7 @@ from joblib import Parallel, delayed
 
 from resnet_core.config import DataConfig, RunConfig, run_id
 from resnet_core.data import DataBundle, load_data
-from resnet_core.devices import resolve_device, worker_devices
+from resnet_core.devices import pin_device, resolve_device, share_compile_threads, worker_devices
 from resnet_core.engine import fit
 from resnet_core.store import FINAL_STATUSES, RunRecord, find_record, runs_dir
 
@@ -118,8 +118,8 @@ def train_run(run: RunConfig, results_dir: str, devices: tuple[str, ...], thread
         resolved = resolve_device(device)
         if resolved.type == "cpu":
             torch.set_num_threads(threads)
-        elif resolved.type == "cuda" and resolved.index is not None:
-            torch.cuda.set_device(resolved)  # stray allocations (cuDNN workspaces) land on the run's GPU
+        pin_device(resolved)  # stray allocations (cuDNN workspaces) land on the run's GPU
+        share_compile_threads(threads)
         run = dataclasses.replace(run, device=device)
         try:
             data = worker_data(run.data, device)

@@ -791,7 +791,7 @@ class Objective:
 
     spec: StudySpec
     device: str = "cpu"
-    data: Any = None  # a DataBundle loaded by the caller (else loaded once per worker)
+    data: Any = None  # a DataBundle the caller loaded; used for the trials whose DataConfig it was loaded for
     current: optuna.Trial | None = None  # the trial being trained (for Ctrl-C re-queueing)
     _data_cache: dict = field(default_factory=dict)
 
@@ -829,11 +829,14 @@ class Objective:
         trial.set_user_attr("heartbeat", time.time())
 
     def _load(self, cfg: DataConfig):
+        """The data of the trial's own DataConfig: the caller's bundle only if it was loaded for
+        it (a --compare subset or val_size sub-study asks for other data than the base study)."""
         from resnet_core.data import load_data
 
-        if self.data is not None:
+        if matching_data(self.data, cfg) is not None:
             return self.data
         if cfg not in self._data_cache:
+            self._data_cache.clear()  # one bundle per worker: the device need not hold every config's data
             self._data_cache[cfg] = load_data(cfg, resolve_device(self.device))
         return self._data_cache[cfg]
 
@@ -869,6 +872,11 @@ class Objective:
     def _fail(trial: optuna.Trial, reason: str) -> float:
         trial.set_user_attr("fail_reason", reason[:500])
         raise TrialFailed(reason)
+
+
+def matching_data(data: Any, cfg: DataConfig) -> Any:
+    """``data`` if it is a DataBundle loaded for ``cfg``, else None (the caller loads the right one)."""
+    return data if data is not None and getattr(data, "config", None) == cfg else None
 
 
 # ================================================================================== workers
@@ -934,8 +942,12 @@ def run_worker(job: WorkerJob, data: Any = None, on_trial: Callable[[optuna.Stud
     """
     import torch
 
+    from resnet_core.devices import pin_device, share_compile_threads
+
     if job.threads:
         torch.set_num_threads(job.threads)
+        share_compile_threads(job.threads)
+    pin_device(resolve_device(job.device))
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are reported in one line by _one_trial
     spec = job.spec
     storage = open_storage(spec.storage, spec.stale_after)
@@ -1169,7 +1181,7 @@ def train_final_seeds(spec: StudySpec, study: optuna.Study, seeds: int, device: 
     from resnet_core.engine import fit
 
     runs = [dataclasses.replace(r, device=device) for r in final_runs(spec, study, seeds)]
-    records = [fit(run, results_dir=spec.results, data=data, progress=progress) for run in runs]
+    records = [fit(run, results_dir=spec.results, data=matching_data(data, run.data), progress=progress) for run in runs]
     study.set_user_attr("final_run_ids", [r.run_id for r in records])
     return records
 

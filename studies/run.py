@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--val-size", type=int, help="validation images carved from the training set (default 5000)")
     add("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     add("--workers", type=int, default=0, help="worker processes (default: one per GPU, or 1 on CPU)")
-    add("--workers-per-gpu", type=int, default=1, help="workers sharing one GPU (default 1)")
+    add("--workers-per-gpu", type=int, default=1, help="at most this many workers per GPU (default 1; more --workers "
+                                                     "than GPU slots is an error)")
     add("--threads", type=int, help="CPU threads per worker (default: cores / workers)")
     add("--timeout", type=float, help="start no new trial after this many seconds")
     add("--stale-after", type=float, default=600.0, help="seconds without a heartbeat before a trial on another "

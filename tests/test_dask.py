@@ -148,3 +148,23 @@ def test_a_run_whose_workers_keep_dying_fails_after_bounded_resubmissions(grid, 
     assert outcome.status == "failed" and outcome.error.startswith("KilledWorker on the cluster")
     assert caplog.text.count("resubmitting") == RESUBMITS
     assert not list((tmp_path / "runs").glob("*.json"))  # nothing trained, nothing recorded
+
+
+def test_local_workers_get_different_gpus(monkeypatch):
+    # Two GPUs (mocked in this driver process): local:4 spreads its workers as the local runner
+    # does, and each worker sends its auto/cuda runs to its own GPU.
+    import torch
+
+    from resnet_core import dask_runner
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with dask_runner.dask_client("local:4") as client:
+        gpus = client.run(lambda dask_worker: (dask_worker.name, getattr(dask_worker, dask_runner.LOCAL_GPU_ATTR, None)))
+        here = client.run(lambda dask_worker: dask_runner.device_here("auto", dask_worker))
+    assert sorted(gpus.values()) == [(0, "cuda:0"), (1, "cuda:1"), (2, "cuda:0"), (3, "cuda:1")]
+    assert sorted(here.values()) == ["cuda:0", "cuda:0", "cuda:1", "cuda:1"]
+    worker = type("Worker", (), {dask_runner.LOCAL_GPU_ATTR: "cuda:1"})()
+    assert dask_runner.device_here("cuda", worker) == "cuda:1"
+    assert dask_runner.device_here("cpu", worker) == "cpu" and dask_runner.device_here("cuda:0", worker) == "cuda:0"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert dask_runner.local_gpu_devices(4) == ()  # no GPUs: workers keep the runs' own device

@@ -11,6 +11,7 @@ import torch
 
 from resnet_core import engine
 from resnet_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig, recipe, run_id
+from resnet_core.data import load_data
 from resnet_core.engine import fit, lr_at, make_budget
 from resnet_core.store import checkpoint_path, load_histories, load_runs, read_record, record_path
 
@@ -28,7 +29,8 @@ RECORD_KEYS = {"run_id", "status", "config", "history", "final", "wall_seconds",
 EPOCH_KEYS = {"epoch", "iteration", "train_loss", "train_error", "val_loss", "val_error", "test_loss", "test_error",
               "lr", "seconds", "images_per_s", "grad_norm"}
 PROVENANCE_KEYS = {"git_commit", "torch", "cuda", "device", "device_name", "amp", "hostname", "python",
-                   "data_source", "data_fingerprint", "data_description", "created_utc"}
+                   "data_source", "data_fingerprint", "data_description", "created_utc", "device_type",
+                   "grad_scaler", "tf32_conv", "tf32_matmul", "cudnn_benchmark", "resumed_from_device"}
 
 
 def test_completed_run_writes_a_full_record(tmp_path):
@@ -42,6 +44,8 @@ def test_completed_run_writes_a_full_record(tmp_path):
         assert set(epoch["grad_norm"]) >= {"stem", "stage1", "stage2", "stage3", "head"}
         assert all(v > 0 for v in epoch["grad_norm"].values())
     assert PROVENANCE_KEYS <= set(stored["provenance"])
+    assert stored["provenance"]["device_type"] == "cpu" and stored["provenance"]["resumed_from_device"] is None
+    assert stored["provenance"]["cudnn_benchmark"] is False and stored["provenance"]["tf32_conv"] is False
     assert stored["final"]["test_error"] == stored["history"][-1]["test_error"]  # final epoch, not best
     assert stored["params"] > 0 and stored["macs"] > 0
     assert not checkpoint_path(tmp_path, record.run_id).exists()  # a finished run keeps no checkpoint
@@ -103,6 +107,8 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_run(tmp_path):
     stopped = read_record(record_path(tmp_path / "killed", identity))
     assert stopped.status == "stopped" and len(stopped.history) == 1
     assert checkpoint_path(tmp_path / "killed", identity).exists()
+    saved = torch.load(checkpoint_path(tmp_path / "killed", identity), weights_only=True)
+    assert saved["rng"]["device_type"] == "cpu"  # stored beside the generator state it describes
 
     resumed = fit(tiny_run(epochs=3), results_dir=tmp_path / "killed")
     assert resumed.status == "completed"
@@ -208,3 +214,153 @@ def test_one_epoch_on_2000_real_images(tmp_path, real_data_dir):
     assert "CIFAR-10" in stored["provenance"]["data_description"]
     assert stored["history"][0]["iteration"] == 2000 // 128
     assert stored["final"]["test_error"] < 85  # one short epoch already beats chance (90%)
+
+
+# ------------------------------------------------------------------ checkpoints across devices
+
+def stopped_after_one_epoch(tmp_path, run: RunConfig):
+    """A run stopped by its callback after epoch 1: its record says stopped, its checkpoint stays."""
+    record = fit(run, callbacks=[lambda m: True], results_dir=tmp_path)
+    assert record.status == "stopped" and len(record.history) == 1
+    return checkpoint_path(tmp_path, run_id(run))
+
+
+class OnAnotherDevice:
+    """Stands in for a tensor that torch.load put on a GPU: only ``.cpu()`` gives the bytes back
+    (``Generator.set_state`` rejects anything but a CPU ByteTensor)."""
+
+    device = torch.device("cuda")
+
+    def __init__(self, tensor: torch.Tensor):
+        self._tensor = tensor
+
+    def cpu(self) -> torch.Tensor:
+        return self._tensor
+
+
+def test_rng_states_on_another_device_are_restored_from_cpu_tensors(tmp_path, monkeypatch):
+    run = tiny_run()
+    ckpt = stopped_after_one_epoch(tmp_path, run)
+    saved = torch.load(ckpt, weights_only=True)["rng"]
+    real_load = torch.load
+
+    def load_onto_a_gpu(*args, **kwargs):
+        state = real_load(*args, **kwargs)
+        state["rng"] = {k: OnAnotherDevice(v) if isinstance(v, torch.Tensor) else v for k, v in state["rng"].items()}
+        return state
+
+    monkeypatch.setattr(torch, "load", load_onto_a_gpu)
+    trainer = engine.make_trainer(run, load_data(run.data, "cpu"))
+    assert engine.load_checkpoint(trainer, ckpt)
+    assert trainer.iteration == 9 and torch.equal(trainer.generator.get_state(), saved["generator"])
+    assert torch.equal(torch.get_rng_state(), saved["torch"]) and trainer.resumed_from is None
+
+
+def test_a_checkpoint_is_loaded_onto_the_cpu_and_another_device_type_reseeds_with_a_warning(tmp_path):
+    run = tiny_run()
+    ckpt = stopped_after_one_epoch(tmp_path, run)
+    saved = torch.load(ckpt, weights_only=True)
+    trainer = engine.make_trainer(run, load_data(run.data, "cpu"))
+    trainer.device = torch.device("cuda")  # the run now resumes on a GPU (mapping the file there needs CUDA)
+    with pytest.warns(UserWarning, match="comes from a cpu device and this run resumes on a cuda device"):
+        assert engine.load_checkpoint(trainer, ckpt)
+    assert trainer.iteration == 9 and trainer.resumed_from == "cpu"
+    assert torch.equal(trainer.model.state_dict()["conv.weight"], saved["model"]["conv.weight"])
+    reseeded = torch.Generator().manual_seed(engine.resume_seed(run.seed, 9)).get_state()
+    assert torch.equal(trainer.generator.get_state(), reseeded)  # reproducible: (seed, iteration)
+    assert engine.resume_seed(0, 9) != engine.resume_seed(0, 18) != engine.resume_seed(1, 9)
+
+
+def test_a_run_resumed_from_another_device_types_checkpoint_completes(tmp_path):
+    run = tiny_run()
+    ckpt = stopped_after_one_epoch(tmp_path, run)
+    state = torch.load(ckpt, weights_only=True)
+    state["rng"]["device_type"] = "cuda"  # as a GPU worker wrote it: a 16-byte Philox state
+    state["rng"]["generator"] = torch.zeros(16, dtype=torch.uint8)
+    state["rng"]["cuda"] = torch.zeros(16, dtype=torch.uint8)
+    torch.save(state, ckpt)
+    with pytest.warns(UserWarning, match="comes from a cuda device and this run resumes on a cpu device"):
+        record = fit(run, results_dir=tmp_path)
+    assert record.status == "completed", record.error
+    assert [h["epoch"] for h in record.history] == [1, 2]
+    assert record.provenance["resumed_from_device"] == "cuda"
+
+
+# ------------------------------------------------------------------------------- fp16 on CPU
+
+TINIER = dataclasses.replace(TINY_MODEL, widths=(4, 8, 16))
+
+
+def test_fp16_trains_with_a_grad_scaler_and_resumes_exactly(tmp_path, monkeypatch):
+    # CPU autocast runs fp16 too (torch >= 2.x), so the GPU's fp16 path runs here.
+    monkeypatch.setattr(engine, "resolve_amp", lambda mode, device: torch.float16)
+    torch.set_num_threads(1)  # bitwise-repeatable CPU kernels for the comparison below
+    run = dataclasses.replace(tiny_run(epochs=3), model=TINIER)
+    trainer = engine.make_trainer(run, load_data(run.data, "cpu"))
+    assert trainer.amp_dtype == torch.float16 and isinstance(trainer.scaler, torch.amp.GradScaler)
+    reference = fit(run, results_dir=tmp_path / "reference")
+    assert reference.status == "completed", reference.error
+    assert reference.provenance["amp"] == "float16" and reference.provenance["grad_scaler"] is True
+
+    def kill_after_first_epoch(metrics):
+        if metrics["epoch"] == 1:
+            raise SystemExit("killed")
+
+    with pytest.raises(SystemExit):
+        fit(run, callbacks=[kill_after_first_epoch], results_dir=tmp_path / "killed")
+    saved = torch.load(checkpoint_path(tmp_path / "killed", run_id(run)), weights_only=True)
+    assert saved["scaler"]["scale"] > 0  # the loss scale travels with the checkpoint
+    resumed = fit(run, results_dir=tmp_path / "killed")
+    for got, want in zip(resumed.history, reference.history, strict=True):
+        assert got["train_loss"] == want["train_loss"] and got["grad_norm"] == want["grad_norm"]
+
+
+# ---------------------------------------------------------------------------- speed switches
+
+def test_stage_gradient_norms_are_sampled_every_n_steps_and_averaged(tmp_path, monkeypatch):
+    monkeypatch.setattr(engine, "GRAD_NORM_EVERY", 4)
+    sampled = []
+    real = engine._stage_grad_norms
+    monkeypatch.setattr(engine, "_stage_grad_norms", lambda stages: sampled.append(real(stages)) or sampled[-1])
+    record = fit(tiny_run(epochs=1), results_dir=tmp_path)  # 600 images / 64 = 9 steps: steps 0, 4 and 8 sampled
+    assert len(sampled) == 3
+    mean = torch.stack(sampled).mean(dim=0).tolist()
+    assert list(record.history[0]["grad_norm"].values()) == pytest.approx(mean, rel=1e-6)
+
+
+def test_memory_is_released_after_the_trainer_is_gone(tmp_path, monkeypatch):
+    import weakref
+
+    trainers = []
+    real = engine.make_trainer
+
+    def tracked(run, data):
+        trainer = real(run, data)
+        trainers.append(weakref.ref(trainer))
+        return trainer
+
+    monkeypatch.setattr(engine, "make_trainer", tracked)
+    alive_at_release = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: alive_at_release.append(trainers[-1]() is not None))
+    assert fit(tiny_run(epochs=1), results_dir=tmp_path).status == "completed"
+    engine.measure_step_rate(tiny_run(), steps=1, warmup=1)  # the driver's estimate, before its workers start
+    assert alive_at_release == [False, False]
+
+
+def test_each_compiled_run_starts_from_reset_dynamo_caches(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: calls.append("reset"))
+    monkeypatch.setattr(torch, "compile", lambda model: calls.append("compile") or model)
+    data = engine._random_bundle(torch.randint(0, 256, (128, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 10, (128,)), 10)
+    for width in (1.0, 1.5):  # a continuous width_multiplier: a new graph per trial
+        run = tiny_run(compile=True)
+        engine.make_trainer(dataclasses.replace(run, model=dataclasses.replace(run.model, width_multiplier=width)), data)
+    assert calls == ["reset", "compile", "reset", "compile"]
+
+
+def test_fit_refuses_data_loaded_for_another_data_config(tmp_path):
+    data = load_data(TINY_DATA, "cpu")
+    assert data.config == TINY_DATA
+    run = dataclasses.replace(tiny_run(epochs=1), data=dataclasses.replace(TINY_DATA, subset=300))
+    with pytest.raises(ValueError, match="fit was given data loaded for"):
+        fit(run, results_dir=tmp_path, data=data)

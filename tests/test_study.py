@@ -286,6 +286,45 @@ def test_compare_tunes_each_value_and_compares_final_seeds(tmp_path, space):
     assert "TEST error" in report and (out / "isolation.png").exists()
 
 
+def test_compare_on_a_data_field_trains_each_value_on_its_own_data(tmp_path, space):
+    # One worker: the driver preloads the base study's data (subset 200); each sub-study must
+    # train on the data its records claim, trials and final seeds alike.
+    args = tiny_args(tmp_path, space, "--trials", "1", "--compare", "subset", "--compare-values", "100,150",
+                     "--final-seeds", "1")
+    assert run_driver.main(args) == 0
+    for value in (100, 150):
+        sub = load(tmp_path, f"tiny.subset={value}")
+        run_ids = [t.user_attrs["run_id"] for t in sub.trials] + sub.user_attrs["final_run_ids"]
+        assert len(run_ids) == 2
+        for rid in run_ids:
+            record = find_record(tmp_path, rid)
+            assert record.config["data"]["subset"] == value
+            assert record.provenance["train_size"] == value  # the images it really trained on
+            assert record.history[0]["iteration"] == value // 50  # steps of batch 50 in one epoch
+
+
+def test_a_study_worker_pins_its_gpu(tmp_path, space, monkeypatch):
+    import torch
+
+    import resnet_core.devices as devices
+
+    monkeypatch.setattr(devices.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(devices.torch.cuda, "device_count", lambda: 2)
+    pinned = []
+    monkeypatch.setattr(devices.torch.cuda, "set_device", pinned.append)
+    monkeypatch.delenv("TORCHINDUCTOR_COMPILE_THREADS", raising=False)
+    setup, _ = st.plan(space=str(space), data="synthetic:300", subset=200, val_size=100, epochs=1,
+                       results=str(tmp_path), study_name="tiny")
+    st.create_study(setup.spec)
+    threads = torch.get_num_threads()
+    try:
+        assert st.run_worker(st.WorkerJob(setup.spec, target=0, device="cuda:1", threads=1)) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert pinned == [devices.torch.device("cuda:1")]
+    assert os.environ["TORCHINDUCTOR_COMPILE_THREADS"] == "1"  # its share of the cores for Inductor
+
+
 def test_report_driver_rebuilds_reports_with_figures(tmp_path, space):
     assert run_driver.main(tiny_args(tmp_path, space, "--trials", "3")) == 0
     out = tmp_path / "rebuilt"
