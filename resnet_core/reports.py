@@ -224,7 +224,17 @@ def skipped_line(skipped: Sequence[str]) -> list[str]:
             f"{names}); runs without a readable record count as not run"]
 
 
-def header_lines(table: pd.DataFrame, manifest: Mapping[str, Any], skipped: Sequence[str] = ()) -> list[str]:
+def misnamed_line(misnamed: Sequence[str]) -> list[str]:
+    """The header line naming record files left out as copies (none: no line)."""
+    if not misnamed:
+        return []
+    names = ", ".join(Path(p).name for p in misnamed[:5]) + (", ..." if len(misnamed) > 5 else "")
+    return [f"- Ignored: {_plural(len(misnamed), 'record file')} in runs/ not named <run_id>.json "
+            f"(a copy or a renamed record; never counted): {names}"]
+
+
+def header_lines(table: pd.DataFrame, manifest: Mapping[str, Any], skipped: Sequence[str] = (),
+                 misnamed: Sequence[str] = ()) -> list[str]:
     """What the numbers came from (DESIGN.md: data, budget, hardware, software, seeds)."""
     ran = table[table["status"] != "missing"]
     counts = _status_counts(table)
@@ -243,6 +253,7 @@ def header_lines(table: pd.DataFrame, manifest: Mapping[str, Any], skipped: Sequ
         f"- Software: {_joined(software)}; git {_joined(_unique(ran, 'provenance.git_commit'))}",
         f"- Runs: {len(table)} in the grid: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n),
         *skipped_line(skipped),
+        *misnamed_line(misnamed),
         "- Numbers are final-epoch values (not best-epoch), mean ± std [95% t-interval] over completed seeds. "
         "Test error: the test set; val error: the validation split carved from the training set; train error: "
         "running error on the augmented training batches of the last epoch (as in He et al. 2015, Fig. 6). "
@@ -536,6 +547,7 @@ class Report:
     markdown: str
     figures: dict[str, Figure] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)  # unreadable files in runs/ (counted in the header)
+    misnamed: list[str] = field(default_factory=list)  # record copies in runs/ (named in the header, not counted)
 
 
 def _section(title: str, body: str) -> str:
@@ -547,8 +559,8 @@ def build_report(runs: pd.DataFrame, histories: pd.DataFrame, manifest: Mapping[
     table = grid_table(runs, manifest)
     axes = list(manifest["axes"])
     summary = summarize_cells(table, axes)
-    skipped = list(runs.attrs.get("skipped", []))
-    parts = ["\n".join(header_lines(table, manifest, skipped)),
+    skipped, misnamed = list(runs.attrs.get("skipped", [])), list(runs.attrs.get("misnamed", []))
+    parts = ["\n".join(header_lines(table, manifest, skipped, misnamed)),
              _section("Cells", markdown_table(display_table(summary, axes)))]
     figures = {"test_error_by_cell": plot_cell_errors(summary)}
     if manifest.get("report") == "degradation" and "family" in table:
@@ -562,7 +574,7 @@ def build_report(runs: pd.DataFrame, histories: pd.DataFrame, manifest: Mapping[
     else:
         figures["curves"] = plot_learning_curves(histories, table, hue="cell")
     parts.append(_section("Figures", "\n\n".join(f"![{name}]({name}.png)\n\n{CAPTIONS[name]}" for name in figures)))
-    return Report(summary=summary, markdown="\n".join(parts), figures=figures, skipped=skipped)
+    return Report(summary=summary, markdown="\n".join(parts), figures=figures, skipped=skipped, misnamed=misnamed)
 
 
 def write_report(report: Report, out_dir: str | Path, dpi: int = 120) -> list[Path]:
