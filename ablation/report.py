@@ -15,6 +15,7 @@ from pathlib import Path
 from resnet_core.cli import run_cli
 from resnet_core.grid import load_grid, report_dir
 from resnet_core.grid_report import build_grid_report, skipped_warning, write_report
+from resnet_core.store import misnamed_warning
 
 GRIDS_DIR = Path(__file__).resolve().parent / "grids"
 
@@ -32,9 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     report = build_grid_report(args.results, name)
     for path in write_report(report, report_dir(args.results, name)):
         print(path)
-    warning = skipped_warning(report, args.results)
-    if warning:
-        print(warning, file=sys.stderr)
+    for warning in (skipped_warning(report, args.results), misnamed_warning(report.misnamed, args.results)):
+        if warning:
+            print(warning, file=sys.stderr)
     return 0
 
 

@@ -23,15 +23,21 @@ import argparse
 import dataclasses
 import signal
 import sys
+import time
 from pathlib import Path
 
 from resnet_core import grid as grids
 from resnet_core.budgets import AUTO, GRID_BUDGETS, Budget, resolve_grid_budget
 from resnet_core.cli import run_cli
+from resnet_core.config import DataConfig, RunConfig
+from resnet_core.data import load_data
 from resnet_core.devices import resolve_device
 from resnet_core.engine import estimate_seconds, measure_step_rate
 from resnet_core.grid_report import build_grid_report, skipped_warning, write_report
-from resnet_core.runner import check_parallelism, check_writable, plan_devices, preload_data, run_all, split_done
+from resnet_core.runner import (
+    check_parallelism, check_writable, finished, plan_devices, preload_data, run_all, split_done,
+)
+from resnet_core.store import misnamed_warning, runs_dir
 
 GRIDS_DIR = Path(__file__).resolve().parent / "grids"
 
@@ -99,7 +105,22 @@ def choose_budget(args: argparse.Namespace, spec: grids.GridSpec) -> tuple[Budge
     axis = length_axis(spec)
     if axis and (args.epochs is not None or args.iterations is not None):
         raise ValueError(f"--epochs/--iterations and the axis {axis!r} both set the length: give one")
-    return budget.with_length(args.epochs, args.iterations, args.subset), why
+    budget = budget.with_length(args.epochs, args.iterations, args.subset)
+    if args.subset is None and not args.dask:
+        budget, why = fit_subset(budget, why, spec, overrides(args))
+    return budget, why
+
+
+def fit_subset(budget: Budget, why: str, spec: grids.GridSpec, settings: dict[str, object]) -> tuple[Budget, str]:
+    """A budget's subset is a ceiling: data with fewer training images (after validation) train on
+    all of them, and the plan line says so. (With --dask the data may live only on the workers.)"""
+    if budget.subset is None:
+        return budget, why
+    first = next(grids.iter_cells(spec, settings, dataclasses.replace(budget, subset=None)))
+    pool = len(load_data(first.run.data, "cpu").train_y)
+    if pool >= budget.subset:
+        return budget, why
+    return dataclasses.replace(budget, subset=None), f"{why}; the data hold {pool:,} training images, fewer than its subset"
 
 
 def budget_line(budget: Budget, why: str, axis: str | None) -> str:
@@ -113,28 +134,83 @@ def build_spec(args: argparse.Namespace) -> grids.GridSpec:
     return grids.with_seeds(spec, args.seeds) if args.seeds is not None else spec
 
 
-def print_plan(cells: list[grids.Cell], results: str, devices: tuple[str, ...]) -> None:
-    """The dry run: each cell with its finished seeds, and a time estimate from a measured step rate."""
-    done_ids = {o.run_id for o in split_done([c.run for c in cells], results)[0]}
-    bundles = preload_data([c.run for c in cells if c.run_id not in done_ids])
-    total, rates = 0.0, {}
-    for cell in cells:
-        if cell.run_id in done_ids:
-            continue
-        if cell.label not in rates:
-            rates[cell.label] = measure_step_rate(dataclasses.replace(cell.run, device=devices[0]), steps=3)
-        data = bundles[cell.run.data]
-        total += estimate_seconds(cell.run, rates[cell.label], len(data.train_y), len(data.val_y) + len(data.test_y))
-    for label in dict.fromkeys(c.label for c in cells):
-        runs = [c for c in cells if c.label == label]
-        done = sum(c.run_id in done_ids for c in runs)
-        rate = f"{rates[label]:.0f} img/s" if label in rates else "-"
-        print(f"  {label:<48} seeds {len(runs)}  done {done}  {rate}")
+LISTED_CELLS = 50  # a dry run lists this many cells; the rest of a huge grid is counted in one line
+PROGRESS_EVERY_S = 2.0  # seconds between a dry run's progress lines (stderr)
+
+
+def rate_key(run: RunConfig) -> tuple:
+    """What a training step's speed depends on: the model and the batch's size and precision."""
+    return run.model, run.train.batch_size, run.train.amp, run.train.channels_last, run.train.compile
+
+
+class DryRun:
+    """A dry run's running totals: cells stream through it one at a time (a 100k-run grid is never
+    held in memory), and each distinct model's step rate is measured once, not once per cell."""
+
+    def __init__(self, results: str, device: str, total: int):
+        self.results, self.device, self.total = results, device, total
+        # No record file at all (a new grid): nothing can be done, and no run id need be hashed.
+        self.recorded = {p.stem for p in runs_dir(results).glob("*.json")}
+        self.rates: dict[tuple, float] = {}
+        self.sizes: dict[DataConfig, tuple[int, int]] = {}
+        self.cells: dict[str, list] = {}  # label -> [runs, done, rate key] of the listed cells
+        self.runs = self.done = 0
+        self.seconds = 0.0
+        self.started = self.shown = time.monotonic()
+
+    def add(self, cell: grids.Cell) -> None:
+        done = bool(self.recorded) and cell.run_id in self.recorded and finished(cell.run, self.results) is not None
+        self.runs += 1
+        self.done += done
+        if not done:
+            train_size, eval_size = self._sizes(cell.run.data)
+            self.seconds += estimate_seconds(cell.run, self._rate(cell), train_size, eval_size)
+        if cell.label in self.cells or len(self.cells) < LISTED_CELLS:
+            counts = self.cells.setdefault(cell.label, [0, 0, rate_key(cell.run)])
+            counts[0] += 1
+            counts[1] += done
+        if time.monotonic() - self.shown >= PROGRESS_EVERY_S:
+            self.shown = time.monotonic()
+            self._say(f"{self.runs:,} of {self.total:,} runs checked")
+
+    def _rate(self, cell: grids.Cell) -> float:
+        key = rate_key(cell.run)
+        if key not in self.rates:
+            self._say(f"measuring the step rate of model {len(self.rates) + 1} ({cell.label})")
+            self.rates[key] = measure_step_rate(dataclasses.replace(cell.run, device=self.device), steps=3)
+        return self.rates[key]
+
+    def _sizes(self, cfg: DataConfig) -> tuple[int, int]:
+        if cfg not in self.sizes:
+            data = load_data(cfg, "cpu")
+            self.sizes[cfg] = len(data.train_y), len(data.val_y) + len(data.test_y)
+        return self.sizes[cfg]
+
+    def _say(self, message: str) -> None:
+        print(f"dry run: {message}; {len(self.rates)} model(s) measured, "
+              f"{time.monotonic() - self.started:.0f} s", file=sys.stderr, flush=True)
+
+
+def print_plan(spec: grids.GridSpec, settings: dict[str, object], budget: Budget, results: str,
+               devices: tuple[str, ...]) -> None:
+    """The dry run: the cells with their finished seeds, and a time estimate from one measured step
+    rate per distinct model. Cells are built (and so checked) one at a time."""
+    plan = DryRun(results, devices[0], grids.run_count(spec))
+    for cell in grids.iter_cells(spec, settings, budget):
+        plan.add(cell)
+    for label, (runs, done, key) in plan.cells.items():
+        rate = f"{plan.rates[key]:.0f} img/s" if key in plan.rates else "-"
+        print(f"  {label:<48} seeds {runs}  done {done}  {rate}")
+    listed = sum(runs for runs, _, _ in plan.cells.values())
+    if plan.runs > listed:
+        print(f"  ... and {plan.runs - listed:,} more runs in further cells")
     # Runs on distinct GPUs overlap; CPU workers share the same cores, so they barely do.
     parallel = len(set(devices)) if resolve_device(devices[0]).type == "cuda" else 1
     where = ", ".join(sorted({str(resolve_device(d)) for d in devices}))
-    print(f"{len(cells)} runs, {len(done_ids)} already done; estimated {_duration(total / parallel)} for the rest on "
-          f"{where} (rough: measured step rate of each cell's model, {parallel} in parallel)")
+    rates = ", ".join(f"{rate:.0f}" for rate in plan.rates.values()) or "-"
+    print(f"{plan.runs} runs, {plan.done} already done; estimated {_duration(plan.seconds / parallel)} for the rest on "
+          f"{where} (rough: measured step rate of each of {len(plan.rates)} distinct model(s): {rates} img/s; "
+          f"{parallel} in parallel)")
 
 
 def _duration(seconds: float) -> str:
@@ -186,9 +262,9 @@ def write_and_print_report(results: str, grid_name: str) -> None:
     report = build_grid_report(results, grid_name)
     for path in write_report(report, grids.report_dir(results, grid_name)):
         print(path)
-    warning = skipped_warning(report, results)
-    if warning:
-        print(warning, file=sys.stderr)
+    for warning in (skipped_warning(report, results), misnamed_warning(report.misnamed, results)):
+        if warning:
+            print(warning, file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,13 +275,18 @@ def main(argv: list[str] | None = None) -> int:
         dask_runner().local_workers(args.dask)  # a malformed local:N is a usage error too
     spec = build_spec(args)
     budget, why = choose_budget(args, spec)
+    axis = length_axis(spec)
+    chosen = {"name": budget.name, "why": why, "length": budget.length_text(axis), "note": budget.note}
+    if args.dry_run:  # cells are built one at a time as the plan goes: a huge grid starts printing at once
+        total = grids.run_count(spec)
+        print(f"grid {spec.name}: {total} runs ({total // len(spec.seeds)} cells x {len(spec.seeds)} seeds)")
+        print(budget_line(budget, why, axis))
+        print_plan(spec, overrides(args), budget, args.results,
+                   plan_devices(args.workers, args.device, args.workers_per_gpu))
+        return 0
     cells = grids.expand(spec, overrides(args), budget)  # every config is validated before anything trains
     print(f"grid {spec.name}: {len(cells)} runs ({len(cells) // len(spec.seeds)} cells x {len(spec.seeds)} seeds)")
-    print(budget_line(budget, why, length_axis(spec)))
-    chosen = {"name": budget.name, "why": why, "length": budget.length_text(length_axis(spec)), "note": budget.note}
-    if args.dry_run:
-        print_plan(cells, args.results, plan_devices(args.workers, args.device, args.workers_per_gpu))
-        return 0
+    print(budget_line(budget, why, axis))
     check_writable(args.results)
     outcomes = run_dask(args, spec, cells, chosen) if args.dask else run_local(args, spec, cells, chosen)
     code = print_summary(cells, outcomes)

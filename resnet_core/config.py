@@ -8,6 +8,7 @@ rejects unknown keys and checks types, so a typo is an error and never a silent 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -242,10 +243,11 @@ SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
 NON_IDENTITY_FIELDS = {"device", "data.cache_dir", "data.root", "data.download", "train.checkpoint"}
 
 
-def field_index() -> dict[str, str]:
+@functools.lru_cache(maxsize=1)  # fixed by the dataclasses; a grid resolves names once per cell
+def field_index() -> Mapping[str, str]:
     """Map every settable name to its dotted path: ``depth`` -> ``model.depth``, ``seed`` -> ``seed``.
 
-    Bare names work when unambiguous; ``section.field`` always works.
+    Bare names work when unambiguous; ``section.field`` always works. (Read-only: it is shared.)
     """
     index: dict[str, str] = {"seed": "seed", "device": "device"}
     seen: dict[str, list[str]] = {}
@@ -269,6 +271,39 @@ def resolve_field(name: str) -> str:
     return index[name]
 
 
+def canonical_name(name: str) -> str:
+    """The one name of a field: bare when unambiguous, else dotted (``model.depth`` -> ``depth``),
+    so two spellings of a field meet as one key (a grid axis, a [fixed] setting)."""
+    dotted = resolve_field(name)
+    bare = dotted.split(".", 1)[-1]
+    return bare if field_index().get(bare) == dotted else dotted
+
+
+def canonical_settings(values: Mapping[str, Any], where: str, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``{canonical name: value}`` of settings read from TOML. A nested table is a dotted key
+    (``train.lr = 0.05`` parses as ``{"train": {"lr": 0.05}}``); names in ``extra`` (grid axes
+    such as ``model``) are kept as they are; two spellings of one field are a one-line error."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping) and key in SECTIONS:
+            flat.update({f"{key}.{inner}": v for inner, v in value.items()})
+        else:
+            flat[key] = value
+    out: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
+    for key, value in flat.items():
+        try:
+            name = key if key in extra else canonical_name(key)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        if name in spelled:
+            raise ValueError(f"{where}: {spelled[name]!r} and {key!r} name the same field "
+                             f"({resolve_field(name)}): give it once")
+        spelled[name], out[name] = key, value
+    return out
+
+
+@functools.lru_cache(maxsize=None)  # typing.get_type_hints re-evaluates every annotation per call
 def _field_type(cls: type, name: str) -> Any:
     hints = typing.get_type_hints(cls)
     return hints[name]

@@ -276,12 +276,14 @@ def train_one_epoch(trainer: Trainer, bar=None) -> dict[str, Any]:
     loss_sum = torch.zeros((), device=trainer.device)
     correct = torch.zeros((), device=trainer.device, dtype=torch.long)
     grad_sum = torch.zeros(len(trainer.stages) + 1, device=trainer.device)  # sampled stage norms, then their count
+    seen = 0  # images trained on: a split smaller than a batch gives one short step, not a full batch
     start = time.perf_counter()
     for step in range(steps):
         lr = lr_at(trainer.iteration, budget.total_iterations, trainer.run.train)
         set_lr(trainer.optimizer, lr)
         index = order[step * batch:(step + 1) * batch]
         step_loss, step_correct = train_step(trainer, data.train_x[index], data.train_y[index])
+        seen += len(index)
         loss_sum += step_loss
         correct += step_correct
         if step % GRAD_NORM_EVERY == 0:
@@ -290,14 +292,13 @@ def train_one_epoch(trainer: Trainer, bar=None) -> dict[str, Any]:
         if bar is not None:
             bar.update(1)
         if (step + 1) % DIVERGENCE_CHECK_EVERY == 0:
-            running_loss = loss_sum.item() / ((step + 1) * batch)
+            running_loss = loss_sum.item() / seen
             if not math.isfinite(running_loss):
                 raise Diverged(f"training loss became {running_loss} at iteration {trainer.iteration}")
             if bar is not None:
                 bar.set_postfix(epoch=len(trainer.history) + 1, loss=f"{running_loss:.3f}",
-                                ips=f"{(step + 1) * batch / (time.perf_counter() - start):.0f}", refresh=False)
+                                ips=f"{seen / (time.perf_counter() - start):.0f}", refresh=False)
     seconds = time.perf_counter() - start
-    seen = steps * batch
     train_loss = loss_sum.item() / seen
     if not math.isfinite(train_loss):
         raise Diverged(f"training loss became {train_loss} at iteration {trainer.iteration}")
@@ -631,6 +632,6 @@ def _sync(device: torch.device) -> None:
 def estimate_seconds(run: RunConfig, images_per_s: float, train_size: int, eval_size: int = 15000) -> float:
     """Wall-time estimate: training images over the measured rate, plus evaluation each epoch."""
     budget = make_budget(run.train, train_size)
-    trained = budget.total_iterations * run.train.batch_size
+    trained = budget.total_iterations * min(run.train.batch_size, train_size)  # a small split: one short batch
     evaluated = budget.epochs * eval_size
     return trained / images_per_s + evaluated / (3 * images_per_s)  # inference ~3x a training step

@@ -3,6 +3,10 @@
 A grid expands into cells (grid points without the seed) times seeds, each a :class:`RunConfig`.
 Every run config is built, and so validated, before anything trains: an unknown key, an empty
 axis or a value a config rejects is a one-line ValueError naming the file, the field and the value.
+Field names are canonical (``model.depth`` and ``depth`` are one name, a nested ``train.lr = ...``
+key too): two spellings of one field in one table are an error, and ``--axis model.depth=...``
+replaces a ``depth`` axis. :func:`iter_cells` builds runs one at a time (a dry run of a huge grid
+never holds them all); :func:`expand` builds them all and checks that no two cells are one run.
 
 File format (all keys optional except ``axes`` or ``cells``; see ablation/grids/*.toml)::
 
@@ -38,19 +42,23 @@ rules, the budget's own rules, and last the command-line overrides (data, device
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
+import math
 import os
 import tomllib
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from resnet_core.budgets import Budget
-from resnet_core.config import SECTIONS, RunConfig, apply_overrides, coerce, recipe, resolve_field, run_id
+from resnet_core.config import (
+    SECTIONS, RunConfig, apply_overrides, canonical_name, canonical_settings, coerce, recipe, resolve_field, run_id,
+)
 from resnet_core.models import resolve_model
-from resnet_core.store import atomic_write_text
+from resnet_core.store import atomic_write_text, check_name
 
 REPORTS = ("degradation", "generic")
 TOP_KEYS = ("name", "description", "report", "model", "recipe", "seeds", "fixed", "axes", "cells", "when")
@@ -114,7 +122,7 @@ class Cell:
     def label(self) -> str:
         return ", ".join(f"{name}={_show(value)}" for name, value in self.key) or "base"
 
-    @property
+    @functools.cached_property  # hashing the config is the costliest step of a cell; asked for often
     def run_id(self) -> str:
         return run_id(self.run)
 
@@ -157,15 +165,6 @@ def _table(where: str, values: Any, name: str) -> dict[str, Any]:
     return values
 
 
-def _check_fields(where: str, names: Sequence[str], extra: Sequence[str] = ()) -> None:
-    for name in names:
-        if name not in extra:
-            try:
-                resolve_field(name)
-            except ValueError as exc:
-                raise ValueError(f"{where}: {exc}") from None
-
-
 def _parse_seeds(where: str, value: Any) -> tuple[int, ...]:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
         return tuple(range(value))
@@ -193,19 +192,19 @@ def _parse_variant(where: str, entry: Any, index: int) -> Variant:
     name = entry.get("name")
     if not isinstance(name, str) or not name:
         raise ValueError(f"{where}: cells[{index}] needs a name = \"...\"")
-    settings = {k: v for k, v in entry.items() if k not in CELL_KEYS}
-    _check_fields(f"{where}: cells[{index}] ({name})", list(settings))
-    return Variant(name=name, model=entry.get("model"), recipe=entry.get("recipe"), settings=tuple(settings.items()))
+    # A table under "model" is dotted settings (model.depth = 8), not the preset's name.
+    own = {k: v for k, v in entry.items() if k in CELL_KEYS and not isinstance(v, dict)}
+    settings = canonical_settings({k: v for k, v in entry.items() if k not in own}, f"{where}: cells[{index}] ({name})")
+    return Variant(name=name, model=own.get("model"), recipe=own.get("recipe"), settings=tuple(settings.items()))
 
 
 def _parse_rule(where: str, entry: Any, index: int) -> Rule:
     entry = _table(where, entry, "when")
     _check_keys(f"{where}: when[{index}]", entry, RULE_KEYS)
-    match = _table(where, entry.get("match", {}), "when.match")
-    settings = _table(where, entry.get("set", {}), "when.set")
+    match = canonical_settings(_table(where, entry.get("match", {}), "when.match"), f"{where}: when[{index}].match")
+    settings = canonical_settings(_table(where, entry.get("set", {}), "when.set"), f"{where}: when[{index}].set")
     if not match or not settings:
         raise ValueError(f"{where}: when[{index}] needs both match = {{...}} and set = {{...}}")
-    _check_fields(f"{where}: when[{index}]", list(match) + list(settings))
     try:
         match = {name: coerce_field(name, value) for name, value in match.items()}
     except ValueError as exc:
@@ -229,10 +228,8 @@ def parse_grid(values: Mapping[str, Any], source: str, default_name: str) -> Gri
     report = values.get("report", "generic")
     if report not in REPORTS:
         raise ValueError(f"{where}: report={report!r} is invalid: expected one of {', '.join(REPORTS)}")
-    fixed = _table(where, values.get("fixed", {}), "fixed")
-    _check_fields(f"{where}: fixed", list(fixed))
-    axes = dict(_table(where, values.get("axes", {}), "axes"))
-    _check_fields(f"{where}: axes", list(axes), extra=NAMED_AXES)
+    fixed = canonical_settings(_table(where, values.get("fixed", {}), "fixed"), f"{where}: fixed")
+    axes = canonical_settings(_table(where, values.get("axes", {}), "axes"), f"{where}: axes", extra=NAMED_AXES)
     if "seed" in axes and "seeds" in values:
         raise ValueError(f"{where}: give the seeds once: either seeds = ... or an axis seed = [...]")
     seeds = _parse_seeds(where, axes.pop("seed") if "seed" in axes else values.get("seeds", DEFAULT_SEEDS))
@@ -245,8 +242,9 @@ def parse_grid(values: Mapping[str, Any], source: str, default_name: str) -> Gri
     for key in ("name", "description", "model", "recipe"):
         if key in values and not isinstance(values[key], str):
             raise ValueError(f"{where}: {key}={values[key]!r} is invalid: expected a string")
+    name = check_name(values.get("name", default_name), f"{where}: grid name")  # names <results>/ablation/<name>/
     return GridSpec(
-        name=values.get("name", default_name),
+        name=name,
         source=source,
         description=values.get("description", ""),
         report=report,
@@ -282,10 +280,13 @@ def parse_axis_option(text: str) -> tuple[str, list[str]]:
 
 def with_axis(spec: GridSpec, name: str, values: Sequence[Any]) -> GridSpec:
     """``spec`` with axis ``name`` replaced (in place) or added (at the end); ``seed`` sets the seeds."""
+    if name not in NAMED_AXES:
+        try:
+            name = canonical_name(name)  # --axis model.depth=... replaces the grid's depth axis
+        except ValueError as exc:
+            raise ValueError(f"--axis: {exc}") from None
     if name == "seed":
         return dataclasses.replace(spec, seeds=_parse_seeds("--axis seed", [_int(v, "seed") for v in values]))
-    if name not in NAMED_AXES:
-        _check_fields("--axis", [name])
     axis = _parse_axis("--axis", name, list(values))
     names = [n for n, _ in spec.axes]
     axes = list(spec.axes)
@@ -322,9 +323,13 @@ def _base_run(model: str, recipe_name: str) -> RunConfig:
 
 def coerce_field(name: str, value: Any) -> Any:
     """``value`` converted to the type of config field ``name`` ("110" -> 110 for depth)."""
-    dotted = resolve_field(name)
+    return coerce(value, _annotation(resolve_field(name)), name)
+
+
+@functools.lru_cache(maxsize=None)  # get_type_hints is slow, and [[when]] rules ask once per cell
+def _annotation(dotted: str) -> Any:
     cls, field_name = (SECTIONS[dotted.split(".")[0]], dotted.split(".")[1]) if "." in dotted else (RunConfig, dotted)
-    return coerce(value, typing.get_type_hints(cls)[field_name], name)
+    return typing.get_type_hints(cls)[field_name]
 
 
 def _matches(run: RunConfig, match: Pairs) -> bool:
@@ -361,20 +366,23 @@ def _cell_key(spec: GridSpec, variant: Variant | None, point: Pairs, run: RunCon
     return tuple(key)
 
 
-def _points(spec: GridSpec) -> list[Pairs]:
+def _points(spec: GridSpec) -> Iterator[Pairs]:
     names = [name for name, _ in spec.axes]
-    return [tuple(zip(names, combo)) for combo in itertools.product(*(values for _, values in spec.axes))]
+    return (tuple(zip(names, combo)) for combo in itertools.product(*(values for _, values in spec.axes)))
 
 
-def expand(spec: GridSpec, overrides: Mapping[str, Any] | None = None, budget: Budget | None = None) -> list[Cell]:
-    """Every (cell, seed) of the grid as a validated run config; ``overrides`` are applied last.
+def run_count(spec: GridSpec) -> int:
+    """How many runs the grid has (cells x seeds), without building any."""
+    return max(1, len(spec.variants)) * math.prod(len(values) for _, values in spec.axes) * len(spec.seeds)
 
-    ``budget`` (resnet_core/budgets.py) sets length, subset and shared schedule under the grid file.
 
-    Any config error is a one-line ValueError naming the grid file and the cell.
+def iter_cells(spec: GridSpec, overrides: Mapping[str, Any] | None = None, budget: Budget | None = None) -> Iterator[Cell]:
+    """Each (cell, seed) of the grid as a validated run config, built when asked for (the seeds of a
+    cell come together); ``budget`` (resnet_core/budgets.py) sets length, subset and the shared
+    schedule under the grid file, ``overrides`` are applied last. A config error is a one-line
+    ValueError naming the grid file and the cell. Whether two cells are one run is :func:`expand`'s check.
     """
     overrides = dict(overrides or {})
-    cells: list[Cell] = []
     for variant in spec.variants or (None,):
         for point in _points(spec):
             where = ", ".join(f"{k}={_show(v)}" for k, v in ((("variant", variant.name),) if variant else ()) + point)
@@ -383,7 +391,13 @@ def expand(spec: GridSpec, overrides: Mapping[str, Any] | None = None, budget: B
                 key = _cell_key(spec, variant, point, run)
             except ValueError as exc:
                 raise ValueError(f"{spec.source}: cell {where or 'base'}: {exc}") from None
-            cells.extend(Cell(key=key, seed=seed, run=dataclasses.replace(run, seed=seed)) for seed in spec.seeds)
+            yield from (Cell(key=key, seed=seed, run=dataclasses.replace(run, seed=seed)) for seed in spec.seeds)
+
+
+def expand(spec: GridSpec, overrides: Mapping[str, Any] | None = None, budget: Budget | None = None) -> list[Cell]:
+    """Every (cell, seed) of the grid, all validated, and no two cells the same run (see
+    :func:`iter_cells`): what a real run checks before anything trains."""
+    cells = list(iter_cells(spec, overrides, budget))
     _check_unique(spec, cells)
     return cells
 
@@ -423,7 +437,7 @@ def manifest(spec: GridSpec, cells: Sequence[Cell], budget: Mapping[str, Any] | 
 
 def report_dir(results_dir: str | Path, grid_name: str) -> Path:
     """Where a grid's reports go: ``<results>/ablation/<grid>/`` (its runs stay in ``<results>/runs``)."""
-    return Path(results_dir) / "ablation" / grid_name
+    return Path(results_dir) / "ablation" / check_name(grid_name, "grid name")
 
 
 def save_manifest(results_dir: str | Path, spec: GridSpec, cells: Sequence[Cell],
@@ -440,6 +454,23 @@ def load_manifest(results_dir: str | Path, grid_name: str) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"no grid manifest at {path}: run `python ablation/run.py --grid {grid_name}` first")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    _check_manifest(path, values, grid_name)
+    return values
+
+
+MANIFEST_KEYS = {"grid": str, "axes": list, "runs": list}  # what a report reads from grid.json
+
+
+def _check_manifest(path: Path, values: Any, grid_name: str) -> None:
+    """A grid.json a report can read: the keys it uses, and one ``run_id`` and ``cell`` per run."""
+    again = f"rerun `python ablation/run.py --grid {grid_name}` to write it again"
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: not a grid manifest (a JSON object with {', '.join(MANIFEST_KEYS)}): {again}")
+    for key, kind in MANIFEST_KEYS.items():
+        if not isinstance(values.get(key), kind):
+            raise ValueError(f"{path}: not a grid manifest: {key!r} is missing or not a {kind.__name__}: {again}")
+    if any(not isinstance(run, dict) or not {"run_id", "cell"} <= set(run) for run in values["runs"]):
+        raise ValueError(f"{path}: not a grid manifest: every entry of 'runs' needs a run_id and a cell: {again}")

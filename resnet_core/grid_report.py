@@ -56,6 +56,7 @@ class Report:
     markdown: str
     figures: dict[str, Figure] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)  # unreadable files in runs/ (counted in the header)
+    misnamed: list[str] = field(default_factory=list)  # record copies in runs/ (named in the header, not counted)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # extra CSVs (trends.csv, ...)
 
 
@@ -79,15 +80,16 @@ def build_report(runs: pd.DataFrame, histories: pd.DataFrame, manifest: Mapping[
     table = grid_table(runs, manifest)
     axes = list(manifest["axes"])
     summary = summarize_cells(table, axes)
-    skipped = list(runs.attrs.get("skipped", []))
+    skipped, misnamed = list(runs.attrs.get("skipped", [])), list(runs.attrs.get("misnamed", []))
     extra = kind_of(manifest)(table, histories, manifest)
-    parts = ["\n".join(header_lines(table, manifest, skipped, built_by)),
+    parts = ["\n".join(header_lines(table, manifest, skipped, built_by, misnamed)),
              *(_section(title, body) for title, body in extra.sections[:1]),  # verdicts first, when any
              _section("Cells", markdown_table(display_table(summary, axes))),
              *(_section(title, body) for title, body in extra.sections[1:])]
     figures = {"test_error_by_cell": plot_cell_errors(summary), **extra.figures}
     parts.append(_section("Figures", "\n\n".join(f"![{name}]({name}.png)\n\n{CAPTIONS[name]}" for name in figures)))
-    return Report(summary=summary, markdown="\n".join(parts), figures=figures, skipped=skipped, tables=extra.tables)
+    return Report(summary=summary, markdown="\n".join(parts), figures=figures, skipped=skipped, misnamed=misnamed,
+                  tables=extra.tables)
 
 
 def write_report(report: Report, out_dir: str | Path, dpi: int = 120) -> list[Path]:

@@ -273,6 +273,15 @@ def skipped_line(skipped: Sequence[str]) -> list[str]:
             f"{names}); runs without a readable record count as not run"]
 
 
+def misnamed_line(misnamed: Sequence[str]) -> list[str]:
+    """The header line naming record files left out as copies (none: no line)."""
+    if not misnamed:
+        return []
+    names = ", ".join(Path(p).name for p in misnamed[:5]) + (", ..." if len(misnamed) > 5 else "")
+    return [f"- Ignored: {_plural(len(misnamed), 'record file')} in runs/ not named <run_id>.json "
+            f"(a copy or a renamed record; never counted): {names}"]
+
+
 def _built_by(code: Mapping[str, Any] | None) -> list[str]:
     """The header line naming the code that wrote the report (it may be newer than the runs' code)."""
     if not code:
@@ -282,7 +291,7 @@ def _built_by(code: Mapping[str, Any] | None) -> list[str]:
 
 
 def header_lines(table: pd.DataFrame, manifest: Mapping[str, Any], skipped: Sequence[str] = (),
-                 built_by: Mapping[str, Any] | None = None) -> list[str]:
+                 built_by: Mapping[str, Any] | None = None, misnamed: Sequence[str] = ()) -> list[str]:
     """What the numbers came from (docs/DESIGN.md: data, budget, hardware, software, seeds, code)."""
     ran = table[table["status"] != "missing"]
     counts = _status_counts(table)
@@ -305,6 +314,7 @@ def header_lines(table: pd.DataFrame, manifest: Mapping[str, Any], skipped: Sequ
         *_built_by(built_by),
         f"- Runs: {len(table)} in the grid: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n),
         *skipped_line(skipped),
+        *misnamed_line(misnamed),
         "- Numbers are final-epoch values (not best-epoch), mean ± std [95% t-interval] over completed seeds. "
         "Test error: the test set; val error: the validation split carved from the training set; train error: "
         "running error on the augmented training batches of the last epoch (as in He et al. 2015, Fig. 6). "

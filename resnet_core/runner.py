@@ -4,6 +4,10 @@ Run records are the source of truth (DESIGN.md, result store): a run whose recor
 ``completed`` or ``diverged`` is not trained again, so an interrupted grid resumes where it
 stopped, and a run cut off mid-way resumes from its checkpoint inside :func:`fit`.
 
+Each run is claimed before it trains (``store.claim_run``: a lock file its worker holds), so two
+drivers on one results folder share a grid: a run claimed by the other driver is waited for, not
+trained again, and a claim whose holder died is free at once.
+
 Parallelism is joblib's loky backend, one process per worker, one run at a time per process. On
 several GPUs each run claims a free device slot (``devices.worker_devices``) with an exclusive file
 lock, so a GPU never gets more than ``workers_per_gpu`` runs however the runs finish. On the CPU
@@ -19,7 +23,9 @@ import dataclasses
 import fcntl
 import functools
 import os
+import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -31,7 +37,10 @@ from resnet_core.config import DataConfig, RunConfig, run_id
 from resnet_core.data import DataBundle, load_data
 from resnet_core.devices import pin_device, resolve_device, share_compile_threads, worker_devices
 from resnet_core.engine import fit
-from resnet_core.store import FINAL_STATUSES, RunRecord, find_record, runs_dir
+from resnet_core.store import FINAL_STATUSES, RunRecord, claim_run, find_record, runs_dir
+
+BUSY = "busy"  # not an outcome: another process holds the run's claim (train_run's answer, never returned)
+CLAIM_POLL_S = 2.0  # seconds between looks at runs another driver is training
 
 
 @dataclass(frozen=True)
@@ -113,7 +122,19 @@ def _device_slot(devices: tuple[str, ...], lock_dir: str | None) -> Iterator[str
 
 
 def train_run(run: RunConfig, results_dir: str, devices: tuple[str, ...], threads: int, lock_dir: str | None) -> Outcome:
-    """Worker body: claim a device, load (or reuse) the data, and fit one run."""
+    """Worker body: claim the run (status BUSY if another process has it), then a device; load (or
+    reuse) the data and fit it, unless the claim's previous holder finished it meanwhile."""
+    with claim_run(results_dir, run_id(run)) as claimed:
+        if not claimed:
+            return Outcome(run_id=run_id(run), status=BUSY)
+        record = finished(run, results_dir)
+        if record is not None:
+            return outcome_of(record, trained_now=False)
+        return _train_claimed(run, results_dir, devices, threads, lock_dir)
+
+
+def _train_claimed(run: RunConfig, results_dir: str, devices: tuple[str, ...], threads: int,
+                   lock_dir: str | None) -> Outcome:
     with _device_slot(devices, lock_dir) as device:
         resolved = resolve_device(device)
         if resolved.type == "cpu":
@@ -197,16 +218,31 @@ def run_all(
     done, pending = split_done(runs, results_dir)
     threads = threads or max(1, available_cores() // len(devices))
     outcomes = {o.run_id: o for o in done}
+    # An absolute path: worker processes need not share the caller's working directory.
+    where = str(Path(results_dir).resolve())
     with tempfile.TemporaryDirectory(prefix="resnet_core_slots_") as lock_dir, \
             progress_bar(len(runs), len(done), progress, desc) as bar:
         parallel = Parallel(n_jobs=len(devices), backend="loky", return_as="generator_unordered",
                             pre_dispatch="n_jobs", batch_size=1)
-        # An absolute path: worker processes need not share the caller's working directory.
-        tasks = (delayed(train_run)(run, str(Path(results_dir).resolve()), devices, threads, lock_dir) for run in pending)
-        for outcome in parallel(tasks):
-            outcomes[outcome.run_id] = outcome
-            bar.update(1)
-            bar.set_postfix_str(tally(outcomes.values()))
+        waiting = 0
+        while pending:
+            busy = set()
+            for outcome in parallel(delayed(train_run)(run, where, devices, threads, lock_dir) for run in pending):
+                if outcome.status == BUSY:
+                    busy.add(outcome.run_id)
+                    continue
+                outcomes[outcome.run_id] = outcome
+                bar.update(1)
+                bar.set_postfix_str(tally(outcomes.values()))
+            # Runs another driver is training: look again in a moment (a run it finished is then
+            # read back; one whose claim a dead holder left is trained here).
+            pending = [run for run in pending if run_id(run) in busy]
+            if pending and len(pending) != waiting:
+                print(f"waiting for {len(pending)} run(s) that another process is training on {where}",
+                      file=sys.stderr, flush=True)
+            waiting = len(pending)
+            if pending:
+                time.sleep(CLAIM_POLL_S)
     return [outcomes[run_id(run)] for run in runs]
 
 

@@ -5,19 +5,26 @@ training. Layout under a results directory::
 
     runs/<run_id>.json          one record per run (completed, diverged, failed or stopped)
     checkpoints/<run_id>.pt     the last epoch's training state while a run is unfinished
+    claims/<run_id>.lock        held (flock) by the process training the run, removed when it ends
+
+A record counts only under its own name: a file whose content names another run (a copy such as
+``ID (copy).json``, a renamed file) is never counted, so no run is counted twice.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import math
 import os
+import socket
 import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 import pandas as pd
 
@@ -69,9 +76,15 @@ def _json_safe(value: Any) -> Any:
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write via a temp file in the same folder, fsync, then rename: a kill never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write via a temp file in the same folder, fsync, then rename: a kill never leaves half a file.
+
+    An OSError (read-only folder, full disk) names ``path``, not the temp file the user never sees.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
@@ -79,6 +92,9 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are meant to be shared
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -127,27 +143,64 @@ def read_record(path: str | os.PathLike) -> RunRecord:
 
 
 def find_record(results_dir: str | os.PathLike, run_id: str) -> RunRecord | None:
-    """The stored record of ``run_id``, or None if absent or unreadable (a warning says which)."""
+    """The stored record of ``run_id``, or None if absent or unreadable (a warning says which).
+
+    A file holding another run's record (a copy renamed over it) is not this run's record: None,
+    so the run is trained (and the file replaced) instead of being answered with the other run.
+    """
     path = record_path(results_dir, run_id)
     if not path.exists():
         return None
     try:
-        return read_record(path)
+        record = read_record(path)
     except ValueError as exc:
         warnings.warn(f"ignoring unreadable run record: {exc}", stacklevel=2)
         return None
+    return record if record.run_id == run_id else None
 
 
-def iter_records(results_dir: str | os.PathLike) -> tuple[list[RunRecord], list[str]]:
-    """All readable records under ``results_dir/runs`` and the paths that were skipped."""
-    records, skipped = [], []
+@dataclass(frozen=True)
+class RecordScan:
+    """What ``runs/`` holds: the records that count, unreadable files, and misnamed records."""
+
+    records: tuple[RunRecord, ...]
+    skipped: tuple[str, ...]  # not JSON or not a run record
+    misnamed: tuple[str, ...]  # a readable record under a name other than <its run_id>.json: never counted
+
+
+def scan_records(results_dir: str | os.PathLike) -> RecordScan:
+    """Every file in ``results_dir/runs``, keyed by the run_id its content names."""
+    records, skipped, misnamed = [], [], []
     for path in sorted(runs_dir(results_dir).glob("*.json")):
         try:
-            records.append(read_record(path))
+            record = read_record(path)
         except (ValueError, OSError) as exc:
             warnings.warn(f"skipping {exc}", stacklevel=2)
             skipped.append(str(path))
-    return records, skipped
+            continue
+        # Only <run_id>.json is the run's record (what fit reads and replaces): a copy or a renamed
+        # file would count a run twice or stand in for a run that never trained.
+        if path.stem == record.run_id:
+            records.append(record)
+        else:
+            misnamed.append(str(path))
+    return RecordScan(tuple(records), tuple(skipped), tuple(misnamed))
+
+
+def iter_records(results_dir: str | os.PathLike) -> tuple[list[RunRecord], list[str]]:
+    """All records that count under ``results_dir/runs`` and the unreadable paths that were skipped."""
+    scan = scan_records(results_dir)
+    return list(scan.records), list(scan.skipped)
+
+
+def misnamed_warning(misnamed: Sequence[str], results_dir: str | os.PathLike) -> str | None:
+    """The one line the command lines print about misnamed record files (None when there are none)."""
+    if not misnamed:
+        return None
+    names = ", ".join(Path(p).name for p in misnamed[:5]) + (", ..." if len(misnamed) > 5 else "")
+    count = f"{len(misnamed)} record file" + ("" if len(misnamed) == 1 else "s")
+    return (f"warning: ignored {count} in {runs_dir(results_dir)} not named <run_id>.json "
+            f"(a copy or a renamed record; never counted): {names}")
 
 
 def _flatten(prefix: str, values: dict[str, Any], out: dict[str, Any]) -> None:
@@ -179,10 +232,12 @@ def record_row(record: RunRecord) -> dict[str, Any]:
 
 
 def load_runs(results_dir: str | os.PathLike) -> pd.DataFrame:
-    """One row per run record; unreadable files are skipped, listed in ``df.attrs["skipped"]``."""
-    records, skipped = iter_records(results_dir)
-    frame = pd.DataFrame([record_row(r) for r in records])
-    frame.attrs["skipped"] = skipped
+    """One row per run record; unreadable files are skipped, listed in ``df.attrs["skipped"]``;
+    misnamed records (copies) are left out, listed in ``df.attrs["misnamed"]``."""
+    scan = scan_records(results_dir)
+    frame = pd.DataFrame([record_row(r) for r in scan.records])
+    frame.attrs["skipped"] = list(scan.skipped)
+    frame.attrs["misnamed"] = list(scan.misnamed)
     return frame
 
 
@@ -198,3 +253,73 @@ def load_histories(results_dir: str | os.PathLike) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     frame.attrs["skipped"] = skipped
     return frame
+
+
+# ------------------------------------------------------------------------------------ names
+
+def check_name(name: str, what: str) -> str:
+    """``name`` if it is one safe path component: study and grid names become files and folders
+    under the results directory, and must not reach outside it (``..``, ``/``, an absolute path)."""
+    if (not isinstance(name, str) or not name.strip() or name in (".", "..") or "/" in name or "\\" in name
+            or "\0" in name or os.path.isabs(name)):
+        raise ValueError(f"{what} {name!r} is invalid: expected a single name (no '/', '\\' or '..'), "
+                         "used as a file name under the results folder")
+    return name
+
+
+# ----------------------------------------------------------------------------------- claims
+
+def claim_path(results_dir: str | os.PathLike, run_id: str) -> Path:
+    return Path(results_dir) / "claims" / f"{run_id}.lock"
+
+
+def _lock_claim(path: Path) -> int | None:
+    """An open descriptor holding ``path``'s exclusive flock, or None if a live process holds it.
+
+    flock, not a pid test: the kernel releases it when its holder exits or dies (SIGKILL too), so a
+    dead driver's claim is free at once, and two processes can never both take it over.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            current = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            return fd
+        os.close(fd)  # its holder released it (unlinked the file) between our open and lock: again
+
+
+def claim_holder(results_dir: str | os.PathLike, run_id: str) -> str:
+    """``host pid`` of the process that claimed ``run_id`` (for messages; '?' if unknown)."""
+    try:
+        return claim_path(results_dir, run_id).read_text().strip() or "?"
+    except OSError:
+        return "?"
+
+
+@contextlib.contextmanager
+def claim_run(results_dir: str | os.PathLike, run_id: str) -> Iterator[bool]:
+    """Hold ``run_id``'s claim while the block runs: True if this process got it, False if another
+    live process (a second driver on the same results folder) is training the run now.
+
+    Claim before training, so concurrent drivers share a grid's runs and each run trains once.
+    """
+    path = claim_path(results_dir, run_id)
+    fd = _lock_claim(path)
+    if fd is None:
+        yield False
+        return
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
+        yield True
+    finally:
+        path.unlink(missing_ok=True)  # while still locked: a waiter then finds a new file, never ours
+        os.close(fd)

@@ -13,6 +13,7 @@ import contextlib
 import copy
 import dataclasses
 import importlib.util
+import json
 import math
 import multiprocessing
 import os
@@ -33,11 +34,11 @@ from optuna.trial import TrialState
 
 from resnet_core.budgets import STUDY_BUDGETS, Budget, lookup
 from resnet_core.config import (
-    SECTIONS, DataConfig, RunConfig, apply_overrides, identity_dict, recipe, resolve_field, run_id,
+    SECTIONS, DataConfig, RunConfig, apply_overrides, canonical_settings, identity_dict, recipe, resolve_field, run_id,
 )
 from resnet_core.devices import resolve_device
-from resnet_core.store import checkpoint_path
-from resnet_core.study_reports import FINISHED, mask_url, scrub
+from resnet_core.store import check_name, checkpoint_path
+from resnet_core.study_reports import FINISHED, mask_url, scrub, unencoded_at
 
 SPACES_DIR = Path(__file__).resolve().parents[1] / "studies" / "spaces"
 FINAL_SEED_BASE = 1000  # re-training seeds of a --compare study: 1000, 1001, ... (never a trial's seed)
@@ -164,6 +165,8 @@ def _parse_range(name: str, spec: Mapping[str, Any], where: str, kind: str) -> P
     low, high, log, step = spec.get("low"), spec.get("high"), spec.get("log", False), spec.get("step")
     if not (_is_number(low) and _is_number(high)):
         raise _space_error(where, f"params.{name}: {kind} needs numeric low and high (got low={low!r}, high={high!r})")
+    if not (math.isfinite(low) and math.isfinite(high)):  # TOML has inf and nan; Optuna fails on them mid-study
+        raise _space_error(where, f"params.{name}: low={low} and high={high} must be finite numbers")
     if kind == "int" and not all(isinstance(v, int) for v in (low, high) + ((step,) if step is not None else ())):
         raise _space_error(where, f"params.{name}: int needs integer low, high and step")
     if low >= high:
@@ -172,7 +175,7 @@ def _parse_range(name: str, spec: Mapping[str, Any], where: str, kind: str) -> P
         raise _space_error(where, f"params.{name}: log={log!r} must be true or false")
     if log and low <= 0:
         raise _space_error(where, f"params.{name}: log=true needs low > 0 (got low={low})")
-    if step is not None and (not _is_number(step) or step <= 0 or (log and step != 1)):
+    if step is not None and (not _is_number(step) or not math.isfinite(step) or step <= 0 or (log and step != 1)):
         raise _space_error(where, f"params.{name}: step={step!r} must be a number > 0 (and not combined with log)")
     cast = float if kind == "float" else int
     return Param(name, kind, cast(low), cast(high), log, cast(step) if step is not None else None)
@@ -236,6 +239,7 @@ def read_space(spec: str, spaces_dir: Path = SPACES_DIR) -> SearchSpace:
     fixed = document.get("fixed", {})
     if not isinstance(fixed, Mapping):
         raise _space_error(str(path), "[fixed] must be a table of field = value")
+    fixed = canonical_settings(fixed, f"space {path}: [fixed]")  # train.lr = 0.05 is a nested table in TOML
     return SearchSpace(
         name=path.stem, source=str(path), description=str(document.get("description", "")),
         params=tuple(parse_param(name, spec, str(path)) for name, spec in params.items()),
@@ -352,7 +356,7 @@ def default_study_name(space: str, model: str, data_source: str, budget_label: s
 
 def default_storage(results: str | os.PathLike, name: str) -> str:
     """The embedded store: one journal file per study (group) under ``<results>/studies/``."""
-    return str(Path(results) / "studies" / f"{name}.log")
+    return str(Path(results) / "studies" / f"{check_name(name, 'study name')}.log")
 
 
 def is_rdb_url(storage: str) -> bool:
@@ -374,6 +378,9 @@ def open_storage(storage: str, stale_after: float = 600.0) -> optuna.storages.Ba
     A storage that cannot be opened (server down, wrong password, no driver, malformed URL) is a
     one-line ValueError naming the URL with its password masked.
     """
+    if is_rdb_url(storage) and unencoded_at(storage):
+        raise ValueError(f"storage {mask_url(storage)}: the password holds an unencoded '@': "
+                         "write it URL-encoded as %40")
     return _open_rdb(storage, stale_after) if is_rdb_url(storage) else _open_journal(storage)
 
 
@@ -436,13 +443,120 @@ def storage_error(url: str, exc: BaseException) -> ValueError:
 
 
 def _open_journal(path: str) -> optuna.storages.JournalStorage:
-    from optuna.storages.journal import JournalFileBackend
-
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(InterruptSafeJournal(JournalFileBackend(str(path))))
+        return optuna.storages.JournalStorage(InterruptSafeJournal(RepairingJournalFile(str(path))))
     except OSError as exc:
         raise ValueError(f"storage {path} cannot be opened: {exc.strerror or exc}") from None
+
+
+def damaged_tail(path: str | os.PathLike) -> tuple[int, bytes] | None:
+    """(offset, bytes) of a journal's last line if it is not a whole operation, else None.
+
+    A whole operation is one JSON object ending in a newline. A kill or a full disk mid-write
+    leaves a fragment without its newline; a fragment followed by the next operation (Optuna 5
+    appends after a fragment) is a newline-terminated line that is not JSON.
+    """
+    with open(path, "rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size == 0:
+            return None
+        start = _line_start(handle, size - 1)  # the last line, its own newline (if any) excluded
+        handle.seek(start)
+        line = handle.read()
+    if not line.endswith(b"\n"):
+        return start, line
+    try:
+        json.loads(line)
+    except ValueError:
+        return start, line
+    return None
+
+
+def _line_start(handle, end: int, block: int = 1 << 16) -> int:
+    """Offset just after the last newline before ``end`` (0 if none), read backwards in blocks:
+    a journal grows with every trial, and its tail is checked before every append."""
+    position = end
+    while position > 0:
+        low = max(0, position - block)
+        handle.seek(low)
+        found = handle.read(position - low).rfind(b"\n")
+        if found >= 0:
+            return low + found + 1
+        position = low
+    return 0
+
+
+class RepairingJournalFile(optuna.storages.journal.BaseJournalBackend):
+    """Optuna's journal file whose tail is checked and repaired before every append.
+
+    Optuna 5's JournalFileBackend skips an unterminated last line when reading but appends after
+    it: the next operation is glued onto the fragment and from then on every read of the study
+    fails. Here an append takes the journal's lock (the same lock file Optuna's backend uses, so
+    both agree), cuts a damaged last line (:func:`damaged_tail`) after keeping a copy in
+    ``<journal>.cut``, says so in one line, and then writes; a write that fails (a full disk) is
+    undone, so it never leaves a fragment itself. Reading is Optuna's, with errors that name the file.
+    """
+
+    def __init__(self, path: str):
+        from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
+
+        self.path = path
+        self.lock = JournalFileSymlinkLock(path)
+        self.reader = JournalFileBackend(path, lock_obj=self.lock)
+
+    def read_logs(self, log_number_from: int) -> Iterator[dict[str, Any]]:
+        line = log_number_from
+        try:
+            for log in self.reader.read_logs(log_number_from):
+                line += 1
+                yield log
+        except ValueError as exc:  # json.JSONDecodeError, "Invalid log format."
+            raise ValueError(f"journal {self.path} is corrupt at line {line + 1} ({exc}): an operation was "
+                             "overwritten; restore the file from a copy or start a new --study-name") from None
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        payload = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs).encode("utf-8")
+        self.lock.acquire()
+        try:
+            self._repair()
+            self._write(payload)
+        finally:
+            self.lock.release()
+
+    def _repair(self) -> None:
+        damaged = damaged_tail(self.path)
+        if damaged is None:
+            return
+        offset, tail = damaged
+        copy_path = f"{self.path}.cut"
+        try:
+            with open(copy_path, "ab") as handle:  # every cut is kept, one after another
+                handle.write(tail if tail.endswith(b"\n") else tail + b"\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:  # no copy, no cut: the fragment is the user's data
+            raise OSError(exc.errno, f"{exc.strerror} (keeping a copy of the journal's damaged last line)",
+                          copy_path) from None
+        os.truncate(self.path, offset)
+        _say(f"journal {self.path}: cut a damaged last line ({len(tail)} bytes, an operation written only in "
+             f"part by a killed process or a full disk) before appending; a copy is in {copy_path}")
+
+    def _write(self, payload: bytes) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                view = memoryview(payload)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except OSError as exc:  # e.g. ENOSPC after part of the line: take the part back
+                os.ftruncate(fd, size)
+                raise OSError(exc.errno, f"{exc.strerror} (appending to the study journal; the partial write "
+                                         "was undone)", self.path) from None
+        finally:
+            os.close(fd)
 
 
 class InterruptSafeJournal(optuna.storages.journal.BaseJournalBackend):
@@ -635,8 +749,9 @@ def describe_pruner(name: str, epochs: int) -> str:
 
 # ===================================================================================== studies
 
-def create_study(spec: StudySpec) -> tuple[optuna.Study, bool]:
-    """Create the study, or open it and check it asks the same question (base config and space).
+def create_study(spec: StudySpec, allow_change: bool = False) -> tuple[optuna.Study, bool]:
+    """Create the study, or open it and check it asks the same question (base config and space)
+    the same way (sampler and pruner; another one only with ``allow_change``, and it is recorded).
 
     Returns the study and whether this call created it. Of several hosts starting at once exactly
     one creates it (the storage's unique study name decides); the others join it.
@@ -655,10 +770,42 @@ def create_study(spec: StudySpec) -> tuple[optuna.Study, bool]:
             changed = _first_difference(existing[key], spec.attrs()[key])
             raise ValueError(f"study {spec.name!r} exists with a different {key} ({changed}): "
                              "pass --study-name NEW to start another study")
+    _check_search_change(study, spec, allow_change)
     for key, value in spec.attrs().items():
         if existing.get(key) != value:
             study.set_user_attr(key, value)
     return study, created
+
+
+SEARCH_KEYS = ("sampler", "pruner")  # how a study searches: its report names them for every trial
+
+
+def _check_search_change(study: optuna.Study, spec: StudySpec, allow_change: bool) -> None:
+    """A rerun with another sampler or pruner is refused (the report would claim it for every
+    trial) unless ``allow_change``: then ``search_history`` records from which trial each applies."""
+    existing = study.user_attrs
+    now = [spec.sampler, spec.pruner]
+    before = [existing.get(key, value) for key, value in zip(SEARCH_KEYS, now)]
+    if before == now:
+        return
+    changed = "; ".join(f"--{key} {old} in the study, {new} now" for key, old, new in zip(SEARCH_KEYS, before, now)
+                        if old != new)
+    if not allow_change:
+        raise ValueError(f"study {spec.name!r} was run another way ({changed}): pass --allow-change to go on "
+                         "this way (the report then says from which trial), or --study-name NEW")
+    history = existing.get("search_history") or [[0, *before]]
+    study.set_user_attr("search_history", [*history, [len(study.trials), *now]])
+
+
+def search_history_text(study: optuna.Study) -> str:
+    """``tpe/median for trials 0-3; random/none from trial 4`` ("" if the study never changed)."""
+    history = study.user_attrs.get("search_history") or []
+    parts = []
+    for index, (first, sampler, pruner) in enumerate(history):
+        until = history[index + 1][0] - 1 if index + 1 < len(history) else None
+        span = f"from trial {first}" if until is None else f"for trials {first}-{until}"
+        parts.append(f"sampler {sampler}, pruner {pruner} {span}")
+    return "; ".join(parts)
 
 
 def _first_difference(old: Any, new: Any, path: str = "") -> str:
@@ -985,11 +1132,26 @@ def _one_trial(study: optuna.Study, objective: Objective, on_trial) -> optuna.tr
     except KeyboardInterrupt:
         _requeue_interrupted(study, objective.current)
         raise
+    except AssertionError as exc:
+        # Optuna's _run_trial: when telling a trial's state fails in the storage (a full disk), its
+        # clean-up asserts "Should not reach." over that error. The user needs the storage's error.
+        cause = _os_error_in(exc)
+        if cause is None:
+            raise
+        raise cause from None
     finally:
         objective.current = None
     if finished and finished[0].state == TrialState.FAIL:
         _say(f"trial {finished[0].number} failed: {finished[0].user_attrs.get('fail_reason', 'unknown reason')}")
     return finished[0] if finished else None
+
+
+def _os_error_in(exc: BaseException) -> OSError | None:
+    """The first OSError among the exceptions ``exc`` was raised while handling, if any."""
+    seen = exc.__context__
+    while seen is not None and not isinstance(seen, OSError):
+        seen = seen.__context__
+    return seen
 
 
 def _say(message: str) -> None:
@@ -1067,11 +1229,12 @@ class TrialProgress:
 
 def run_study(spec: StudySpec, target: int, devices: list[str], timeout: float | None = None,
               data: Any = None, progress: bool = True, poll_s: float = 2.0,
-              threads: int | None = None) -> dict[str, int]:
+              threads: int | None = None, allow_change: bool = False) -> dict[str, int]:
     """Run workers (in this process when there is one, else one spawned process each) until the
-    study has ``target`` finished trials; returns the final counts.
+    study has ``target`` finished trials; returns the final counts. ``allow_change``: see
+    :func:`create_study`.
     """
-    study, created = create_study(spec)
+    study, created = create_study(spec, allow_change)
     jobs = worker_jobs(spec, target, devices, timeout, threads, fresh=created)
     bar = TrialProgress(study, target, progress)
     try:
@@ -1248,6 +1411,7 @@ def plan(*, space: str = "recipe", model: str = "resnet20", budget_name: str = "
     label = f"e{epochs}" if epochs else plan_budget.name
     suffix = f"-compare-{compare}" if compare else ""
     name = study_name or default_study_name(search.name, model, base.data.source, label) + suffix
+    check_name(name, "--study-name")  # it names the journal and the report folder under --results
     storage = storage or default_storage(results, name)
     writable_dir(results, "results directory")  # run records, checkpoints and reports go there
     check_storage(storage, stale_after)  # an unreachable server fails now, not after the data are loaded
@@ -1398,7 +1562,7 @@ def write_study_report(study: optuna.Study, spec: StudySpec, out_dir: Path, figu
     command = best_command(spec, study)
     atomic_write_text(out_dir / "best.json", json.dumps(sr.best_summary(study, command), indent=1, default=str) + "\n")
     run_ids = [r for r in table.get("user_attrs_run_id", []) if isinstance(r, str)]
-    context = {**report_context(spec, runs, run_ids), "command": command}
+    context = {**report_context(spec, runs, run_ids), "command": command, "changes": search_history_text(study)}
     notes: list[str] = []
     names = []
     if figures:
@@ -1477,10 +1641,25 @@ def write_compare_report(group: str, studies: list[optuna.Study], storage: str, 
     return out_dir
 
 
+def report_warnings(storage: str, results: str) -> list[str]:
+    """One line each about what a report left out: record copies in runs/, and a journal whose
+    last operation was cut short (Optuna ignores it; the next run of the study cuts it)."""
+    from resnet_core.store import misnamed_warning, scan_records
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # unreadable records: the report has warned about them already
+        lines = [misnamed_warning(scan_records(results).misnamed, results)]
+    if not is_rdb_url(storage) and Path(storage).is_file() and damaged_tail(storage) is not None:
+        lines.append(f"warning: journal {storage} ends in a damaged line (an operation written only in part by a "
+                     "killed process or a full disk): it is ignored, and the next studies/run.py of this study "
+                     "cuts it, keeping a copy")
+    return [line for line in lines if line]
+
+
 def write_reports(name: str, storage: str, results: str, out_dir: Path | None = None, figures: bool = True) -> Path:
     """Rebuild the reports of a study or --compare group from the storage and the run records."""
     kind, studies = open_study_or_group(name, storage)
-    target = out_dir or Path(results) / "studies" / name
+    target = out_dir or Path(results) / "studies" / check_name(name, "--study-name")
     if kind == "study":
         return write_study_report(studies[0], spec_from_study(studies[0], storage, results), target, figures)
     return write_compare_report(name, studies, storage, results, target, figures)

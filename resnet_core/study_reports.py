@@ -25,8 +25,8 @@ from resnet_core.config import RunConfig, field_index, recipe
 from resnet_core.stats import difference_interval, mean_interval
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-# RFC-1738 URLs as SQLAlchemy reads them: scheme://user:password@host/...
-# (the password may itself hold '@' or ':', so it runs to the last '@', as SQLAlchemy reads it).
+# RFC-1738 URLs: scheme://user:password@host/... The password may hold ':' and, unencoded, '@' (a
+# mistake SQLAlchemy reads as the end of the password): it runs to the last '@', so none of it shows.
 _URL_PASSWORD = re.compile(r"^(?P<head>[\w+.-]+://[^:/@]*:)(?P<password>.*)(?P<tail>@[^@]*)$")
 # libpq also takes the password as a query parameter: postgresql://u@h/db?password=secret
 _QUERY_PASSWORD = re.compile(r"(?P<head>[?&]password=)(?P<password>[^&]*)", re.IGNORECASE)
@@ -44,6 +44,13 @@ def mask_url(url: str) -> str:
     if match is not None:
         text = f"{match['head']}***{match['tail']}"
     return _QUERY_PASSWORD.sub(lambda m: f"{m['head']}***", text)
+
+
+def unencoded_at(url: str) -> bool:
+    """True when a URL's password holds a raw '@': SQLAlchemy ends the password at the first '@' and
+    takes the rest for the host, so a driver's "unknown host" error would print part of it."""
+    match = _URL_PASSWORD.match(str(url)) if "://" in str(url) else None
+    return match is not None and "@" in match["password"]
 
 
 def url_passwords(url: str) -> list[str]:
@@ -281,7 +288,7 @@ def study_markdown(study: optuna.Study, context: Mapping[str, Any], runs: pd.Dat
 _HEADER_ROWS = (
     ("objective", "objective"), ("data", "data"), ("split", "split"), ("budget", "budget"), ("model", "model"),
     ("space", "search space"), ("sampler", "sampler"), ("pruner", "pruner"), ("hardware", "hardware"),
-    ("software", "software"), ("storage", "storage"), ("compare", "comparison"),
+    ("software", "software"), ("storage", "storage"), ("compare", "comparison"), ("changes", "search changes"),
 )
 
 

@@ -6,12 +6,14 @@
 Layers (DESIGN.md, style example 4): the model preset and the recipe, then ``--config FILE``
 (TOML of ``field = value``), then the flags, then ``--set field=value``. The resolved config is
 saved in the run's record. Exit code 0 when the run completed, 1 when it diverged, failed or was
-stopped, 2 for a usage error, 130 on Ctrl-C.
+stopped, 2 for a usage error (or an unwritable results folder, checked before training), 130 on
+Ctrl-C or SIGTERM (the record says "stopped", the checkpoint is kept, and the rerun resumes).
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import tomllib
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any
 
 from resnet_core.cli import run_cli
 from resnet_core.config import DataConfig, RunConfig, apply_overrides, parse_assignments, recipe
-from resnet_core.store import record_path
+from resnet_core.store import claim_holder, claim_run, record_path
 
 # flag name -> config field, for the flags that are shortcuts of --set
 FLAG_FIELDS = {
@@ -116,12 +118,25 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    from resnet_core.config import run_id
+    from resnet_core.data import load_data
+    from resnet_core.devices import resolve_device
     from resnet_core.engine import fit
+    from resnet_core.runner import check_writable
 
-    record = fit(run, results_dir=args.results, progress=not args.quiet)
+    data = load_data(run.data, resolve_device(run.device))  # bad data: one line, before anything is created
+    check_writable(args.results)  # an unwritable folder: one line now, not after an epoch of training
+    with claim_run(args.results, run_id(run)) as claimed:
+        if not claimed:
+            raise ValueError(f"run {run_id(run)} is being trained by another process "
+                             f"({claim_holder(args.results, run_id(run))}): wait for it, or use another --results")
+        record = fit(run, results_dir=args.results, data=data, progress=not args.quiet)
     print(summary_line(record, args.model, record_path(args.results, record.run_id)))
     return 0 if record.status == "completed" else 1
 
 
 if __name__ == "__main__":
+    # SIGTERM (kill, a batch system's time limit) stops like Ctrl-C: the "stopped" record keeps the
+    # time trained so far (so wall_seconds adds up over a resume), and the exit code is 130.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     sys.exit(run_cli(main))

@@ -29,12 +29,14 @@ def main(argv: list[str] | None = None) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    from resnet_core.study import default_storage, write_reports
+    from resnet_core.study import default_storage, report_warnings, write_reports
 
     args = build_parser().parse_args(argv)
     storage = args.storage or default_storage(args.results, args.study_name)
     out = write_reports(args.study_name, storage, args.results, args.out, figures=not args.no_figures)
     print(f"reports in {out}")
+    for warning in report_warnings(storage, args.results):
+        print(warning, file=sys.stderr)
     return 0
 
 

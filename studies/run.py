@@ -14,6 +14,8 @@ on each; they share one study and stop together when it holds N finished trials.
 mid-trial is noticed after --stale-after seconds without a heartbeat: its trial is failed and run
 again by a surviving host (from its checkpoint when --results is a shared folder).
 Ctrl-C or SIGTERM stops cleanly (the running trial keeps its record and checkpoint; exit code 130).
+Exit codes: 0 the target was reached, 1 it was not (trials failed, or --timeout), 2 a usage error
+(one line, before any training), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--set", action="append", default=[], metavar="FIELD=VALUE", help="fix a config field for every trial")
     add("--sampler", default="tpe", help="tpe, random, qmc, cmaes or gp (seeded by --seed)")
     add("--pruner", default="median", help="median, hyperband, sha or none")
+    add("--allow-change", action="store_true", help="go on with another --sampler/--pruner than the study used "
+                                                    "so far (the report says from which trial)")
     add("--seed", type=int, default=0, help="sampler seed and the run seed of every trial (default 0)")
     add("--budget", default="quick", help="quick (CPU-sized), standard (GPU-sized) or paper (64k iterations)")
     add("--epochs", type=int, help="epochs per trial (overrides the budget's length)")
@@ -90,16 +94,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for spec, target in zip(specs, targets):
         st.run_study(spec, target, devices, timeout=args.timeout, data=data if single else None,
-                     progress=not args.quiet, threads=args.threads)
+                     progress=not args.quiet, threads=args.threads, allow_change=args.allow_change)
     if args.compare:
         _final_seeds(st, specs, args, devices[0], data if single else None)
     out = st.write_reports(setup.spec.name, setup.spec.storage, args.results, figures=not args.no_figures)
-    _print_outcome(st, specs, targets, out)
-    return 0
+    reached = _print_outcome(st, specs, targets, out)
+    for warning in st.report_warnings(setup.spec.storage, args.results):
+        print(warning, file=sys.stderr)
+    return 0 if reached else 1
 
 
 # flag -> (smallest valid value, what it means); None values are "not given" and skip the check
 MINIMUMS = {"trials": (0, "finished trials"), "add": (0, "more finished trials"), "workers": (0, "worker processes"),
+            "seed": (0, "the sampler's seed and every trial's run seed"),
             "workers_per_gpu": (1, "workers per GPU"), "threads": (1, "CPU threads per worker"),
             "final_seeds": (1, "re-training seeds"), "epochs": (1, "epochs per trial"),
             "subset": (1, "training images"), "val_size": (0, "validation images")}
@@ -156,13 +163,17 @@ def _final_seeds(st, specs, args, device, data) -> None:
             print(f"{spec.name}: no COMPLETE trial, no final seeds")
 
 
-def _print_outcome(st, specs, targets, out: Path) -> None:
+def _print_outcome(st, specs, targets, out: Path) -> bool:
+    """One line per (sub-)study; True when every one reached its target of finished trials."""
+    reached = True
     for spec, target in zip(specs, targets):
         c = st.current_counts(spec)
+        reached &= c["finished"] >= target
         status = "reached" if c["finished"] >= target else "NOT reached"
         print(f"{spec.name}: {c['finished']} finished ({c['complete']} complete, {c['pruned']} pruned), "
               f"{c['failed']} failed; target {target} {status}")
     print(f"reports in {out}")
+    return reached
 
 
 if __name__ == "__main__":
