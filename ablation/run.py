@@ -105,19 +105,23 @@ def choose_budget(args: argparse.Namespace, spec: grids.GridSpec) -> tuple[Budge
     axis = length_axis(spec)
     if axis and (args.epochs is not None or args.iterations is not None):
         raise ValueError(f"--epochs/--iterations and the axis {axis!r} both set the length: give one")
-    budget = budget.with_length(args.epochs, args.iterations, args.subset)
-    if args.subset is None and not args.dask:
-        budget, why = fit_subset(budget, why, spec, overrides(args))
-    return budget, why
+    return budget.with_length(args.epochs, args.iterations, args.subset), why
 
 
-def fit_subset(budget: Budget, why: str, spec: grids.GridSpec, settings: dict[str, object]) -> tuple[Budget, str]:
+def fit_subset(args: argparse.Namespace, budget: Budget, why: str, spec: grids.GridSpec) -> tuple[Budget, str]:
     """A budget's subset is a ceiling: data with fewer training images (after validation) train on
-    all of them, and the plan line says so. (With --dask the data may live only on the workers.)"""
-    if budget.subset is None:
+    all of them, and the plan line says so. With --dask the data may live only on the workers: where
+    this driver cannot read them, the budget's subset stands."""
+    settings = overrides(args)
+    if budget.subset is None or args.subset is not None:
         return budget, why
     first = next(grids.iter_cells(spec, settings, dataclasses.replace(budget, subset=None)))
-    pool = len(load_data(first.run.data, "cpu").train_y)
+    try:
+        pool = len(load_data(first.run.data, "cpu").train_y)
+    except OSError:
+        if not args.dask:
+            raise
+        return budget, why
     if pool >= budget.subset:
         return budget, why
     return dataclasses.replace(budget, subset=None), f"{why}; the data hold {pool:,} training images, fewer than its subset"
@@ -276,17 +280,21 @@ def main(argv: list[str] | None = None) -> int:
     spec = build_spec(args)
     budget, why = choose_budget(args, spec)
     axis = length_axis(spec)
-    chosen = {"name": budget.name, "why": why, "length": budget.length_text(axis), "note": budget.note}
     if args.dry_run:  # cells are built one at a time as the plan goes: a huge grid starts printing at once
         total = grids.run_count(spec)
         print(f"grid {spec.name}: {total} runs ({total // len(spec.seeds)} cells x {len(spec.seeds)} seeds)")
+        budget, why = fit_subset(args, budget, why, spec)
         print(budget_line(budget, why, axis))
         print_plan(spec, overrides(args), budget, args.results,
                    plan_devices(args.workers, args.device, args.workers_per_gpu))
         return 0
     cells = grids.expand(spec, overrides(args), budget)  # every config is validated before anything trains
+    fitted, why = fit_subset(args, budget, why, spec)
+    if fitted != budget:
+        budget, cells = fitted, grids.expand(spec, overrides(args), fitted)
     print(f"grid {spec.name}: {len(cells)} runs ({len(cells) // len(spec.seeds)} cells x {len(spec.seeds)} seeds)")
     print(budget_line(budget, why, axis))
+    chosen = {"name": budget.name, "why": why, "length": budget.length_text(axis), "note": budget.note}
     check_writable(args.results)
     outcomes = run_dask(args, spec, cells, chosen) if args.dask else run_local(args, spec, cells, chosen)
     code = print_summary(cells, outcomes)
