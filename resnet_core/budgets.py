@@ -64,7 +64,8 @@ class Budget:
 
     def length_text(self, length_axis: str | None = None) -> str:
         """``4 epochs on 10,000 training images``; a grid's length axis replaces the length."""
-        length = f"{self.epochs} epochs" if self.epochs is not None else f"{self.iterations:,} iterations"
+        length = (f"{self.epochs} epoch{'s' * (self.epochs != 1)}" if self.epochs is not None
+                  else f"{self.iterations:,} iteration{'s' * (self.iterations != 1)}")
         if length_axis is not None:
             length = f"the length from the grid's {length_axis!r} axis"
         data = f" on {self.subset:,} training images" if self.subset is not None else " on the whole training split"

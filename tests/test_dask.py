@@ -4,6 +4,7 @@ CPU training repeats bit for bit, so the records of a cluster run must equal it 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -22,12 +23,15 @@ import dask  # installed with .[dev]: these tests never skip
 from distributed import Client, LocalCluster, WorkerPlugin
 
 from grid_helpers import COMPARED, FAST, RUN, driver, grid_file_fixture, keep_torch_threads, reference  # noqa: F401
+from resnet_core.budgets import GRID_BUDGETS
 from resnet_core.cli import run_cli
 from resnet_core.dask_runner import RESUBMITS, run_all_dask
 from resnet_core.grid import expand, load_grid
 
 grid = grid_file_fixture("dasked")
-OVERRIDES = {"data.source": "synthetic:400", "val_size": 40, "epochs": 2, "device": "cpu"}
+OVERRIDES = {"data.source": "synthetic:400", "val_size": 40, "device": "cpu"}
+# What the CLI with FAST resolves to on this CPU: the quick budget, 2 epochs, all 360 training images.
+BUDGET = dataclasses.replace(GRID_BUDGETS["quick"].with_length(epochs=2), subset=None)
 
 
 def records(results: Path) -> dict[str, dict]:
@@ -55,7 +59,7 @@ def _kill_a_busy_worker(client: Client, results: Path, killed: list, timeout: fl
 
 
 def test_a_lost_worker_is_replaced_and_the_records_equal_a_local_run(grid, reference, tmp_path, caplog):
-    runs = [c.run for c in expand(load_grid(str(grid), tmp_path), OVERRIDES)]
+    runs = [c.run for c in expand(load_grid(str(grid), tmp_path), OVERRIDES, BUDGET)]
     results = tmp_path / "results"
     killed: list = []
     # allowed-failures 0: the first death of a worker running a task fails the task with KilledWorker
@@ -139,7 +143,7 @@ class _DieOnFit(WorkerPlugin):
 
 
 def test_a_run_whose_workers_keep_dying_fails_after_bounded_resubmissions(grid, tmp_path, caplog):
-    run = expand(load_grid(str(grid), tmp_path), OVERRIDES)[0].run
+    run = expand(load_grid(str(grid), tmp_path), OVERRIDES, BUDGET)[0].run
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}), caplog.at_level(logging.WARNING), \
             LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
