@@ -264,22 +264,25 @@ def _code_text(table: pd.DataFrame) -> str:
     return _joined(texts)
 
 
+def _file_names(paths: Sequence[str], most: int = 5) -> str:
+    """The first ``most`` file names of ``paths``, then "..." if there are more."""
+    return ", ".join(Path(p).name for p in paths[:most]) + (", ..." if len(paths) > most else "")
+
+
 def skipped_line(skipped: Sequence[str]) -> list[str]:
     """The header line counting unreadable files in ``runs/`` (none: no line)."""
     if not skipped:
         return []
-    names = ", ".join(Path(p).name for p in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
     return [f"- Skipped: {_plural(len(skipped), 'unreadable file')} in runs/ (corrupt JSON or not a run record: "
-            f"{names}); runs without a readable record count as not run"]
+            f"{_file_names(skipped)}); runs without a readable record count as not run"]
 
 
 def misnamed_line(misnamed: Sequence[str]) -> list[str]:
     """The header line naming record files left out as copies (none: no line)."""
     if not misnamed:
         return []
-    names = ", ".join(Path(p).name for p in misnamed[:5]) + (", ..." if len(misnamed) > 5 else "")
     return [f"- Ignored: {_plural(len(misnamed), 'record file')} in runs/ not named <run_id>.json "
-            f"(a copy or a renamed record; never counted): {names}"]
+            f"(a copy or a renamed record; never counted): {_file_names(misnamed)}"]
 
 
 def _built_by(code: Mapping[str, Any] | None) -> list[str]:
