@@ -119,6 +119,16 @@ def auto_grid_budget(device_type: str) -> tuple[str, str]:
                      "pass --budget paper to insist")
 
 
+def resolve_study_budget(name: str, device_type: str) -> tuple[Budget, str]:
+    """The study budget for ``--budget NAME``: ``auto`` is standard (30 epochs a trial) on a GPU and
+    quick on anything else, since a study multiplies a run's time by its trials."""
+    if name == AUTO:
+        if device_type == "cuda":
+            return STUDY_BUDGETS["standard"], "auto: a CUDA device is available"
+        return STUDY_BUDGETS["quick"], f"auto: no GPU (device {device_type}), so the CPU-sized budget"
+    return lookup(name, STUDY_BUDGETS, allow_auto=True), "as asked (--budget)"
+
+
 def resolve_grid_budget(name: str, device_type: str) -> tuple[Budget, str]:
     """The grid budget for ``--budget NAME`` (``auto`` by device) and the reason it was chosen."""
     if name == AUTO:

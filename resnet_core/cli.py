@@ -1,9 +1,18 @@
-"""What every command line of the project shares: one-line errors with exit code 2, Ctrl-C as 130."""
+"""What every command line of the project shares: the common flags (defined once, with one default
+and one error sentence each), one-line errors with exit code 2, Ctrl-C and SIGTERM as 130.
+
+The commands themselves live in ``resnet_core/commands/`` and are installed as console scripts
+(``resnet-train``, ``resnet-grid``, ``resnet-grid-report``, ``resnet-study``, ``resnet-study-report``;
+see pyproject.toml); ``studies/*.py`` and ``ablation/*.py`` in a checkout are thin wrappers of them.
+"""
 
 from __future__ import annotations
 
+import argparse
+import signal
 import sys
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -11,6 +20,95 @@ EXIT_INTERRUPTED = 130
 
 class UsageError(ValueError):
     """An error the user caused (a bad flag, path or value): printed as one line, exit code 2."""
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One shared command-line flag. ``minimum`` (for numbers) is checked by :func:`check_flags`
+    with one sentence for every command: ``--epochs 0: expected an integer >= 1 (epochs per run)``."""
+
+    name: str
+    help: str
+    type: Callable[[str], Any] | None = None
+    default: Any = None
+    minimum: float | None = None
+    meaning: str = ""
+    action: str | None = None
+
+    @property
+    def dest(self) -> str:
+        return self.name.lstrip("-").replace("-", "_")
+
+    def add_to(self, parser: argparse.ArgumentParser | Any, help: str | None = None) -> None:
+        kwargs: dict[str, Any] = {"help": (help or self.help).replace("%", "%%")}  # argparse formats help with %
+        if self.action:
+            kwargs["action"] = self.action
+            if self.action == "append":
+                kwargs.update(default=[], metavar="FIELD=VALUE")
+        else:
+            kwargs.update(type=self.type, default=self.default)
+        parser.add_argument(self.name, **kwargs)
+
+
+DATA_HELP = ("cifar10, cifar100, synthetic[:N] or an ImageFolder directory "
+             "(default: $RESNET_CORE_DATA, else cifar10)")
+
+SHARED_FLAGS: dict[str, Flag] = {flag.dest: flag for flag in (
+    Flag("--data", DATA_HELP, str),
+    Flag("--subset", "train on N images of the training split (seeded, class-stratified; replaces the budget's subset)",
+         int, minimum=1, meaning="training images"),
+    Flag("--val-size", "validation images carved from the training split (default 5000)",
+         int, minimum=0, meaning="validation images"),
+    Flag("--epochs", "epochs per run (replaces the budget's or recipe's length)", int, minimum=1,
+         meaning="epochs per run"),
+    Flag("--iterations", "iterations per run (replaces the budget's or recipe's length)", int, minimum=1,
+         meaning="iterations per run"),
+    Flag("--budget", "training budget: auto (by device), quick (CPU-sized), standard (GPU-sized) or paper "
+         "(He et al. 2015: 64k iterations); see resnet_core/budgets.py", str, default="auto"),
+    # Not given (None) means seed 0 everywhere; None lets a command tell "not given" from 0 (resnet-train
+    # applies flags over a --config file only when they are given).
+    Flag("--seed", "random seed (default 0)", int, minimum=0, meaning="a random seed"),
+    Flag("--seeds", "number of seeds per cell (seeds 0..N-1)", int, minimum=1, meaning="seeds per cell"),
+    Flag("--device", "auto, cpu, cuda, cuda:N or mps (default auto)", str, default="auto"),
+    Flag("--workers", "parallel worker processes (default 0: one per GPU slot, or 1 on a CPU)", int, default=0,
+         minimum=0, meaning="worker processes"),
+    Flag("--workers-per-gpu", "at most this many workers per GPU (default 1; more --workers than GPU slots "
+         "is an error)", int, default=1, minimum=1, meaning="workers per GPU"),
+    Flag("--threads", "CPU threads per worker (default: the cores this process may use / workers); CPU "
+         "results repeat bit for bit only at the same thread count", int, minimum=1,
+         meaning="CPU threads per worker"),
+    Flag("--results", "results directory: run records in DIR/runs, reports below it (default results)",
+         str, default="results"),
+    Flag("--set", "fix a config field for every run, e.g. --set depth=56 --set amp=off (repeatable)",
+         action="append"),
+    Flag("--quiet", "no progress bars", action="store_true"),
+    Flag("--dry-run", "print the plan (and a time estimate) and train nothing", action="store_true"),
+)}
+
+
+def add_flags(parser: argparse.ArgumentParser | Any, *names: str, help: dict[str, str] | None = None) -> None:
+    """Add the shared flags ``names`` (dest names: ``val_size``) to ``parser``; ``help`` may say
+    what a flag means for this command (its default and its check stay the shared ones)."""
+    for name in names:
+        if name not in SHARED_FLAGS:
+            raise KeyError(f"no shared flag {name!r}: expected one of {', '.join(SHARED_FLAGS)}")
+        SHARED_FLAGS[name].add_to(parser, (help or {}).get(name))
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Every shared number flag the command has, against its minimum: one line naming the flag."""
+    for name, flag in SHARED_FLAGS.items():
+        value = getattr(args, name, None)
+        if flag.minimum is not None and value is not None and value < flag.minimum:
+            raise UsageError(f"{flag.name} {value}: expected an integer >= {flag.minimum:g} ({flag.meaning})")
+
+
+def check_positive_seconds(args: argparse.Namespace, *names: str) -> None:
+    """Durations (``--timeout``): a number of seconds above 0, or not given."""
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and not value > 0:
+            raise UsageError(f"--{name.replace('_', '-')} {value}: expected a number of seconds > 0")
 
 
 def os_error_line(exc: OSError) -> str:
@@ -39,3 +137,10 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
         message = text.splitlines()[0] if text else type(exc).__name__
         print(f"error: {message}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def entry(main: Callable[[list[str] | None], int]) -> None:
+    """A console script's body: SIGTERM (kill, a batch system's time limit) stops like Ctrl-C (records
+    flushed, checkpoints kept, exit 130), and user errors are one line with exit code 2."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    sys.exit(run_cli(main))

@@ -8,7 +8,7 @@ key too): two spellings of one field in one table are an error, and ``--axis mod
 replaces a ``depth`` axis. :func:`iter_cells` builds runs one at a time (a dry run of a huge grid
 never holds them all); :func:`expand` builds them all and checks that no two cells are one run.
 
-File format (all keys optional except ``axes`` or ``cells``; see ablation/grids/*.toml)::
+File format (all keys optional except ``axes`` or ``cells``; see resnet_core/grids/*.toml)::
 
     name = "degradation"           # default: the file's stem
     description = "..."
@@ -60,12 +60,13 @@ from resnet_core.config import (
 from resnet_core.models import resolve_model
 from resnet_core.store import atomic_write_text, check_name
 
+GRIDS_DIR = Path(__file__).resolve().parent / "grids"  # the built-in grids ship inside the package
 REPORTS = ("degradation", "generic")
 TOP_KEYS = ("name", "description", "report", "model", "recipe", "seeds", "fixed", "axes", "cells", "when")
 NAMED_AXES = ("model", "recipe")  # axes whose values are preset / recipe names, not field values
 CELL_KEYS = ("name", "model", "recipe")  # a [[cells]] entry: these, plus any config field
 RULE_KEYS = ("match", "set")
-DEFAULT_SEEDS = 3  # a claim is a mean over seeds (DESIGN.md, rules of evidence)
+DEFAULT_SEEDS = 3  # a claim is a mean over seeds (docs/DESIGN.md, rules of evidence)
 
 Pairs = tuple[tuple[str, Any], ...]
 
@@ -133,18 +134,20 @@ def _show(value: Any) -> str:
 
 # ------------------------------------------------------------------------------- locating
 
-def available_grids(grids_dir: str | Path) -> list[str]:
+def available_grids(grids_dir: str | Path | None = None) -> list[str]:
+    """The built-in grids' names (the TOML files shipped in ``resnet_core/grids``)."""
+    grids_dir = GRIDS_DIR if grids_dir is None else grids_dir
     return sorted(p.stem for p in Path(grids_dir).glob("*.toml"))
 
 
-def grid_path(name_or_path: str, grids_dir: str | Path) -> Path:
+def grid_path(name_or_path: str, grids_dir: str | Path | None = None) -> Path:
     """A built-in grid by name (``grids_dir/<name>.toml``) or a user's TOML file by path."""
     candidate = Path(name_or_path)
     if candidate.suffix == ".toml" or candidate.exists():
         if not candidate.is_file():
             raise FileNotFoundError(f"grid file {name_or_path!r} does not exist")
         return candidate
-    builtin = Path(grids_dir) / f"{name_or_path}.toml"
+    builtin = Path(GRIDS_DIR if grids_dir is None else grids_dir) / f"{name_or_path}.toml"
     if not builtin.is_file():
         known = ", ".join(available_grids(grids_dir))
         raise ValueError(f"unknown grid {name_or_path!r}: expected one of {known} or a path to a .toml file")
@@ -258,7 +261,7 @@ def parse_grid(values: Mapping[str, Any], source: str, default_name: str) -> Gri
     )
 
 
-def load_grid(name_or_path: str, grids_dir: str | Path) -> GridSpec:
+def load_grid(name_or_path: str, grids_dir: str | Path | None = None) -> GridSpec:
     """Read and check a grid file (a built-in name or a path); see the module docstring."""
     path = grid_path(name_or_path, grids_dir)
     return parse_grid(_read_toml(path), str(path), path.stem)

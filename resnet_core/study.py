@@ -40,7 +40,7 @@ from resnet_core.devices import resolve_device
 from resnet_core.store import check_name, checkpoint_path
 from resnet_core.study_reports import FINISHED, mask_url, scrub, unencoded_at
 
-SPACES_DIR = Path(__file__).resolve().parents[1] / "studies" / "spaces"
+SPACES_DIR = Path(__file__).resolve().parent / "spaces"  # built-in spaces ship inside the package
 FINAL_SEED_BASE = 1000  # re-training seeds of a --compare study: 1000, 1001, ... (never a trial's seed)
 MAX_RETRIES = 3  # a trial whose worker died is re-queued at most this often (a config that kills workers)
 MAX_CONSECUTIVE_FAILURES = 10  # a worker stops when every trial fails (a broken setup, not a bad config)
@@ -209,7 +209,7 @@ def parse_param(name: str, spec: Any, where: str) -> Param:
 
 
 def space_path(spec: str, spaces_dir: Path = SPACES_DIR) -> Path:
-    """A path to a TOML file, or the name of a file in ``studies/spaces`` (listed when unknown)."""
+    """A path to a TOML file, or the name of a file in ``resnet_core/spaces`` (listed when unknown)."""
     path = Path(spec)
     if path.suffix == ".toml" or path.exists() or os.sep in spec:
         if not path.is_file():

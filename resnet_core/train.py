@@ -1,9 +1,9 @@
 """Train one configuration from the command line.
 
-    python -m resnet_core.train --model resnet20 --recipe paper --epochs 2 --data PATH \
+    resnet-train --model resnet20 --recipe paper --epochs 2 --data PATH \
         --subset 5000 --val-size 5000 --seed 0 --device auto --results results
 
-Layers (DESIGN.md, style example 4): the model preset and the recipe, then ``--config FILE``
+(``python -m resnet_core.train`` is the same command.) Layers: the model preset and the recipe, then ``--config FILE``
 (TOML of ``field = value``), then the flags, then ``--set field=value``. The resolved config is
 saved in the run's record. Exit code 0 when the run completed, 1 when it diverged, failed or was
 stopped, 2 for a usage error (or an unwritable results folder, checked before training), 130 on
@@ -13,14 +13,20 @@ Ctrl-C or SIGTERM (the record says "stopped", the checkpoint is kept, and the re
 from __future__ import annotations
 
 import argparse
-import signal
-import sys
+import json
 import tomllib
 from pathlib import Path
 from typing import Any
 
-from resnet_core.cli import run_cli
-from resnet_core.config import DataConfig, RunConfig, apply_overrides, parse_assignments, recipe
+import torch
+
+from resnet_core.cli import add_flags, check_flags, entry
+from resnet_core.config import RECIPES, DataConfig, RunConfig, apply_overrides, parse_assignments, recipe, run_id, to_dict
+from resnet_core.data import load_data
+from resnet_core.devices import resolve_device
+from resnet_core.engine import fit
+from resnet_core.models import resolve_model
+from resnet_core.runner import check_writable
 from resnet_core.store import claim_holder, claim_run, record_path
 
 # flag name -> config field, for the flags that are shortcuts of --set
@@ -41,27 +47,22 @@ FLAG_FIELDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m resnet_core.train", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="resnet-train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="resnet20", help="model preset (python -m resnet_core.models --table)")
-    parser.add_argument("--recipe", default="paper", help="training recipe: paper, seed or quick")
+    parser.add_argument("--recipe", default="paper", help="training recipe: " + ", ".join(RECIPES))
     parser.add_argument("--config", type=Path, help="TOML file of field = value pairs (applied before flags)")
-    parser.add_argument("--epochs", type=int, help="budget in epochs (replaces the recipe's budget)")
-    parser.add_argument("--iterations", type=int, help="budget in iterations (replaces the recipe's budget)")
-    parser.add_argument("--data", help="cifar10, cifar100, synthetic, or a directory (default: $RESNET_CORE_DATA)")
-    parser.add_argument("--subset", type=int, help="train on N images (seeded, class-stratified)")
-    parser.add_argument("--val-size", type=int, help="validation images carved from the training set (default 5000)")
-    parser.add_argument("--seed", type=int, help="run seed (default 0)")
-    parser.add_argument("--device", help="auto, cpu, cuda, cuda:N, mps (default auto)")
-    parser.add_argument("--results", type=Path, default=Path("results"), help="results directory (default results)")
+    length = parser.add_mutually_exclusive_group()
+    add_flags(length, "epochs", "iterations", help={"epochs": "epochs (replaces the recipe's length)",
+                                                    "iterations": "iterations (replaces the recipe's length)"})
+    add_flags(parser, "data", "subset", "val_size", "seed", "device", "threads", "results", "set", "quiet", "dry_run",
+              help={"seed": "the run's seed (default 0)",
+                    "threads": "CPU threads for torch (default: the cores this process may use)",
+                    "dry_run": "print the resolved config and its run id, train nothing"})
     parser.add_argument("--lr", type=float)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--optimizer", help="sgd, adam or adamw")
     parser.add_argument("--schedule", help="step, cosine, onecycle or constant")
     parser.add_argument("--weight-decay", type=float)
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="any config field, e.g. --set depth=56 --set amp=off (repeatable)")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice, all cores)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -84,8 +85,6 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 def resolve_run_config(args: argparse.Namespace) -> RunConfig:
     """Preset and recipe, then the config file, then the flags, then --set."""
-    from resnet_core.models import resolve_model
-
     run = RunConfig(model=resolve_model(args.model), train=recipe(args.recipe), data=DataConfig())
     if args.config:
         run = apply_overrides(run, read_config_file(args.config))
@@ -111,19 +110,14 @@ def summary_line(record, model_name: str, path: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    check_flags(args)
     run = resolve_run_config(args)
+    if args.dry_run:
+        print(json.dumps(to_dict(run), indent=1))
+        print(f"run {run_id(run)}; record {record_path(args.results, run_id(run))}")
+        return 0
     if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads {args.threads} is invalid: expected an integer >= 1")
-        import torch
-
-        torch.set_num_threads(args.threads)
-    from resnet_core.config import run_id
-    from resnet_core.data import load_data
-    from resnet_core.devices import resolve_device
-    from resnet_core.engine import fit
-    from resnet_core.runner import check_writable
-
+        torch.set_num_threads(args.threads)  # a command line's own process: the one place this is set
     data = load_data(run.data, resolve_device(run.device))  # bad data: one line, before anything is created
     check_writable(args.results)  # an unwritable folder: one line now, not after an epoch of training
     with claim_run(args.results, run_id(run)) as claimed:
@@ -135,8 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if record.status == "completed" else 1
 
 
+def console() -> None:
+    """``resnet-train``. SIGTERM (kill, a batch system's time limit) stops like Ctrl-C: the "stopped"
+    record keeps the time trained so far (so wall_seconds adds up over a resume), exit code 130."""
+    entry(main)
+
+
 if __name__ == "__main__":
-    # SIGTERM (kill, a batch system's time limit) stops like Ctrl-C: the "stopped" record keeps the
-    # time trained so far (so wall_seconds adds up over a resume), and the exit code is 130.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    sys.exit(run_cli(main))
+    console()

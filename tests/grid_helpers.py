@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 from pathlib import Path
 
 import pytest
@@ -30,11 +30,8 @@ residual = [true, false]
 
 
 def driver(name: str):
-    """The module ablation/<name>.py (the drivers are scripts, not package modules)."""
-    spec = importlib.util.spec_from_file_location(f"ablation_{name}", REPO / "ablation" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The grid command behind ``ablation/<name>.py``: ``run`` is resnet-grid, ``report`` resnet-grid-report."""
+    return importlib.import_module({"run": "resnet_core.commands.grid", "report": "resnet_core.commands.grid_report"}[name])
 
 
 def run_grid(grid: Path, results: Path, *extra: str) -> int:

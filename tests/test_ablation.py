@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import os
 import signal
@@ -51,11 +51,8 @@ lr = [0.05, 1e6]  # lr 1e6 without normalisation: NaN loss within one epoch
 
 
 def driver(name: str):
-    """ablation/<name>.py as a module (the drivers are scripts, not part of the package)."""
-    spec = importlib.util.spec_from_file_location(f"ablation_{name}", REPO / "ablation" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The grid command behind ``ablation/<name>.py``: ``run`` is resnet-grid, ``report`` resnet-grid-report."""
+    return importlib.import_module({"run": "resnet_core.commands.grid", "report": "resnet_core.commands.grid_report"}[name])
 
 
 def grid_file(tmp_path: Path, text: str, name: str) -> Path:

@@ -47,7 +47,7 @@ def test_config_file_layer_then_flags(tmp_path):
         (["--recipe", "fast"], "unknown recipe 'fast'"),
         (["--data", "/nonexistent/dir"], "/nonexistent/dir"),
         (["--val-size", "5000"], "val_size=5000"),
-        (["--epochs", "-1"], "epochs=-1"),
+        (["--epochs", "-1"], "--epochs -1"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, extra, message):

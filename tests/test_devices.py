@@ -89,8 +89,7 @@ def test_study_cli_refuses_more_workers_than_slots_in_one_line(monkeypatch, tmp_
     import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "studies"))
-    import run as run_driver  # studies/run.py
+    from resnet_core.commands import study as run_driver  # resnet-study
 
     FakeGpus((9, 0), (9, 0)).install(monkeypatch)
     code = run_cli(run_driver.main, ["--trials", "1", "--workers", "3", "--workers-per-gpu", "1",

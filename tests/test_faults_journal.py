@@ -23,9 +23,8 @@ from resnet_core import study as st
 from resnet_core.cli import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "studies"))
-import report as report_driver  # noqa: E402  (studies/report.py)
-import run as run_driver  # noqa: E402  (studies/run.py)
+from resnet_core.commands import study as run_driver  # resnet-study (studies/run.py in a checkout)
+from resnet_core.commands import study_report as report_driver  # resnet-study-report
 
 SPACE = '[params.lr]\ntype = "float"\nlow = 0.01\nhigh = 0.2\nlog = true\n'
 

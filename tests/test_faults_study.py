@@ -24,8 +24,7 @@ from resnet_core.cli import run_cli
 from resnet_core.store import find_record, iter_records, read_record
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "studies"))
-import run as run_driver  # noqa: E402  (studies/run.py)
+from resnet_core.commands import study as run_driver  # resnet-study (studies/run.py in a checkout)
 
 SPACE = '[params.lr]\ntype = "float"\nlow = 0.01\nhigh = 0.2\nlog = true\n'
 

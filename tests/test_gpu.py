@@ -163,8 +163,7 @@ TINY_SPACE = '[params.lr]\ntype = "float"\nlow = 0.01\nhigh = 0.2\nlog = true\n'
 
 
 def test_spawned_study_workers_train_on_their_gpus(tmp_path):
-    sys.path.insert(0, str(REPO / "studies"))
-    import run as study_driver  # studies/run.py
+    from resnet_core.commands import study as study_driver  # resnet-study
 
     space = tmp_path / "tiny.toml"
     space.write_text(TINY_SPACE)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 from pathlib import Path
 
 import pytest
@@ -22,15 +22,12 @@ from resnet_core.grid import (
 from resnet_core.models import PRESETS
 
 REPO = Path(__file__).resolve().parents[1]
-GRIDS = REPO / "ablation" / "grids"
+GRIDS = REPO / "resnet_core" / "grids"
 
 
 def load_driver(name: str):
-    """ablation/<name>.py as a module (the drivers are scripts, not part of the package)."""
-    spec = importlib.util.spec_from_file_location(f"ablation_{name}", REPO / "ablation" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The grid command behind ``ablation/<name>.py``: ``run`` is resnet-grid, ``report`` resnet-grid-report."""
+    return importlib.import_module({"run": "resnet_core.commands.grid", "report": "resnet_core.commands.grid_report"}[name])
 
 
 def write(tmp_path: Path, text: str, name: str = "g.toml") -> Path:

@@ -29,9 +29,8 @@ from resnet_core.cli import run_cli
 from resnet_core.store import find_record, iter_records
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "studies"))
-import report as report_driver  # noqa: E402  (studies/report.py)
-import run as run_driver  # noqa: E402  (studies/run.py)
+from resnet_core.commands import study as run_driver  # resnet-study (studies/run.py in a checkout)
+from resnet_core.commands import study_report as report_driver  # resnet-study-report
 
 SPACE = '[params.lr]\ntype = "float"\nlow = 0.01\nhigh = 0.2\nlog = true\n'
 
@@ -52,8 +51,7 @@ def fit(run, callbacks=(), **kw):
             time.sleep(600)
     return real_fit(run, list(callbacks) + [slow], **kw)
 engine.fit = fit
-sys.path.insert(0, {studies!r})
-import run
+from resnet_core.commands import study as run
 from resnet_core.cli import run_cli
 sys.exit(run_cli(run.main, sys.argv[1:]))
 """
@@ -77,7 +75,7 @@ def study_args(tmp_path: Path, url: str, name: str, *extra: str) -> list[str]:
 
 def start_host(tmp_path: Path, args: list[str], host: str, log: str, **env: str) -> subprocess.Popen:
     script = tmp_path / "host_worker.py"
-    script.write_text(HOST_WORKER.format(studies=str(REPO / "studies")))
+    script.write_text(HOST_WORKER)
     environment = {**os.environ, "PYTHONPATH": str(REPO), "TEST_HOST": host, **env}
     with open(tmp_path / f"{log}.out", "w") as out, open(tmp_path / f"{log}.err", "w") as err:
         return subprocess.Popen([sys.executable, str(script), *args], env=environment, stdout=out, stderr=err)

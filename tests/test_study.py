@@ -22,9 +22,8 @@ from resnet_core.cli import run_cli
 from resnet_core.store import RunRecord, find_record, load_runs
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "studies"))
-import report as report_driver  # noqa: E402  (studies/report.py)
-import run as run_driver  # noqa: E402  (studies/run.py)
+from resnet_core.commands import study as run_driver  # resnet-study (studies/run.py in a checkout)
+from resnet_core.commands import study_report as report_driver  # resnet-study-report
 
 TINY_SPACE = """
 description = "tiny test space"
@@ -202,15 +201,14 @@ real_fit = engine.fit
 def hanging_fit(run, callbacks=(), **kw):  # trains epoch 1, reports it, then hangs until killed
     return real_fit(run, list(callbacks) + [lambda m: time.sleep(600)], **kw)
 engine.fit = hanging_fit
-sys.path.insert(0, {studies!r})
-import run
-sys.exit(run.main({args!r}))
+from resnet_core.commands import study
+sys.exit(study.main({args!r}))
 """
 
 
 def test_worker_killed_with_sigkill_is_recovered_and_the_study_completes(tmp_path, space):
     args = tiny_args(tmp_path, space, "--trials", "2")
-    script = HANGING_WORKER.format(studies=str(REPO / "studies"), args=args)
+    script = HANGING_WORKER.format(args=args)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)

@@ -22,7 +22,7 @@ from resnet_core.trends import INTERACTION, PLAIN_SLOPE, RESIDUAL_SLOPE, TREND_C
 from grid_helpers import driver
 
 REPO = Path(__file__).resolve().parents[1]
-GRIDS = REPO / "ablation" / "grids"
+GRIDS = REPO / "resnet_core" / "grids"
 DEPTHS = (20, 32, 44, 56)
 NOISE = (-0.4, 0.0, 0.4)  # per-seed offsets: symmetric, so the fitted slopes are exact
 

@@ -1,0 +1,170 @@
+"""Run an Optuna study of the ResNet harness (thin driver: flags -> resnet_core.study -> reports).
+
+    resnet-study --trials 50                         # recipe of resnet20, quick budget
+    resnet-study --trials 50 --space architecture --budget standard --workers 4
+    resnet-study --trials 20 --space architecture --compare residual --final-seeds 3
+    resnet-study --add 10 --study-name NAME          # 10 more finished trials
+
+(From a checkout, ``python studies/run.py`` is the same command.)
+
+--trials N is the number of FINISHED trials (COMPLETE + PRUNED) the study should hold: running
+the same command again after an interruption runs only what is missing. The objective is the
+validation error of the final epoch; the test set is never used to choose.
+
+Several hosts: start the same command with the same --storage postgresql://... and --study-name
+on each; they share one study and stop together when it holds N finished trials. A host that dies
+mid-trial is noticed after --stale-after seconds without a heartbeat: its trial is failed and run
+again by a surviving host (from its checkpoint when --results is a shared folder).
+Ctrl-C or SIGTERM stops cleanly (the running trial keeps its record and checkpoint; exit code 130).
+Exit codes: 0 the target was reached, 1 it was not (trials failed, or --timeout), 2 a usage error
+(one line, before any training), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import optuna
+
+from resnet_core import study as st
+from resnet_core.budgets import STUDY_BUDGETS, resolve_study_budget
+from resnet_core.cli import UsageError, add_flags, check_flags, check_positive_seconds, entry
+from resnet_core.config import parse_assignments
+from resnet_core.devices import resolve_device, worker_devices
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="resnet-study", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("--trials", type=int, help="target number of finished (COMPLETE + PRUNED) trials in the study")
+    add("--add", type=int, help="run N more finished trials than the study holds now")
+    add("--study-name", help="default: <space>-<model>-<data>-<budget>")
+    add("--storage", help="Optuna RDB URL (postgresql://..., sqlite:///...) or journal file path "
+                          "(default: <results>/studies/<study>.log)")
+    add("--space", default="recipe", help="a built-in space (recipe, architecture: resnet_core/spaces) or a .toml path")
+    add("--model", default="resnet20", help="model preset the space starts from (default resnet20)")
+    add("--sampler", default="tpe", help="tpe, random, qmc, cmaes or gp (seeded by --seed)")
+    add("--pruner", default="median", help="median, hyperband, sha or none")
+    add("--allow-change", action="store_true", help="go on with another --sampler/--pruner than the study used "
+                                                    "so far (the report says from which trial)")
+    add_flags(parser, "seed", "budget", "epochs", "data", "subset", "val_size", "device", "workers", "workers_per_gpu",
+              "threads", "results", "set", "quiet", "dry_run",
+              help={"seed": "sampler seed and the run seed of every trial (default 0)",
+                    "budget": "auto (quick on a CPU, standard on a GPU), "
+                              + ", ".join(f"{b.name} ({b.note})" for b in STUDY_BUDGETS.values())})
+    add("--timeout", type=float, help="start no new trial after this many seconds")
+    add("--stale-after", type=float, default=600.0, help="seconds without a heartbeat before a trial on another "
+                                                           "host counts as dead and is retried (RDB storages beat "
+                                                           "every stale-after/3 s; local dead pids are seen at once)")
+    add("--compare", metavar="FIELD", help="fair comparison: one tuned sub-study per value of FIELD")
+    add("--compare-values", help="comma-separated values of FIELD (default: the space's choices)")
+    add("--final-seeds", type=int, default=3, help="re-training seeds of each value's best config (default 3)")
+    add("--no-figures", action="store_true", help="write tables and report.md only")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _check_numbers(args)
+    devices = worker_devices(args.workers, args.device, args.workers_per_gpu)
+    single = len(devices) == 1
+    data_device = _data_device(devices[0]) if single else "cpu"  # several workers: each loads its own copy
+    budget, why = resolve_study_budget(args.budget, resolve_device(devices[0]).type)
+    setup, data = st.plan(
+        space=args.space, model=args.model, budget_name=budget.name, epochs=args.epochs, data=args.data,
+        subset=args.subset, val_size=args.val_size, seed=args.seed or 0, overrides=parse_assignments(args.set),
+        sampler=args.sampler, pruner=args.pruner, storage=args.storage, study_name=args.study_name,
+        results=args.results, stale_after=args.stale_after, compare=args.compare, data_device=data_device,
+    )
+    specs = st.compare_specs(setup.spec, args.compare, _values(args.compare_values)) if args.compare else [setup.spec]
+    targets = [_target(args, st.current_counts(s)["finished"]) for s in specs]
+    print(f"budget   {budget.name} ({why}): {budget.note}")
+    _print_plan(st, setup, specs, targets, devices, args)
+    if args.dry_run:
+        return 0
+    for spec, target in zip(specs, targets):
+        st.run_study(spec, target, devices, timeout=args.timeout, data=data if single else None,
+                     progress=not args.quiet, threads=args.threads, allow_change=args.allow_change)
+    if args.compare:
+        _final_seeds(st, specs, args, devices[0], data if single else None)
+    out = st.write_reports(setup.spec.name, setup.spec.storage, args.results, figures=not args.no_figures)
+    reached = _print_outcome(st, specs, targets, out)
+    for warning in st.report_warnings(setup.spec.storage, args.results):
+        print(warning, file=sys.stderr)
+    return 0 if reached else 1
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Counts and budgets that cannot be negative: one line naming the flag, before any work."""
+    if (args.trials is None) == (args.add is None):
+        raise UsageError("give exactly one of --trials N (target finished trials) and --add N")
+    for name, meaning in (("trials", "finished trials"), ("add", "more finished trials")):
+        value = getattr(args, name)
+        if value is not None and value < 0:
+            raise UsageError(f"--{name} {value}: expected an integer >= 0 ({meaning})")
+    if args.final_seeds < 1:
+        raise UsageError(f"--final-seeds {args.final_seeds}: expected an integer >= 1 (re-training seeds)")
+    check_flags(args)
+    check_positive_seconds(args, "timeout", "stale_after")
+
+
+def _data_device(device: str) -> str:
+    return str(resolve_device(device))
+
+
+def _values(text: str | None) -> list[str] | None:
+    return [v.strip() for v in text.split(",") if v.strip()] if text else None
+
+
+def _target(args: argparse.Namespace, finished: int) -> int:
+    return finished + args.add if args.add is not None else args.trials
+
+
+def _print_plan(st, setup, specs, targets, devices, args) -> None:
+    done = [st.current_counts(s)["finished"] for s in specs]
+    timing = st.estimate(setup.spec, setup.train_size, setup.eval_size, devices[0],
+                         sum(max(0, t - d) for t, d in zip(targets, done)), len(devices), args.threads)
+    for line in st.plan_lines(setup, setup.spec, sum(targets), sum(done), devices, timing):
+        print(line)
+    if args.compare:
+        print(f"compare  {args.compare}: {len(specs)} sub-studies ({', '.join(s.name for s in specs)}), "
+              f"{targets[0]} finished trials each, then {args.final_seeds} final seeds per value")
+    sys.stdout.flush()
+
+
+def _final_seeds(st, specs, args, device, data) -> None:
+    for spec in specs:
+        study = optuna.load_study(study_name=spec.name, storage=st.open_storage(spec.storage, spec.stale_after))
+        records = st.train_final_seeds(spec, study, args.final_seeds, _data_device(device), data,
+                                       progress=not args.quiet)
+        if not records:
+            print(f"{spec.name}: no COMPLETE trial, no final seeds")
+
+
+def _print_outcome(st, specs, targets, out: Path) -> bool:
+    """One line per (sub-)study; True when every one reached its target of finished trials."""
+    reached = True
+    for spec, target in zip(specs, targets):
+        c = st.current_counts(spec)
+        reached &= c["finished"] >= target
+        status = "reached" if c["finished"] >= target else "NOT reached"
+        print(f"{spec.name}: {c['finished']} finished ({c['complete']} complete, {c['pruned']} pruned), "
+              f"{c['failed']} failed; target {target} {status}")
+    print(f"reports in {out}")
+    return reached
+
+
+def console() -> None:
+    """``resnet-study``: a scheduler's SIGTERM stops like Ctrl-C (record and checkpoint kept, exit 130);
+    figures are files only (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    entry(main)
+
+
+if __name__ == "__main__":
+    console()
