@@ -482,11 +482,16 @@ def identity_settings(run: RunConfig) -> dict[str, Any]:
             if name not in skip and value != defaults.get(name, _MISSING)}
 
 
-def run_id(run: RunConfig) -> str:
+def run_id(run: RunConfig, data: str | None = None) -> str:
     """Stable identity of a run: a short hash of the schema, the settings that differ from their
     defaults, and the data's identity (a directory's content fingerprint, not its path: the same
-    images reached by another path, a symlink or a copy are the same run)."""
-    payload = {"schema": RUN_ID_SCHEMA, "settings": identity_settings(run), "data": data_identity(run.data)}
+    images reached by another path, a symlink or a copy are the same run).
+
+    ``data``: the data's identity when it is already known (a stored record's fingerprint); by
+    default ``data_identity(run.data)``, which reads a directory through the decode cache.
+    """
+    data = data if data is not None else data_identity(run.data)
+    payload = {"schema": RUN_ID_SCHEMA, "settings": identity_settings(run), "data": data}
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -174,10 +174,19 @@ def data_identity(cfg: DataConfig) -> str:
     ``resize`` is part of it (resized pixels are other data). A directory is read through the decode
     cache (decoded once if it has no entry) and remembered per process: a run id is asked for often.
     """
-    source = resolve_source(cfg)
-    if source.kind in ("synthetic", "torchvision"):
+    if named_source(cfg.source):
         return cfg.source
-    return "content:" + _directory_fingerprint(source, cfg.resize, cache_root(cfg))
+    return content_identity(_directory_fingerprint(resolve_source(cfg), cfg.resize, cache_root(cfg)))
+
+
+def named_source(spec: str) -> bool:
+    """True for a built-in dataset name (``cifar10``, ``cifar100``, ``synthetic[:N]``), not a directory."""
+    return spec in TORCHVISION_SOURCES or spec == "synthetic" or spec.startswith("synthetic:")
+
+
+def content_identity(fingerprint: str) -> str:
+    """A directory's data identity from its content fingerprint (as records store it)."""
+    return f"content:{fingerprint}"
 
 
 @functools.lru_cache(maxsize=16)  # the data under a path are taken as fixed while a process runs

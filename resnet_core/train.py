@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from resnet_core.cli import run_cli
-from resnet_core.config import DataConfig, RunConfig, apply_overrides, parse_assignments, recipe
+from resnet_core.config import DataConfig, RunConfig, apply_overrides, default_data_source, parse_assignments, recipe
 from resnet_core.store import claim_holder, claim_run, record_path
 
 # flag name -> config field, for the flags that are shortcuts of --set
@@ -86,7 +86,8 @@ def resolve_run_config(args: argparse.Namespace) -> RunConfig:
     """Preset and recipe, then the config file, then the flags, then --set."""
     from resnet_core.models import resolve_model
 
-    run = RunConfig(model=resolve_model(args.model), train=recipe(args.recipe), data=DataConfig())
+    # $RESNET_CORE_DATA is the lowest layer: a config file, --data or --set replace it.
+    run = RunConfig(model=resolve_model(args.model), train=recipe(args.recipe), data=DataConfig(source=default_data_source()))
     if args.config:
         run = apply_overrides(run, read_config_file(args.config))
     flags = {field: getattr(args, name) for name, field in FLAG_FIELDS.items() if getattr(args, name) is not None}
@@ -122,10 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     from resnet_core.data import load_data
     from resnet_core.devices import resolve_device
     from resnet_core.engine import fit
+    from resnet_core.migrate import print_migration
     from resnet_core.runner import check_writable
 
     data = load_data(run.data, resolve_device(run.device))  # bad data: one line, before anything is created
     check_writable(args.results)  # an unwritable folder: one line now, not after an epoch of training
+    print_migration(args.results, [run])  # a record or checkpoint under an older run-id schema: renamed
     with claim_run(args.results, run_id(run)) as claimed:
         if not claimed:
             raise ValueError(f"run {run_id(run)} is being trained by another process "

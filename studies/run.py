@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from resnet_core.cli import UsageError, run_cli
-from resnet_core.config import parse_assignments
+from resnet_core.config import default_data_source, parse_assignments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,14 +75,17 @@ def main(argv: list[str] | None = None) -> int:
     matplotlib.use("Agg")
     from resnet_core import study as st
     from resnet_core.devices import worker_devices
+    from resnet_core.migrate import print_migration
 
     args = build_parser().parse_args(argv)
     _check_numbers(args)
+    print_migration(args.results)  # records named by an older run-id schema: renamed, so trials find them
     devices = worker_devices(args.workers, args.device, args.workers_per_gpu)
     single = len(devices) == 1
     data_device = _data_device(devices[0]) if single else "cpu"  # several workers: each loads its own copy
     setup, data = st.plan(
-        space=args.space, model=args.model, budget_name=args.budget, epochs=args.epochs, data=args.data,
+        space=args.space, model=args.model, budget_name=args.budget, epochs=args.epochs,
+        data=args.data or default_data_source(),
         subset=args.subset, val_size=args.val_size, seed=args.seed, overrides=parse_assignments(args.set),
         sampler=args.sampler, pruner=args.pruner, storage=args.storage, study_name=args.study_name,
         results=args.results, stale_after=args.stale_after, compare=args.compare, data_device=data_device,
