@@ -465,9 +465,9 @@ def _flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-@functools.lru_cache(maxsize=1)  # the defaults are fixed by the dataclasses
-def _default_settings() -> Mapping[str, Any]:
-    return _flat(to_dict(RunConfig()))
+@functools.lru_cache(maxsize=None)  # the defaults are fixed by the dataclasses
+def _default_settings(cls: type) -> Mapping[str, Any]:
+    return _flat(to_dict(cls()))
 
 
 def identity_settings(run: RunConfig) -> dict[str, Any]:
@@ -476,7 +476,7 @@ def identity_settings(run: RunConfig) -> dict[str, Any]:
     Only these enter the run id, so a new field added with a default that keeps the old behaviour
     leaves every existing id as it was (tests/test_config.py pins this).
     """
-    defaults = _default_settings()
+    defaults = _default_settings(type(run))  # the defaults of the run's own classes
     skip = NON_IDENTITY_FIELDS | set(DATA_FIELDS_IN_DATA_IDENTITY)
     return {name: value for name, value in _flat(to_dict(run)).items()
             if name not in skip and value != defaults.get(name, _MISSING)}

@@ -66,7 +66,7 @@ class Migration:
 
     def message(self) -> str | None:
         """The one line the command lines print (None when nothing was there to migrate)."""
-        if not (self.records or self.checkpoints or self.manifests or self.unrecognised):
+        if not (self.records or self.checkpoints or self.manifests or self.superseded or self.unrecognised):
             return None
         parts = [f"migrated {_count(self.records, 'run record')}",
                  f"{_count(self.checkpoints, 'checkpoint')}", f"{_count(self.manifests, 'grid manifest')}"]
