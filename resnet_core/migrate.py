@@ -38,7 +38,7 @@ from resnet_core.store import (
 # What schema 1 left out of its hash (config.NON_IDENTITY_FIELDS as it was then: fixed here, since
 # the current set may change).
 SCHEMA1_SKIPPED = ("device", "data.cache_dir", "data.root", "data.download", "train.checkpoint")
-MARKER = ".run_id_schema"  # in runs/: the schema every record there has been brought to
+MARKER = ".run_id_schema"  # beside runs/ (which holds records only): the schema its records were brought to
 SUPERSEDED_SUFFIX = ".schema1"
 
 
@@ -90,7 +90,7 @@ def migrate_run_ids(results_dir: str | os.PathLike, runs: Iterable[RunConfig] = 
     run killed before it wrote one) to their new ids. Consumed only when such a checkpoint exists.
     """
     results = Path(results_dir)
-    marker = runs_dir(results) / MARKER
+    marker = results / MARKER
     done = marker.is_file() and marker.read_text().strip() == str(RUN_ID_SCHEMA)
     mapping: dict[str, str] = {}
     records = superseded = 0
