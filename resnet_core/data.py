@@ -1,7 +1,9 @@
-"""Images as uint8 tensors on the training device: sources, a decode-once cache, splits, statistics.
+"""Images as uint8 tensors on the training device: sources, the data's identity, splits, statistics.
 
-DESIGN.md, "Data": images are decoded once into uint8 tensors, cached on disk, and kept on the
-training device; augmentation (``resnet_core.augment``) then works on whole batches.
+docs/DESIGN.md, "Data": images are decoded once into uint8 tensors, cached on disk
+(``resnet_core.cache``), and kept on the training device; augmentation (``resnet_core.augment``)
+then works on whole batches. A directory's identity in a run id is its content fingerprint
+(:func:`data_identity`), not its path.
 
 Sources (``DataConfig.source``), tried in this order:
 
@@ -11,10 +13,8 @@ Sources (``DataConfig.source``), tried in this order:
 - a directory: ImageFolder (``train/<class>/*`` and ``test/<class>/*``), or one holding
   ``cifar-10-batches-py`` / ``cifar-100-python`` (or that directory itself).
 
-Splits (DESIGN.md, rules of evidence): validation is carved from the training set *first*, seeded by
-``split_seed`` and stratified by class, so it is the same for every run seed and every ``subset``
-(He et al. 2015 §4.2 used a 45k/5k split). ``subset`` then takes N of the remaining images, also
-stratified. Normalisation statistics come from the whole remaining training pool (not from the
+Splits (``resnet_core.splits``): validation is carved first, seeded by ``split_seed``, then a
+``subset`` of the rest, both stratified by class. Normalisation statistics come from the whole remaining training pool (not from the
 subset), so changing ``subset`` never changes the preprocessing.
 """
 
@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 from resnet_core import cache
 from resnet_core.cache import CACHE_ENV_VAR, RawData  # noqa: F401 - CACHE_ENV_VAR: part of this module's API
+from resnet_core.splits import split_indices
 
 if TYPE_CHECKING:  # config imports this module (a run's id needs its data's identity)
     from resnet_core.config import DataConfig
@@ -192,31 +193,6 @@ def content_identity(fingerprint: str) -> str:
 @functools.lru_cache(maxsize=16)  # the data under a path are taken as fixed while a process runs
 def _directory_fingerprint(source: Source, resize: bool, root: Path) -> str:
     return DIRECTORY_READERS[source.kind](source, resize, root).fingerprint
-
-
-def split_indices(
-    labels: torch.Tensor, val_size: int, subset: int | None, split_seed: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Indices (train, val, pool) into a training set: val carved first, then a subset of the pool.
-
-    Both draws are class-stratified and seeded by ``split_seed`` alone, so ``val`` does not depend
-    on ``subset``. ``pool`` is everything not in val (the set normalisation statistics come from).
-    All three are sorted.
-    """
-    n = len(labels)
-    if val_size >= n:
-        raise ValueError(f"val_size={val_size} leaves no training images: the training set has {n}; expected val_size < {n}")
-    y = labels.cpu().numpy()
-    val, pool = _stratified_take(y, np.arange(n), val_size, np.random.default_rng([split_seed, 0]))
-    train = pool
-    if subset is not None:
-        if subset > len(pool):
-            raise ValueError(
-                f"subset={subset} is larger than the {len(pool)} training images left after val_size={val_size}: "
-                f"expected subset <= {len(pool)}"
-            )
-        train, _ = _stratified_take(y[pool], pool, subset, np.random.default_rng([split_seed, 1]))
-    return tuple(torch.from_numpy(np.sort(i)) for i in (train, val, pool))  # type: ignore[return-value]
 
 
 def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -512,28 +488,3 @@ def _imagefolder_title(root: Path) -> str:
         heading = next((line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("#")), root.name)
         return f"{heading.split(',')[0].strip()} (JPEG copy)"
     return f"{root.name} (ImageFolder)"
-
-
-# ------------------------------------------------------------------------------------ splitting
-
-def _stratified_take(y: np.ndarray, index: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Take ``n`` of ``index`` (labels ``y``) with per-class counts proportional to the class sizes
-    (largest remainder), each class's picks drawn at random; returns (taken, rest)."""
-    classes, counts = np.unique(y, return_counts=True)
-    quota = _largest_remainder(counts, n)
-    taken, rest = [], []
-    for cls, k in zip(classes, quota):
-        members = index[y == cls]
-        order = rng.permutation(len(members))
-        taken.append(members[order[:k]])
-        rest.append(members[order[k:]])
-    return np.concatenate(taken), np.concatenate(rest)
-
-
-def _largest_remainder(counts: np.ndarray, n: int) -> np.ndarray:
-    """Integer quotas summing to ``n`` proportional to ``counts`` (ties go to the lower class index)."""
-    exact = counts * n / counts.sum()
-    quota = np.floor(exact).astype(np.int64)
-    extra = np.argsort(-(exact - quota), kind="stable")[: n - quota.sum()]
-    quota[extra] += 1
-    return quota
