@@ -116,6 +116,15 @@ def print_migration(results_dir: str | os.PathLike, runs: Iterable[RunConfig] = 
     return migration
 
 
+def current_run_ids(run_ids: Iterable[str], runs) -> list[str]:
+    """``run_ids`` with every schema-1 id replaced by the id of the migrated record that names it as
+    its ``previous_run_id`` (``runs``: ``store.load_runs``). Optuna trials keep the ids they were
+    given, so a study's report maps them through this before it joins trials with records."""
+    column = "provenance.previous_run_id"
+    renamed = dict(zip(runs[column], runs["run_id"])) if column in getattr(runs, "columns", ()) else {}
+    return [renamed.get(rid, rid) for rid in run_ids]
+
+
 def _migrate_record(path: Path, results: Path, mapping: dict[str, str]) -> str:
     """Rewrite one schema-1 record under its new id; returns what happened to it."""
     try:
