@@ -17,7 +17,9 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-DATA_ENV_VAR = "RESNET_CORE_DATA"
+# The run id needs the data's identity (a directory's content fingerprint), which only the data
+# layer can compute; data.py imports this module for type checking only, so this is no cycle.
+from resnet_core.data import DATA_ENV_VAR, data_identity
 
 SHORTCUTS = ("A", "B", "C", "conv3x3")
 NORMS = ("batch", "none")
@@ -121,12 +123,13 @@ class DataConfig:
 
     ``source``: ``cifar10`` | ``cifar100`` (torchvision, under ``root``), ``synthetic``, or a
     directory (ImageFolder ``train/`` + ``test/``, or one holding ``cifar-10-batches-py``).
-    Its default is the environment variable ``RESNET_CORE_DATA``, else ``cifar10``.
+    Its default is ``cifar10``; the command lines put ``$RESNET_CORE_DATA`` here when ``--data`` is
+    not given (:func:`default_data_source`), so the record's config names the data that was used.
     The validation split is carved first with ``split_seed`` (not the run seed), so it is the same
     for every run seed and every ``subset``.
     """
 
-    source: str = field(default_factory=lambda: os.environ.get(DATA_ENV_VAR) or "cifar10")
+    source: str = "cifar10"
     root: str = "./data"
     val_size: int = 5000
     subset: int | None = None
@@ -429,7 +432,11 @@ def run_config_from_dict(values: Mapping[str, Any]) -> RunConfig:
 
 
 def identity_dict(run: RunConfig) -> dict[str, Any]:
-    """The part of a run config that decides what is computed (device, paths to caches excluded)."""
+    """The part of a run config that decides what is computed (device, paths to caches excluded).
+
+    Every field, data path included: studies record it as their base config. The run id hashes
+    less (:func:`identity_settings` and :func:`~resnet_core.data.data_identity`).
+    """
     full = to_dict(run)
     full.pop("device", None)
     for dotted in NON_IDENTITY_FIELDS:
@@ -439,10 +446,63 @@ def identity_dict(run: RunConfig) -> dict[str, Any]:
     return full
 
 
-def run_id(run: RunConfig) -> str:
-    """Stable identity of a run: a short hash of its config and seed (JSON with sorted keys)."""
-    payload = json.dumps(identity_dict(run), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+# Version of the run-id recipe. Bump it (and migrate stored runs: resnet_core/migrate.py) when the
+# recipe changes, or when a field's default changes: a default is left out of the hash, so a new
+# default would otherwise give old and new runs one id. Schema 1 hashed every field and the path.
+RUN_ID_SCHEMA = 2
+# The data source enters the id as data_identity (content, not path), never as a setting.
+DATA_FIELDS_IN_DATA_IDENTITY = ("data.source",)
+_MISSING = object()  # a field the defaults lack: never equal to a value
+
+
+def _flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+@functools.lru_cache(maxsize=None)  # the defaults are fixed by the dataclasses
+def _default_settings(cls: type) -> Mapping[str, Any]:
+    return _flat(to_dict(cls()))
+
+
+def identity_settings(run: RunConfig) -> dict[str, Any]:
+    """``{dotted name: value}`` of the identity fields whose values differ from their defaults.
+
+    Only these enter the run id, so a new field added with a default that keeps the old behaviour
+    leaves every existing id as it was (tests/test_config.py pins this).
+    """
+    defaults = _default_settings(type(run))  # the defaults of the run's own classes
+    skip = NON_IDENTITY_FIELDS | set(DATA_FIELDS_IN_DATA_IDENTITY)
+    return {name: value for name, value in _flat(to_dict(run)).items()
+            if name not in skip and value != defaults.get(name, _MISSING)}
+
+
+def run_id(run: RunConfig, data: str | None = None) -> str:
+    """Stable identity of a run: a short hash of the schema, the settings that differ from their
+    defaults, and the data's identity (a directory's content fingerprint, not its path: the same
+    images reached by another path, a symlink or a copy are the same run).
+
+    ``data``: the data's identity when it is already known (a stored record's fingerprint); by
+    default ``data_identity(run.data)``, which reads a directory through the decode cache.
+    """
+    data = data if data is not None else data_identity(run.data)
+    payload = {"schema": RUN_ID_SCHEMA, "settings": identity_settings(run), "data": data}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def default_data_source() -> str:
+    """The data source when the command line names none: ``$RESNET_CORE_DATA``, else ``cifar10``.
+
+    Read by the command lines (never by a dataclass default), which write it into the config, so
+    the run's record names the data it used.
+    """
+    return os.environ.get(DATA_ENV_VAR) or DataConfig.source
 
 
 # ------------------------------------------------------------------------------------ recipes

@@ -1,7 +1,9 @@
-"""Images as uint8 tensors on the training device: sources, a decode-once cache, splits, statistics.
+"""Images as uint8 tensors on the training device: sources, the data's identity, splits, statistics.
 
-DESIGN.md, "Data": images are decoded once into uint8 tensors, cached on disk, and kept on the
-training device; augmentation (``resnet_core.augment``) then works on whole batches.
+docs/DESIGN.md, "Data": images are decoded once into uint8 tensors, cached on disk
+(``resnet_core.cache``), and kept on the training device; augmentation (``resnet_core.augment``)
+then works on whole batches. A directory's identity in a run id is its content fingerprint
+(:func:`data_identity`), not its path.
 
 Sources (``DataConfig.source``), tried in this order:
 
@@ -11,10 +13,8 @@ Sources (``DataConfig.source``), tried in this order:
 - a directory: ImageFolder (``train/<class>/*`` and ``test/<class>/*``), or one holding
   ``cifar-10-batches-py`` / ``cifar-100-python`` (or that directory itself).
 
-Splits (DESIGN.md, rules of evidence): validation is carved from the training set *first*, seeded by
-``split_seed`` and stratified by class, so it is the same for every run seed and every ``subset``
-(He et al. 2015 §4.2 used a 45k/5k split). ``subset`` then takes N of the remaining images, also
-stratified. Normalisation statistics come from the whole remaining training pool (not from the
+Splits (``resnet_core.splits``): validation is carved first, seeded by ``split_seed``, then a
+``subset`` of the rest, both stratified by class. Normalisation statistics come from the whole remaining training pool (not from the
 subset), so changing ``subset`` never changes the preprocessing.
 """
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import hashlib
 import logging
 import multiprocessing
@@ -29,22 +30,24 @@ import os
 import pickle
 import re
 import sys
-import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from resnet_core.config import DATA_ENV_VAR, DataConfig
+from resnet_core import cache
+from resnet_core.cache import CACHE_ENV_VAR, RawData  # noqa: F401 - CACHE_ENV_VAR: part of this module's API
+from resnet_core.splits import split_indices
+
+if TYPE_CHECKING:  # config imports this module (a run's id needs its data's identity)
+    from resnet_core.config import DataConfig
 
 log = logging.getLogger(__name__)
 
-CACHE_ENV_VAR = "RESNET_CORE_CACHE"
-CACHE_FORMAT = 1  # bump when the cache file layout changes: old files are then rebuilt
+DATA_ENV_VAR = "RESNET_CORE_DATA"  # the command lines' default --data (config.default_data_source)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 CIFAR_SIZE = 32
 SYNTHETIC_TRAIN, SYNTHETIC_TEST, SYNTHETIC_CLASSES = 2000, 500, 10
@@ -87,18 +90,6 @@ class DataBundle:
             if isinstance(getattr(self, f.name), torch.Tensor)
         }
         return dataclasses.replace(self, **moved)
-
-
-@dataclass(frozen=True)
-class RawData:
-    """A decoded dataset before splitting: what the cache stores. ``fingerprint`` hashes the content."""
-
-    train_x: torch.Tensor  # (N, 3, H, W) uint8
-    train_y: torch.Tensor  # (N,) int64
-    test_x: torch.Tensor  # (M, 3, H, W) uint8
-    test_y: torch.Tensor  # (M,) int64
-    classes: tuple[str, ...]
-    fingerprint: str
 
 
 @dataclass(frozen=True)
@@ -172,41 +163,36 @@ def resolve_source(cfg: DataConfig) -> Source:
 
 
 def cache_root(cfg: DataConfig) -> Path:
-    """Where decoded datasets are cached: cfg.cache_dir, $RESNET_CORE_CACHE, else the user cache dir.
+    """Where decoded datasets are cached: cfg.cache_dir, $RESNET_CORE_CACHE, else the user cache dir."""
+    return cache.cache_root(cfg.cache_dir)
 
-    Never beside the data: the data directory may be read-only (the shared copy is).
+
+def data_identity(cfg: DataConfig) -> str:
+    """What a run id records of its data: a built-in name (``cifar10``, ``synthetic:N``) as given,
+    a directory's content fingerprint (decoded pixels, labels and class names) instead of its path.
+
+    The same images reached by a relative or absolute path, a symlink or a copy give one identity;
+    ``resize`` is part of it (resized pixels are other data). A directory is read through the decode
+    cache (decoded once if it has no entry) and remembered per process: a run id is asked for often.
     """
-    if cfg.cache_dir:
-        return Path(cfg.cache_dir).expanduser().resolve()
-    if os.environ.get(CACHE_ENV_VAR):
-        return Path(os.environ[CACHE_ENV_VAR]).expanduser().resolve()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser().resolve() / "resnet_core"
+    if named_source(cfg.source):
+        return cfg.source
+    return content_identity(_directory_fingerprint(resolve_source(cfg), cfg.resize, cache_root(cfg)))
 
 
-def split_indices(
-    labels: torch.Tensor, val_size: int, subset: int | None, split_seed: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Indices (train, val, pool) into a training set: val carved first, then a subset of the pool.
+def named_source(spec: str) -> bool:
+    """True for a built-in dataset name (``cifar10``, ``cifar100``, ``synthetic[:N]``), not a directory."""
+    return spec in TORCHVISION_SOURCES or spec == "synthetic" or spec.startswith("synthetic:")
 
-    Both draws are class-stratified and seeded by ``split_seed`` alone, so ``val`` does not depend
-    on ``subset``. ``pool`` is everything not in val (the set normalisation statistics come from).
-    All three are sorted.
-    """
-    n = len(labels)
-    if val_size >= n:
-        raise ValueError(f"val_size={val_size} leaves no training images: the training set has {n}; expected val_size < {n}")
-    y = labels.cpu().numpy()
-    val, pool = _stratified_take(y, np.arange(n), val_size, np.random.default_rng([split_seed, 0]))
-    train = pool
-    if subset is not None:
-        if subset > len(pool):
-            raise ValueError(
-                f"subset={subset} is larger than the {len(pool)} training images left after val_size={val_size}: "
-                f"expected subset <= {len(pool)}"
-            )
-        train, _ = _stratified_take(y[pool], pool, subset, np.random.default_rng([split_seed, 1]))
-    return tuple(torch.from_numpy(np.sort(i)) for i in (train, val, pool))  # type: ignore[return-value]
+
+def content_identity(fingerprint: str) -> str:
+    """A directory's data identity from its content fingerprint (as records store it)."""
+    return f"content:{fingerprint}"
+
+
+@functools.lru_cache(maxsize=16)  # the data under a path are taken as fixed while a process runs
+def _directory_fingerprint(source: Source, resize: bool, root: Path) -> str:
+    return DIRECTORY_READERS[source.kind](source, resize, root).fingerprint
 
 
 def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -310,7 +296,7 @@ def _load_torchvision(source: Source, cfg: DataConfig) -> RawData:
     folder_path = source.path / folder
     if not folder_path.is_dir():
         _download_torchvision(source.name, cls_name, source.path, cfg.download)
-    return _cached(Source("batches", folder_path), cfg, lambda: _read_batches(folder_path))
+    return _cached_batches(Source("batches", folder_path), cfg.resize, cache_root(cfg))
 
 
 def _download_torchvision(name: str, cls_name: str, root: Path, download: bool) -> None:
@@ -327,7 +313,11 @@ def _download_torchvision(name: str, cls_name: str, root: Path, download: bool) 
 
 
 def _load_batches(source: Source, cfg: DataConfig) -> RawData:
-    return _cached(source, cfg, lambda: _read_batches(source.path))
+    return _cached_batches(source, cfg.resize, cache_root(cfg))
+
+
+def _cached_batches(source: Source, resize: bool, root: Path) -> RawData:
+    return cache.cached(source.kind, source.path, resize, root, lambda: _read_batches(source.path))
 
 
 def _read_batches(folder: Path) -> RawData:
@@ -359,9 +349,14 @@ def _unpickle(path: Path) -> dict:
 
 
 def _load_imagefolder(source: Source, cfg: DataConfig) -> RawData:
+    return _cached_imagefolder(source, cfg.resize, cache_root(cfg))
+
+
+def _cached_imagefolder(source: Source, resize: bool, root: Path) -> RawData:
     classes, train, test = _scan_imagefolder(source.path)
     stamps = [f"{path}|{size}|{mtime}" for path, _, size, mtime in train + test]
-    return _cached(source, cfg, lambda: _decode_imagefolder(source.path, classes, train, test, cfg.resize), stamps)
+    build = lambda: _decode_imagefolder(source.path, classes, train, test, resize)  # noqa: E731
+    return cache.cached(source.kind, source.path, resize, root, build, stamps)
 
 
 LOADERS: dict[str, Callable[[Source, DataConfig], RawData]] = {
@@ -369,6 +364,11 @@ LOADERS: dict[str, Callable[[Source, DataConfig], RawData]] = {
     "torchvision": _load_torchvision,
     "batches": _load_batches,
     "imagefolder": _load_imagefolder,
+}
+# The directory kinds, read through the decode cache: (source, resize, cache root) -> RawData.
+DIRECTORY_READERS: dict[str, Callable[[Source, bool, Path], RawData]] = {
+    "batches": _cached_batches,
+    "imagefolder": _cached_imagefolder,
 }
 
 
@@ -488,103 +488,3 @@ def _imagefolder_title(root: Path) -> str:
         heading = next((line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("#")), root.name)
         return f"{heading.split(',')[0].strip()} (JPEG copy)"
     return f"{root.name} (ImageFolder)"
-
-
-# ------------------------------------------------------------------------------------ cache
-
-def _cached(source: Source, cfg: DataConfig, build: Callable[[], RawData], stamps: list[str] | None = None) -> RawData:
-    """The decoded dataset from the cache when it matches its source; else ``build()`` and store it.
-
-    One cache file per (source path, resize); inside it, a key over the source's files (names,
-    sizes, mtimes: ``stamps``) that must match, or the file is rebuilt rather than trusted.
-    """
-    if stamps is None:
-        stamps = [f"{p}|{p.stat().st_size}|{p.stat().st_mtime_ns}" for p in sorted(source.path.iterdir()) if p.is_file()]
-    key = _source_key(source.path, stamps, cfg.resize)
-    name = hashlib.sha256(f"{source.path}|{cfg.resize}".encode()).hexdigest()[:16]
-    path = cache_root(cfg) / f"{source.kind}-{source.path.name}-{name}.pt"
-    raw = _read_cache(path, key)
-    if raw is None:
-        raw = build()
-        _write_cache(path, key, raw)
-    return raw
-
-
-def _source_key(root: Path, stamps: list[str], resize: bool) -> str:
-    """Hash of the absolute source path, the resize flag and every file's name, size and mtime."""
-    text = "\n".join([f"{CACHE_FORMAT}|{root}|{resize}", *stamps])
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _read_cache(path: Path, key: str) -> RawData | None:
-    """A RawData from ``path`` if it exists, is readable, has ``key`` and consistent shapes."""
-    if not path.is_file():
-        return None
-    try:
-        stored = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file: rebuild it, do not trust it
-        log.warning("ignoring unreadable data cache %s (%s)", path, exc)
-        return None
-    if not isinstance(stored, dict) or stored.get("format") != CACHE_FORMAT or stored.get("key") != key:
-        log.info("data cache %s does not match its source: rebuilding", path)
-        return None
-    try:
-        raw = RawData(**{f.name: stored[f.name] for f in dataclasses.fields(RawData)})
-        raw = dataclasses.replace(raw, classes=tuple(raw.classes))
-    except (KeyError, TypeError):
-        return None
-    return raw if _consistent(raw) else None
-
-
-def _consistent(raw: RawData) -> bool:
-    xs, ys = (raw.train_x, raw.test_x), (raw.train_y, raw.test_y)
-    return (
-        all(x.dtype == torch.uint8 and x.dim() == 4 and x.shape[1] == 3 and x.shape[2:] == xs[0].shape[2:] for x in xs)
-        and all(y.dtype == torch.int64 and y.dim() == 1 for y in ys)
-        and all(len(x) == len(y) for x, y in zip(xs, ys))
-        and all(len(y) == 0 or 0 <= int(y.min()) and int(y.max()) < len(raw.classes) for y in ys)
-    )
-
-
-def _write_cache(path: Path, key: str, raw: RawData) -> None:
-    """Atomic write (temporary file + rename), so a reader never sees half a cache file."""
-    payload = {"format": CACHE_FORMAT, "key": key, **{f.name: getattr(raw, f.name) for f in dataclasses.fields(RawData)}}
-    payload["classes"] = list(raw.classes)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save(payload, handle)
-            os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a cache is not secret
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    except OSError as exc:  # an unwritable cache costs time, not correctness
-        warnings.warn(f"cannot write the data cache {path} ({exc}); images will be decoded again next time", stacklevel=2)
-
-
-# ------------------------------------------------------------------------------------ splitting
-
-def _stratified_take(y: np.ndarray, index: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Take ``n`` of ``index`` (labels ``y``) with per-class counts proportional to the class sizes
-    (largest remainder), each class's picks drawn at random; returns (taken, rest)."""
-    classes, counts = np.unique(y, return_counts=True)
-    quota = _largest_remainder(counts, n)
-    taken, rest = [], []
-    for cls, k in zip(classes, quota):
-        members = index[y == cls]
-        order = rng.permutation(len(members))
-        taken.append(members[order[:k]])
-        rest.append(members[order[k:]])
-    return np.concatenate(taken), np.concatenate(rest)
-
-
-def _largest_remainder(counts: np.ndarray, n: int) -> np.ndarray:
-    """Integer quotas summing to ``n`` proportional to ``counts`` (ties go to the lower class index)."""
-    exact = counts * n / counts.sum()
-    quota = np.floor(exact).astype(np.int64)
-    extra = np.argsort(-(exact - quota), kind="stable")[: n - quota.sum()]
-    quota[extra] += 1
-    return quota

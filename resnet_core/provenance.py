@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from resnet_core.config import RUN_ID_SCHEMA
 from resnet_core.devices import device_name, precision_facts
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -58,7 +59,7 @@ def software_versions() -> dict[str, Any]:
 
 def collect_provenance(run, device: torch.device | None, amp_dtype: torch.dtype | None, data,
                        resumed_from: str | None = None) -> dict[str, Any]:
-    """Provenance of one run: code, software, device, precision and data fingerprint.
+    """Provenance of one run: code, software, device, precision, data fingerprint and class names.
 
     The device is not part of a run's identity (``config.run_id``), yet precision and the random
     streams depend on it; so the record states the device type, the arithmetic (autocast dtype,
@@ -84,8 +85,11 @@ def collect_provenance(run, device: torch.device | None, amp_dtype: torch.dtype 
         "data_name": data_name(run.data.source),
         "data_fingerprint": getattr(data, "fingerprint", None),
         "data_description": getattr(data, "description", None),
+        "data_classes": list(data.classes) if data is not None else None,  # label i is data_classes[i]
+        "data_num_classes": data.num_classes if data is not None else None,
         "train_size": len(data.train_y) if data is not None else None,
         "val_size": len(data.val_y) if data is not None else None,
         "test_size": len(data.test_y) if data is not None else None,
+        "run_id_schema": RUN_ID_SCHEMA,  # how run_id was computed (resnet_core/migrate.py reads it)
         "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }

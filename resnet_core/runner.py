@@ -37,6 +37,7 @@ from resnet_core.config import DataConfig, RunConfig, run_id
 from resnet_core.data import DataBundle, load_data
 from resnet_core.devices import pin_device, resolve_device, share_compile_threads, worker_devices
 from resnet_core.engine import fit
+from resnet_core.migrate import print_migration
 from resnet_core.store import FINAL_STATUSES, RunRecord, claim_run, find_record, runs_dir
 
 BUSY = "busy"  # not an outcome: another process holds the run's claim (train_run's answer, never returned)
@@ -215,6 +216,7 @@ def run_all(
     """
     check_parallelism(workers, workers_per_gpu, threads)
     devices = plan_devices(workers, device, workers_per_gpu)
+    print_migration(results_dir, runs)  # runs stored under an older run-id schema count as done
     done, pending = split_done(runs, results_dir)
     threads = threads or max(1, available_cores() // len(devices))
     outcomes = {o.run_id: o for o in done}

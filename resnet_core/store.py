@@ -75,7 +75,26 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
+def _process_umask() -> int:
+    """The process umask at import, read without changing it where Linux shows it
+    (/proc/self/status, kernel 4.7+); elsewhere set and restored once, here at import, because
+    POSIX has no call that only reads it (a flip per write would race with other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+# New files get the mode a plain open() would give them (0o666 less the umask), read once.
+UMASK = _process_umask()
+
+
+def atomic_write_bytes(path: Path, payload: bytes | memoryview) -> None:
     """Write via a temp file in the same folder, fsync, then rename: a kill never leaves half a file.
 
     An OSError (read-only folder, full disk) names ``path``, not the temp file the user never sees.
@@ -90,7 +109,7 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are meant to be shared
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600; results are meant to be shared
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
@@ -98,12 +117,6 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
 
 
 def atomic_write_text(path: Path, text: str) -> None:

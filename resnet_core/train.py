@@ -21,10 +21,13 @@ from typing import Any
 import torch
 
 from resnet_core.cli import add_flags, check_flags, entry
-from resnet_core.config import RECIPES, DataConfig, RunConfig, apply_overrides, parse_assignments, recipe, run_id, to_dict
+from resnet_core.config import (
+    RECIPES, DataConfig, RunConfig, apply_overrides, default_data_source, parse_assignments, recipe, run_id, to_dict,
+)
 from resnet_core.data import load_data
 from resnet_core.devices import resolve_device
 from resnet_core.engine import fit
+from resnet_core.migrate import print_migration
 from resnet_core.models import resolve_model
 from resnet_core.runner import check_writable
 from resnet_core.store import claim_holder, claim_run, record_path
@@ -85,7 +88,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 def resolve_run_config(args: argparse.Namespace) -> RunConfig:
     """Preset and recipe, then the config file, then the flags, then --set."""
-    run = RunConfig(model=resolve_model(args.model), train=recipe(args.recipe), data=DataConfig())
+    # $RESNET_CORE_DATA is the lowest layer: a config file, --data or --set replace it.
+    run = RunConfig(model=resolve_model(args.model), train=recipe(args.recipe), data=DataConfig(source=default_data_source()))
     if args.config:
         run = apply_overrides(run, read_config_file(args.config))
     flags = {field: getattr(args, name) for name, field in FLAG_FIELDS.items() if getattr(args, name) is not None}
@@ -120,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)  # a command line's own process: the one place this is set
     data = load_data(run.data, resolve_device(run.device))  # bad data: one line, before anything is created
     check_writable(args.results)  # an unwritable folder: one line now, not after an epoch of training
+    print_migration(args.results, [run])  # a record or checkpoint under an older run-id schema: renamed
     with claim_run(args.results, run_id(run)) as claimed:
         if not claimed:
             raise ValueError(f"run {run_id(run)} is being trained by another process "

@@ -104,6 +104,8 @@ seeds = 1
 depth = 8
 batch_size = 32
 eval_batch_size = 100
+[axes]
+residual = [true]
 """
 
 
@@ -112,13 +114,14 @@ def test_a_plain_install_runs_a_study_and_a_grid_from_outside_the_checkout(tmp_p
     """``pip install .`` (not editable) into a fresh virtual environment; the console scripts then run
     a 1-trial study and a 1-cell grid on synthetic data from a folder that is not the checkout."""
     env_dir = tmp_path / "venv"
-    # System site-packages give the venv torch & co. without a download; the project itself comes from
-    # the wheel built here (no build isolation: nothing may be fetched).
-    venv.EnvBuilder(system_site_packages=True, with_pip=True).create(env_dir)
+    # System site-packages give the venv torch & co. without a download; this interpreter's pip and
+    # setuptools build and install the project into it (no build isolation: nothing may be fetched).
+    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
     python = env_dir / "bin" / "python"
     clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RESNET_CORE_DATA")}
-    install = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                              "--no-index", str(REPO)], capture_output=True, text=True, env=clean, timeout=600)
+    install = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
+                              "--no-build-isolation", "--no-index", str(REPO)],
+                             capture_output=True, text=True, env=clean, timeout=600)
     assert install.returncode == 0, install.stderr[-2000:]
     work = tmp_path / "elsewhere"
     work.mkdir()

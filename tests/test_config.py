@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+
 import pytest
 
 from resnet_core.config import (
@@ -10,6 +14,8 @@ from resnet_core.config import (
     RunConfig,
     TrainConfig,
     apply_overrides,
+    default_data_source,
+    identity_settings,
     parse_assignments,
     recipe,
     run_config_from_dict,
@@ -75,11 +81,90 @@ def test_round_trip_and_stable_identity():
                                            data=DataConfig(source="synthetic", cache_dir="/elsewhere"), seed=4))
 
 
-def test_data_source_defaults_to_the_environment(monkeypatch):
+def test_the_environment_is_read_by_default_data_source_not_by_the_dataclass(monkeypatch):
     monkeypatch.setenv("RESNET_CORE_DATA", "/some/dir")
-    assert DataConfig().source == "/some/dir"
-    monkeypatch.delenv("RESNET_CORE_DATA")
     assert DataConfig().source == "cifar10"
+    assert default_data_source() == "/some/dir"
+    monkeypatch.delenv("RESNET_CORE_DATA")
+    assert default_data_source() == "cifar10"
+
+
+# A config touching every section; its id is pinned below. If this test fails, stored runs lose
+# their records: bump config.RUN_ID_SCHEMA and migrate (resnet_core/migrate.py) instead.
+PINNED = RunConfig(model=ModelConfig(depth=56, residual=False), train=recipe("quick"),
+                   data=DataConfig(source="synthetic:2000", subset=1000, val_size=500), seed=1, device="cpu")
+
+
+def test_pinned_run_id():
+    assert run_id(PINNED) == "4c35b20c6418048e"
+    assert run_id(RunConfig(data=DataConfig(source="synthetic"))) == "16671d2ef7692cd6"
+
+
+def test_run_id_hashes_the_schema_the_changed_settings_and_the_data():
+    settings = {"model.depth": 56, "model.residual": False, "train.epochs": 3, "train.nesterov": True,
+                "train.weight_decay": 0.0005, "train.schedule": "onecycle", "data.val_size": 500,
+                "data.subset": 1000, "seed": 1}
+    assert identity_settings(PINNED) == settings  # device, paths and defaults are left out
+    payload = json.dumps({"schema": 2, "settings": settings, "data": "synthetic:2000"}, sort_keys=True,
+                         separators=(",", ":"))
+    assert run_id(PINNED) == hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+# The defaults the hash leaves out. A changed default would give old and new runs one id: change
+# one only with a new RUN_ID_SCHEMA and a migration. (New fields may be added: see the next test.)
+SCHEMA_2_DEFAULTS = {
+    "model.depth": 20, "model.blocks": None, "model.widths": [16, 32, 64], "model.width_multiplier": 1.0,
+    "model.num_classes": None, "model.in_channels": 3, "model.residual": True, "model.shortcut": "A",
+    "model.norm": "batch", "model.preact": False, "model.block": "basic", "model.zero_init_residual": False,
+    "train.epochs": 10, "train.iterations": None, "train.batch_size": 128, "train.optimizer": "sgd", "train.lr": 0.1,
+    "train.momentum": 0.9, "train.nesterov": False, "train.weight_decay": 1e-4, "train.schedule": "step",
+    "train.milestones": [0.5, 0.75], "train.gamma": 0.1, "train.warmup_iterations": 0, "train.warmup_lr": 0.01,
+    "train.warmup_fraction": 0.0, "train.label_smoothing": 0.0, "train.augment": "padcrop_flip",
+    "train.normalize": True, "train.amp": "auto", "train.channels_last": True, "train.compile": False,
+    "train.eval_batch_size": 1000, "data.val_size": 5000, "data.subset": None, "data.split_seed": 0,
+    "data.resize": False, "seed": 0,
+}
+
+
+def test_the_defaults_left_out_of_the_hash_have_not_changed():
+    defaults = to_dict(RunConfig())
+    now = {name: defaults[name.split(".")[0]][name.split(".")[1]] if "." in name else defaults[name]
+           for name in SCHEMA_2_DEFAULTS}
+    assert now == SCHEMA_2_DEFAULTS
+
+
+def with_new_fields():
+    """Variants of the config classes with one new defaulted field each, as a later version may add."""
+    def extend(cls, name, default, **more):
+        extra = [(name, type(default), dataclasses.field(default=default))]
+        extra += [(k, v[0], dataclasses.field(default_factory=v[1])) for k, v in more.items()]
+        return dataclasses.make_dataclass(cls.__name__, extra, bases=(cls,), frozen=True)
+
+    model = extend(ModelConfig, "stem_stride", 1)
+    train = extend(TrainConfig, "grad_clip", 0.0)
+    data = extend(DataConfig, "channels", "rgb")
+    run = extend(RunConfig, "note_level", 0, model=(model, model), train=(train, train), data=(data, data))
+    return model, train, data, run
+
+
+def test_adding_a_field_with_a_default_keeps_every_id():
+    model_cls, train_cls, data_cls, run_cls = with_new_fields()
+    configs = [
+        PINNED,
+        RunConfig(data=DataConfig(source="synthetic")),
+        RunConfig(model=ModelConfig(depth=110, preact=True), train=recipe("paper"),
+                  data=DataConfig(source="cifar10", root="/elsewhere"), seed=3),
+        RunConfig(model=ModelConfig(blocks=(2, 2, 2, 2), widths=(64, 128, 256, 512)), train=recipe("seed"),
+                  data=DataConfig(source="cifar100", subset=5000, split_seed=2), seed=2),
+    ]
+    for run in configs:
+        again = run_cls(
+            model=model_cls(**dataclasses.asdict(run.model)), train=train_cls(**dataclasses.asdict(run.train)),
+            data=data_cls(**dataclasses.asdict(run.data)), seed=run.seed, device=run.device,
+        )
+        assert "grad_clip" in to_dict(again)["train"]
+        assert run_id(again) == run_id(run)
+        assert run_id(dataclasses.replace(again, train=dataclasses.replace(again.train, grad_clip=1.0))) != run_id(run)
 
 
 def test_unknown_recipe_lists_known():

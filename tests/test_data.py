@@ -398,3 +398,43 @@ def test_real_data_second_load_is_a_cache_hit(real_bundle, real_data_dir, monkey
     again = load_data(DataConfig(source=str(real_data_dir), val_size=5000, subset=1000))
     assert again.fingerprint == real_bundle.fingerprint
     assert torch.equal(again.val_x, real_bundle.val_x) and len(again.train_y) == 1000
+
+
+# ------------------------------------------------------------------------------------ identity
+
+def test_one_imagefolder_by_another_path_is_one_run(tmp_path, monkeypatch):
+    from resnet_core.config import RunConfig, run_id
+
+    root = make_imagefolder(tmp_path / "set")
+    (tmp_path / "link").symlink_to(root)
+    copy = make_imagefolder(tmp_path / "copy")  # the same images (PNG is lossless) in another place
+    for src in root.rglob("*.png"):
+        (copy / src.relative_to(root)).write_bytes(src.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    ids = {run_id(RunConfig(data=tiny_cfg(path, tmp_path))) for path in (root, "set", "./link", tmp_path / "link", copy)}
+    assert len(ids) == 1
+    other = make_imagefolder(tmp_path / "other", classes=("cat", "dog"))
+    assert run_id(RunConfig(data=tiny_cfg(other, tmp_path))) not in ids
+    assert run_id(RunConfig(data=tiny_cfg(root, tmp_path, resize=True))) not in ids  # resized pixels are other data
+
+
+def test_data_identity_is_a_name_for_built_in_sources_and_the_content_for_a_directory(tmp_path):
+    assert data.data_identity(DataConfig(source="cifar10", root=str(tmp_path / "nowhere"))) == "cifar10"
+    assert data.data_identity(DataConfig(source="synthetic:300")) == "synthetic:300"
+    root = make_imagefolder(tmp_path / "set")
+    assert data.data_identity(tiny_cfg(root, tmp_path)) == "content:" + load_data(tiny_cfg(root, tmp_path)).fingerprint
+
+
+def test_a_record_names_its_classes_and_their_number(tmp_path):
+    from resnet_core.config import ModelConfig, RunConfig, TrainConfig
+    from resnet_core.engine import fit
+    from resnet_core.store import load_runs
+
+    root = make_imagefolder(tmp_path / "set", classes=("ant", "bee", "wasp"))
+    run = RunConfig(model=ModelConfig(depth=8), train=TrainConfig(epochs=1, batch_size=4, eval_batch_size=8),
+                    data=tiny_cfg(root, tmp_path, val_size=3), device="cpu")
+    record = fit(run, results_dir=tmp_path / "results")
+    assert record.status == "completed"
+    assert record.provenance["data_classes"] == ["ant", "bee", "wasp"] and record.provenance["data_num_classes"] == 3
+    row = load_runs(tmp_path / "results").iloc[0]
+    assert row["provenance.data_classes"] == ("ant", "bee", "wasp") and row["provenance.data_num_classes"] == 3

@@ -62,3 +62,20 @@ def test_a_record_with_the_wrong_shape_is_skipped(tmp_path):
     with pytest.warns(UserWarning, match="config"):
         runs = load_runs(tmp_path)
     assert list(runs["run_id"]) == ["good"] and len(runs.attrs["skipped"]) == 1
+
+
+def test_a_write_leaves_the_process_umask_alone_and_gives_the_usual_mode(tmp_path, monkeypatch):
+    import os
+
+    from resnet_core import store
+
+    current = os.umask(0o022)
+    os.umask(current)
+    assert store.UMASK == current  # read at import, without changing it
+
+    def forbidden(mask):
+        raise AssertionError("a record write changed the process umask")
+
+    monkeypatch.setattr(store.os, "umask", forbidden)
+    path = write_record(tmp_path, make_record())
+    assert path.stat().st_mode & 0o777 == 0o666 & ~current

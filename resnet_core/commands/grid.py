@@ -28,11 +28,12 @@ import time
 from resnet_core import grid as grids
 from resnet_core.budgets import AUTO, GRID_BUDGETS, Budget, resolve_grid_budget
 from resnet_core.cli import add_flags, check_flags, entry
-from resnet_core.config import DataConfig, RunConfig, parse_assignments
+from resnet_core.config import DataConfig, RunConfig, default_data_source, parse_assignments, resolve_field
 from resnet_core.data import load_data
 from resnet_core.devices import resolve_device
 from resnet_core.engine import estimate_seconds, measure_step_rate
 from resnet_core.grid_report import build_grid_report, skipped_warning, write_report
+from resnet_core.migrate import print_migration
 from resnet_core.runner import (
     check_parallelism, check_writable, finished, plan_devices, preload_data, run_all, split_done,
 )
@@ -109,6 +110,13 @@ def fit_subset(args: argparse.Namespace, budget: Budget, why: str, spec: grids.G
 
 def budget_line(budget: Budget, why: str, axis: str | None) -> str:
     return f"budget {budget.name} ({why}): {budget.length_text(axis)}; {budget.note}"
+
+
+def grid_sets_data(spec: grids.GridSpec) -> bool:
+    """Whether the grid file names its data (in [fixed], an axis, a cell or a rule)."""
+    pairs = [*spec.fixed, *spec.axes, *(p for v in spec.variants for p in v.settings),
+             *(p for r in spec.rules for p in r.set)]
+    return any(name not in grids.NAMED_AXES and resolve_field(name) == "data.source" for name, _ in pairs)
 
 
 def build_spec(args: argparse.Namespace) -> grids.GridSpec:
@@ -258,7 +266,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.dask:
         dask_runner().local_workers(args.dask)  # a malformed local:N is a usage error too
     spec = build_spec(args)
+    if args.data is None and not grid_sets_data(spec):
+        args.data = default_data_source()  # $RESNET_CORE_DATA, recorded in every run's config
     budget, why = choose_budget(args, spec)
+    # Records and checkpoints named by an older run-id schema are renamed before anything is counted.
+    print_migration(args.results, (cell.run for cell in grids.iter_cells(spec, overrides(args), budget)))
     axis = length_axis(spec)
     if args.dry_run:  # cells are built one at a time as the plan goes: a huge grid starts printing at once
         total = grids.run_count(spec)

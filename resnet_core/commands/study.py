@@ -31,8 +31,9 @@ import optuna
 from resnet_core import study as st
 from resnet_core.budgets import STUDY_BUDGETS, resolve_study_budget
 from resnet_core.cli import UsageError, add_flags, check_flags, check_positive_seconds, entry
-from resnet_core.config import parse_assignments
+from resnet_core.config import default_data_source, parse_assignments
 from resnet_core.devices import resolve_device, worker_devices
+from resnet_core.migrate import print_migration
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,12 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _check_numbers(args)
+    print_migration(args.results)  # records named by an older run-id schema: renamed, so trials find them
     devices = worker_devices(args.workers, args.device, args.workers_per_gpu)
     single = len(devices) == 1
     data_device = _data_device(devices[0]) if single else "cpu"  # several workers: each loads its own copy
     budget, why = resolve_study_budget(args.budget, resolve_device(devices[0]).type)
     setup, data = st.plan(
-        space=args.space, model=args.model, budget_name=budget.name, epochs=args.epochs, data=args.data,
+        space=args.space, model=args.model, budget_name=budget.name, epochs=args.epochs,
+        data=args.data or default_data_source(),
         subset=args.subset, val_size=args.val_size, seed=args.seed or 0, overrides=parse_assignments(args.set),
         sampler=args.sampler, pruner=args.pruner, storage=args.storage, study_name=args.study_name,
         results=args.results, stale_after=args.stale_after, compare=args.compare, data_device=data_device,
