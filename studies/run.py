@@ -73,20 +73,24 @@ def main(argv: list[str] | None = None) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
+    import optuna
+
     from resnet_core import study as st
     from resnet_core.devices import worker_devices
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # the CLI's choice: failed trials are reported in one line
 
     args = build_parser().parse_args(argv)
     _check_numbers(args)
     devices = worker_devices(args.workers, args.device, args.workers_per_gpu)
     single = len(devices) == 1
     data_device = _data_device(devices[0]) if single else "cpu"  # several workers: each loads its own copy
-    setup, data = st.plan(
-        space=args.space, model=args.model, budget_name=args.budget, epochs=args.epochs, data=args.data,
-        subset=args.subset, val_size=args.val_size, seed=args.seed, overrides=parse_assignments(args.set),
+    setup, data = st.plan(st.StudyRequest(
+        space=args.space, model=args.model, budget=args.budget, epochs=args.epochs, data=args.data,
+        subset=args.subset, val_size=args.val_size, seed=args.seed, overrides=tuple(parse_assignments(args.set).items()),
         sampler=args.sampler, pruner=args.pruner, storage=args.storage, study_name=args.study_name,
         results=args.results, stale_after=args.stale_after, compare=args.compare, data_device=data_device,
-    )
+    ))
     specs = st.compare_specs(setup.spec, args.compare, _values(args.compare_values)) if args.compare else [setup.spec]
     targets = [_target(args, st.current_counts(s)["finished"]) for s in specs]
     _print_plan(st, setup, specs, targets, devices, args)

@@ -19,7 +19,8 @@ from optuna.trial import TrialState
 
 from resnet_core import study as st
 from resnet_core.cli import run_cli
-from resnet_core.store import RunRecord, find_record, load_runs
+from resnet_core.store import RunRecord, checkpoint_path, find_record, load_runs
+from study_helpers import fake_error, fake_fit, hanging_fit, tiny_request
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "studies"))
@@ -168,15 +169,15 @@ def test_pruned_trials_stop_early_and_are_counted(tmp_path, space, monkeypatch):
     for trial in study.trials:
         record = find_record(tmp_path, trial.user_attrs["run_id"])
         assert record.status == "stopped" and len(record.history) == 1  # epoch 1 of 3, no more
-        assert not st.checkpoint_path(tmp_path, record.run_id).exists()  # a pruned run is not resumed
+        assert not checkpoint_path(tmp_path, record.run_id).exists()  # a pruned run is not resumed
     report = (tmp_path / "studies" / "tiny" / "report.md").read_text()
     assert "2 trials pruned, 4 of 6 epochs not trained" in report
 
 
-def test_failed_and_diverged_trials_do_not_stop_the_study(tmp_path, space, monkeypatch):
-    import resnet_core.engine as engine
+def test_failed_and_diverged_trials_do_not_stop_the_study(tmp_path, space):
+    from resnet_core.engine import fit
 
-    real_fit, calls = engine.fit, []
+    calls = []
 
     def flaky_fit(run, callbacks=(), results_dir="results", data=None, progress=False):
         calls.append(run)
@@ -184,10 +185,12 @@ def test_failed_and_diverged_trials_do_not_stop_the_study(tmp_path, space, monke
             return RunRecord(run_id="x", status="diverged", config={}, error="training loss became nan at iteration 3")
         if len(calls) == 2:
             return RunRecord(run_id="y", status="failed", config={}, error="OutOfMemoryError: CUDA out of memory")
-        return real_fit(run, callbacks, results_dir, data, progress)
+        return fit(run, callbacks, results_dir, data, progress)
 
-    monkeypatch.setattr(engine, "fit", flaky_fit)
-    assert run_driver.main(tiny_args(tmp_path, space, "--trials", "2")) == 0
+    setup, data = st.plan(tiny_request(tmp_path, space))
+    counts = st.run_study(setup.spec, 2, ["cpu"], data=data, progress=False, threads=1, fit=flaky_fit)
+    assert counts["finished"] == 2 and counts["failed"] == 2
+    st.write_reports("tiny", setup.spec.storage, str(tmp_path), figures=False)
     study = load(tmp_path)
     assert states(study) == ["FAIL", "FAIL", "COMPLETE", "COMPLETE"]
     assert "diverged: training loss became nan" in study.trials[0].user_attrs["fail_reason"]
@@ -195,23 +198,20 @@ def test_failed_and_diverged_trials_do_not_stop_the_study(tmp_path, space, monke
     assert "CUDA out of memory" in (tmp_path / "studies" / "tiny" / "report.md").read_text()
 
 
+# The study tiny_args asks for, run with a fit that hangs after epoch 1 (tests/study_helpers.py).
 HANGING_WORKER = """
-import sys, time
-import resnet_core.engine as engine
-real_fit = engine.fit
-def hanging_fit(run, callbacks=(), **kw):  # trains epoch 1, reports it, then hangs until killed
-    return real_fit(run, list(callbacks) + [lambda m: time.sleep(600)], **kw)
-engine.fit = hanging_fit
-sys.path.insert(0, {studies!r})
-import run
-sys.exit(run.main({args!r}))
+from pathlib import Path
+from resnet_core import study as st
+from study_helpers import hanging_fit, tiny_request
+setup, data = st.plan(tiny_request(Path({results!r}), Path({space!r})))
+st.run_study(setup.spec, 2, ["cpu"], data=data, progress=False, threads=1, fit=hanging_fit)
 """
 
 
 def test_worker_killed_with_sigkill_is_recovered_and_the_study_completes(tmp_path, space):
     args = tiny_args(tmp_path, space, "--trials", "2")
-    script = HANGING_WORKER.format(studies=str(REPO / "studies"), args=args)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    script = HANGING_WORKER.format(results=str(tmp_path), space=str(space))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     try:
@@ -313,8 +313,7 @@ def test_a_study_worker_pins_its_gpu(tmp_path, space, monkeypatch):
     pinned = []
     monkeypatch.setattr(devices.torch.cuda, "set_device", pinned.append)
     monkeypatch.delenv("TORCHINDUCTOR_COMPILE_THREADS", raising=False)
-    setup, _ = st.plan(space=str(space), data="synthetic:300", subset=200, val_size=100, epochs=1,
-                       results=str(tmp_path), study_name="tiny")
+    setup, _ = st.plan(tiny_request(tmp_path, space, epochs=1))
     st.create_study(setup.spec)
     threads = torch.get_num_threads()
     try:
