@@ -40,8 +40,9 @@ from distributed import Client, Event, Future, KilledWorker, LocalCluster, Worke
 
 from resnet_core.config import RunConfig, run_id
 from resnet_core.devices import available_cpus, pin_device, resolve_device, share_compile_threads, worker_devices
-from resnet_core.engine import fit, make_budget
+from resnet_core.engine import fit
 from resnet_core.runner import Outcome, outcome_of, progress_bar, split_done, tally, worker_data
+from resnet_core.schedules import make_budget
 from resnet_core.store import (
     FINAL_STATUSES,
     RunRecord,

@@ -1,6 +1,6 @@
 """Train many run configs in parallel worker processes, skipping the ones already finished.
 
-Run records are the source of truth (DESIGN.md, result store): a run whose record says
+Run records are the source of truth (docs/DESIGN.md, result store): a run whose record says
 ``completed`` or ``diverged`` is not trained again, so an interrupted grid resumes where it
 stopped, and a run cut off mid-way resumes from its checkpoint inside :func:`fit`.
 

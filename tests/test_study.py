@@ -372,3 +372,32 @@ def test_samplers_are_seeded_per_worker_and_on_resume():
             st.make_sampler("cmaes", 0)
     pruner = st.make_pruner("median", 12)
     assert isinstance(pruner, optuna.pruners.MedianPruner) and pruner._n_warmup_steps == 3
+
+
+# ---------------------------------------------------------------------------- injected fit
+
+
+def test_the_objective_trains_through_an_injected_fit_and_leaves_globals_alone(tmp_path, space):
+    import torch
+
+    setup, data = st.plan(tiny_request(tmp_path, space))
+    optuna.logging.set_verbosity(optuna.logging.INFO)
+    threads = torch.get_num_threads()
+    counts = st.run_study(setup.spec, 3, ["cpu"], data=data, progress=False, fit=fake_fit)
+    timing = st.estimate(setup.spec, setup.train_size, setup.eval_size, "cpu", 3, 1, threads=threads + 1)
+    assert optuna.logging.get_verbosity() == optuna.logging.INFO  # only a CLI or a worker's entry sets it
+    assert torch.get_num_threads() == threads and timing["per_trial_s"] > 0
+    assert counts["complete"] == 3
+    for trial in load(tmp_path).trials:  # the fake's values, epoch by epoch: nothing was trained
+        assert trial.value == pytest.approx(fake_error(trial.params["lr"]))
+        assert sorted(trial.intermediate_values) == [1, 2]
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+
+
+def test_spawned_workers_get_the_injected_fit(tmp_path, space):
+    setup, _ = st.plan(tiny_request(tmp_path, space))
+    counts = st.run_study(setup.spec, 2, ["cpu", "cpu"], progress=False, threads=1, fit=fake_fit)
+    assert counts["failed"] == 0 and 2 <= counts["complete"] <= 3  # two workers may each start the last trial
+    study = load(tmp_path)
+    assert all(t.value == pytest.approx(fake_error(t.params["lr"])) for t in study.trials)
+    assert os.getpid() not in {t.user_attrs["pid"] for t in study.trials}  # trained in the spawned workers

@@ -16,7 +16,7 @@ from resnet_core.config import DataConfig, run_id
 from resnet_core.data import load_data
 from resnet_core.devices import resolve_device
 from resnet_core.engine import fit as engine_fit
-from resnet_core.engine import make_budget
+from resnet_core.schedules import make_budget
 from resnet_core.store import checkpoint_path
 from resnet_core.study.common import TrialFailed
 from resnet_core.study.spec import StudySpec, trial_config

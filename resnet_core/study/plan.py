@@ -13,8 +13,9 @@ import torch
 
 from resnet_core.config import apply_overrides, resolve_field
 from resnet_core.data import load_data
-from resnet_core.engine import estimate_seconds, make_budget, measure_step_rate
+from resnet_core.engine import estimate_seconds, measure_step_rate
 from resnet_core.runner import check_writable
+from resnet_core.schedules import make_budget
 from resnet_core.store import check_name
 from resnet_core.study.search import counts, describe_pruner, describe_sampler, make_pruner, make_sampler
 from resnet_core.study.space import SPACES_DIR, read_space, validate_space
