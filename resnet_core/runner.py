@@ -166,10 +166,13 @@ def check_writable(folder: str | Path, what: str = "results directory") -> Path:
         target.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=target, prefix=".probe.", suffix=".tmp"):
             pass
+    except FileExistsError:  # a regular file holds the folder's name
+        reason, where = "Not a directory", target
     except OSError as exc:
-        raise ValueError(f"{what} {str(folder)!r} is not writable: "
-                         f"{exc.strerror or type(exc).__name__} ({exc.filename or target})") from None
-    return target.resolve()
+        reason, where = exc.strerror or type(exc).__name__, exc.filename or target
+    else:
+        return target.resolve()
+    raise ValueError(f"{what} {str(folder)!r} is not writable: {reason} ({where})")
 
 
 def preload_data(runs: Sequence[RunConfig]) -> dict[DataConfig, DataBundle]:

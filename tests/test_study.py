@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 from resnet_core import study as st
 from resnet_core.cli import run_cli
 from resnet_core.store import RunRecord, checkpoint_path, find_record, load_runs
-from study_helpers import fake_error, fake_fit, hanging_fit, tiny_request
+from study_helpers import fake_error, fake_fit, tiny_request
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "studies"))
