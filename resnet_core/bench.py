@@ -29,22 +29,18 @@ import torch.nn.functional as F
 
 from resnet_core.cli import run_cli
 from resnet_core.config import DataConfig, RunConfig, TrainConfig
-from resnet_core.devices import device_name, needs_grad_scaler, resolve_amp, resolve_device
-from resnet_core.engine import Budget, _random_bundle, make_trainer, train_one_epoch
+from resnet_core.devices import device_name, needs_grad_scaler, resolve_amp, resolve_device, sync
+from resnet_core.engine import _random_bundle, make_trainer, train_one_epoch
 from resnet_core.models import build_model, resolve_model
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from resnet_core.schedules import Budget
 
 
 def _rate(run_steps: Callable[[int], None], steps: int, batch: int, device: torch.device) -> float:
     """Images/s of ``run_steps(steps)`` (after the caller's warm-up)."""
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     run_steps(steps)
-    _sync(device)
+    sync(device)
     return steps * batch / (time.perf_counter() - start)
 
 

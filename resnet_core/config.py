@@ -532,3 +532,9 @@ def recipe(name: str) -> TrainConfig:
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}: expected one of {', '.join(RECIPES)}")
     return RECIPES[name]
+
+
+def get_field(run: RunConfig, dotted: str) -> Any:
+    """``run``'s value of a field by its dotted path (``model.depth`` -> 20, ``seed`` -> 0)."""
+    section, _, name = dotted.rpartition(".")
+    return getattr(getattr(run, section) if section else run, name)

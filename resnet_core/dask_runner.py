@@ -39,9 +39,10 @@ import torch
 from distributed import Client, Event, Future, KilledWorker, LocalCluster, WorkerPlugin, as_completed, get_worker
 
 from resnet_core.config import RunConfig, run_id
-from resnet_core.devices import pin_device, resolve_device, share_compile_threads, worker_devices
-from resnet_core.engine import fit, make_budget
-from resnet_core.runner import Outcome, available_cores, outcome_of, progress_bar, split_done, tally, worker_data
+from resnet_core.devices import available_cpus, pin_device, resolve_device, share_compile_threads, worker_devices
+from resnet_core.engine import fit
+from resnet_core.runner import Outcome, outcome_of, progress_bar, split_done, tally, worker_data
+from resnet_core.schedules import make_budget
 from resnet_core.store import (
     FINAL_STATUSES,
     RunRecord,
@@ -165,7 +166,7 @@ def _host(address: str) -> str:
 
 def _slots(dask_worker) -> tuple[str, int, int]:
     """(host, cores, task slots) of one worker process (runs there via ``client.run``)."""
-    return _host(dask_worker.address), available_cores(), dask_worker.state.nthreads
+    return _host(dask_worker.address), available_cpus(), dask_worker.state.nthreads
 
 
 def threads_by_host(client: Client) -> dict[str, int]:
@@ -183,7 +184,7 @@ def _task_threads(plan: Threads, worker) -> int:
     """This run's thread count; a worker that joined after the plan shares its own cores."""
     if isinstance(plan, int):
         return plan
-    return plan.get(_host(worker.address)) or max(1, available_cores() // worker.state.nthreads)
+    return plan.get(_host(worker.address)) or max(1, available_cpus() // worker.state.nthreads)
 
 
 # ------------------------------------------------------------------------------ the worker

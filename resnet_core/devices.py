@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import platform
 import sys
 from typing import Any
 
@@ -35,6 +36,21 @@ def pin_device(device: torch.device) -> None:
     """
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously): a timer read after this
+    measures the work, not its launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def available_cpus() -> int:
+    """Cores this process may run on: its CPU affinity (a SLURM job's or taskset's share), not the
+    whole machine's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 # ------------------------------------------------------------------------------- precision
@@ -149,9 +165,7 @@ def device_name(device: torch.device) -> str:
     """Human-readable name of the device for provenance ("NVIDIA H200", "cpu (x86_64, 2 cores)")."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    import platform
-
-    return f"cpu ({platform.machine()}, {os.cpu_count()} cores)"
+    return f"cpu ({platform.machine()}, {available_cpus()} cores)"
 
 
 # --------------------------------------------------------------------------------- workers

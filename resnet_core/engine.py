@@ -1,6 +1,6 @@
 """fit(): train one RunConfig and return its RunRecord. Knows nothing of Optuna or grids.
 
-One path (DESIGN.md): config -> build_model / load_data -> fit -> RunRecord -> result store.
+One path (docs/DESIGN.md): config -> build_model / load_data -> fit -> RunRecord -> result store.
 Data stay on the training device as uint8 tensors; each step indexes a batch, augments it on the
 device, and runs the model under the configured precision and memory format.
 """
@@ -10,29 +10,27 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import io
 import math
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from resnet_core import augment as augment_module
-from resnet_core.config import RunConfig, TrainConfig, run_id, to_dict
+from resnet_core.checkpoints import load_checkpoint, save_checkpoint
+from resnet_core.config import RunConfig, run_id, to_dict
 from resnet_core.data import DataBundle, load_data
-from resnet_core.devices import configure_backends, needs_grad_scaler, resolve_amp, resolve_device
+from resnet_core.devices import configure_backends, needs_grad_scaler, resolve_amp, resolve_device, sync
 from resnet_core.models import build_model, count_macs, count_parameters, stage_parameters
 from resnet_core.provenance import collect_provenance
+from resnet_core.schedules import Budget, build_optimizer, lr_at, make_budget, set_lr
 from resnet_core.store import (
     FINAL_STATUSES,
     RunRecord,
-    atomic_write_bytes,
     checkpoint_path,
     find_record,
     write_record,
@@ -47,95 +45,6 @@ GRAD_NORM_EVERY = 10
 
 class Diverged(RuntimeError):
     """The training loss became NaN or infinite: a result (status "diverged"), not a crash."""
-
-
-# ------------------------------------------------------------------------------ optimisation
-
-def _sgd(params, cfg: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-                           weight_decay=cfg.weight_decay)
-
-
-def _adam(params, cfg: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def _adamw(params, cfg: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-OPTIMIZERS = {"sgd": _sgd, "adam": _adam, "adamw": _adamw}
-
-
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    return OPTIMIZERS[cfg.optimizer](model.parameters(), cfg)
-
-
-def _step_factor(progress: float, cfg: TrainConfig) -> float:
-    return cfg.gamma ** sum(progress >= m for m in cfg.milestones)
-
-
-def _cosine_factor(progress: float, cfg: TrainConfig) -> float:
-    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def _onecycle_factor(progress: float, cfg: TrainConfig) -> float:
-    # Smith & Topin 2017: rise from lr/25 to lr over the first 30%, then cosine down to ~lr/1e4.
-    rise = 0.3
-    if progress < rise:
-        return 1 / 25 + (1 - 1 / 25) * progress / rise
-    return 1e-4 + (1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * min((progress - rise) / (1 - rise), 1.0)))
-
-
-def _constant_factor(progress: float, cfg: TrainConfig) -> float:
-    return 1.0
-
-
-SCHEDULES = {"step": _step_factor, "cosine": _cosine_factor, "onecycle": _onecycle_factor, "constant": _constant_factor}
-
-
-def lr_at(iteration: int, total_iterations: int, cfg: TrainConfig) -> float:
-    """Learning rate of step ``iteration`` (0-based) of ``total_iterations``.
-
-    ``warmup_iterations`` is the paper's warm-up, not a ramp: "we use 0.01 to warm up the training
-    until the training error is below 80% (about 400 iterations), and then go back to 0.1" (He et
-    al. 2015 §4.2). ``warmup_fraction`` is the gradual warm-up of Goyal et al. 2017 §2.2: the
-    schedule's lr scaled by (i + 1) / W over the first W = fraction x total iterations.
-    """
-    if iteration < cfg.warmup_iterations:
-        return cfg.warmup_lr
-    lr = cfg.lr * SCHEDULES[cfg.schedule](iteration / total_iterations, cfg)
-    ramp = warmup_length(cfg, total_iterations)
-    return lr * (iteration + 1) / ramp if iteration < ramp else lr
-
-
-def warmup_length(cfg: TrainConfig, total_iterations: int) -> int:
-    """Iterations of the gradual warm-up (``warmup_fraction`` of the run, at least 1 when set)."""
-    return max(1, round(cfg.warmup_fraction * total_iterations)) if cfg.warmup_fraction else 0
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-
-
-# -------------------------------------------------------------------------------- the budget
-
-@dataclass(frozen=True)
-class Budget:
-    steps_per_epoch: int
-    total_iterations: int
-    epochs: int
-
-
-def make_budget(cfg: TrainConfig, train_size: int) -> Budget:
-    """Steps per epoch drop the last partial batch (a 1-image batch would upset BatchNorm)."""
-    if train_size < 1:
-        raise ValueError("the training split is empty: lower val_size or raise subset")
-    steps = max(1, train_size // cfg.batch_size)
-    if cfg.iterations is not None:
-        return Budget(steps, cfg.iterations, math.ceil(cfg.iterations / steps))
-    return Budget(steps, cfg.epochs * steps, cfg.epochs)
 
 
 # ---------------------------------------------------------------------------- training state
@@ -340,105 +249,10 @@ def run_epoch(trainer: Trainer, bar=None) -> dict[str, Any]:
     return metrics
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-def _rng_state(trainer: Trainer) -> dict[str, Any]:
-    """The RNG states (CPU byte tensors, as ``get_state`` returns them) and the device type whose
-    generator wrote them: generator states of different device types are not interchangeable."""
-    state: dict[str, Any] = {"device_type": trainer.device.type, "torch": torch.get_rng_state(),
-                             "generator": trainer.generator.get_state()}
-    if trainer.device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(trainer.device)
-    return state
-
-
-def save_checkpoint(trainer: Trainer, path: Path) -> None:
-    """Model, optimizer, RNG states, iteration and history after an epoch, written atomically."""
-    buffer = io.BytesIO()
-    torch.save(
-        {
-            "run_id": run_id(trainer.run),
-            "iteration": trainer.iteration,
-            "history": trainer.history,
-            "model": trainer.model.state_dict(),
-            "optimizer": trainer.optimizer.state_dict(),
-            "rng": _rng_state(trainer),
-            "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None,
-        },
-        buffer,
-    )
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def load_checkpoint(trainer: Trainer, path: Path) -> bool:
-    """Restore a checkpoint (``weights_only=True``); a corrupt or foreign one is ignored with a warning.
-
-    Everything is loaded onto the CPU, whichever device wrote it: ``load_state_dict`` copies
-    weights and optimizer state onto the parameters' device, and ``Generator.set_state`` takes
-    only CPU byte tensors (loading onto a GPU made every CUDA resume fail with "RNG state must be
-    a torch.ByteTensor").
-    """
-    if not path.exists():
-        return False
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("run_id") != run_id(trainer.run):
-            raise ValueError("it belongs to another run")
-        trainer.model.load_state_dict(state["model"])
-        trainer.optimizer.load_state_dict(state["optimizer"])
-        if trainer.scaler is not None and state.get("scaler"):
-            trainer.scaler.load_state_dict(state["scaler"])
-        trainer.iteration = int(state["iteration"])
-        trainer.history = list(state["history"])
-        _restore_rng(trainer, state["rng"])
-    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint means "start again"
-        warnings.warn(f"checkpoint {path} is unusable ({exc}); training this run from scratch", stacklevel=2)
-        return False
-    return True
-
-
-def _restore_rng(trainer: Trainer, rng: dict[str, Any]) -> None:
-    """Continue the checkpoint's random streams, or reseed when it comes from another device type.
-
-    A generator's state is device-specific (a CPU Mersenne Twister state is 5056 bytes, a CUDA
-    Philox state 16) and ``set_state`` rejects the other kind. A run resumed on another device
-    type (a Dask rerun elsewhere, a CPU checkpoint on a GPU) keeps its weights and goes on with a
-    generator reseeded from (seed, iteration): reproducible, but its later shuffles and crops
-    differ from an uninterrupted run's, so it says so (a warning, and ``resumed_from_device``
-    in the record's provenance).
-    """
-    torch.set_rng_state(rng["torch"].cpu())  # the CPU default generator: the same on every machine
-    saved, here = _rng_device_type(trainer, rng), trainer.device.type
-    if saved != here:
-        trainer.generator.manual_seed(resume_seed(trainer.run.seed, trainer.iteration))
-        trainer.resumed_from = saved
-        warnings.warn(f"the checkpoint's RNG state comes from a {saved} device and this run resumes on a {here} "
-                      f"device: generator states differ between device types, so the generator is reseeded "
-                      f"from (seed, iteration {trainer.iteration}); the remaining shuffles and crops differ from "
-                      "an uninterrupted run", stacklevel=3)
-        return
-    trainer.generator.set_state(rng["generator"].cpu())
-    if here == "cuda" and "cuda" in rng:
-        torch.cuda.set_rng_state(rng["cuda"].cpu(), trainer.device)
-
-
-def _rng_device_type(trainer: Trainer, rng: dict[str, Any]) -> str:
-    """The device type that wrote ``rng``; checkpoints from before it was stored tell by the size."""
-    if "device_type" in rng:
-        return str(rng["device_type"])
-    fits = rng["generator"].numel() == trainer.generator.get_state().numel()
-    return trainer.device.type if fits else "different"
-
-
-def resume_seed(seed: int, iteration: int) -> int:
-    """The generator seed of a run resumed at ``iteration`` on another device type."""
-    return int(np.random.SeedSequence([seed, iteration]).generate_state(1)[0])
-
-
 # ------------------------------------------------------------------------------------ fit
 
 def _final_metrics(history: list[dict[str, Any]], trainer: Trainer | None) -> dict[str, Any]:
-    """Final-epoch numbers (DESIGN.md: report the final epoch, not the best)."""
+    """Final-epoch numbers (docs/DESIGN.md: report the final epoch, not the best)."""
     if not history:
         return {}
     last = history[-1]
@@ -606,11 +420,11 @@ def _timed_steps(run: RunConfig, steps: int, warmup: int) -> float:
     trainer.step_model.train()
     for i in range(warmup):
         train_step(trainer, data.train_x[i * batch:(i + 1) * batch], data.train_y[i * batch:(i + 1) * batch])
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     for i in range(warmup, warmup + steps):
         train_step(trainer, data.train_x[i * batch:(i + 1) * batch], data.train_y[i * batch:(i + 1) * batch])
-    _sync(device)
+    sync(device)
     return steps * batch / (time.perf_counter() - start)
 
 
@@ -622,11 +436,6 @@ def _random_bundle(images: torch.Tensor, labels: torch.Tensor, num_classes: int)
         classes=tuple(str(i) for i in range(num_classes)), mean=(0.5,) * channels, std=(0.25,) * channels,
         fingerprint="random", description="random tensors",
     )
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def estimate_seconds(run: RunConfig, images_per_s: float, train_size: int, eval_size: int = 15000) -> float:

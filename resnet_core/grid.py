@@ -33,7 +33,7 @@ File format (all keys optional except ``axes`` or ``cells``; see resnet_core/gri
     match = { depth = 110 }
     set = { warmup_iterations = 400 }
 
-Layering of one run (DESIGN.md, style example 4): model preset and recipe (base, then the cell's,
+Layering of one run (docs/DESIGN.md, style example 4): model preset and recipe (base, then the cell's,
 then the axes'), then the budget (length, subset, the schedule every cell shares: resnet_core/budgets.py),
 ``fixed``, the cell's settings, the axis values (so an ``epochs`` axis scans the length), ``when``
 rules, the budget's own rules, and last the command-line overrides (data, device).
@@ -55,7 +55,8 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from resnet_core.budgets import Budget
 from resnet_core.config import (
-    SECTIONS, RunConfig, apply_overrides, canonical_name, canonical_settings, coerce, recipe, resolve_field, run_id,
+    SECTIONS, RunConfig, apply_overrides, canonical_name, canonical_settings, coerce, get_field, recipe, resolve_field,
+    run_id,
 )
 from resnet_core.models import resolve_model
 from resnet_core.store import atomic_write_text, check_name
@@ -313,13 +314,6 @@ def _int(value: Any, name: str) -> int:
 
 # ------------------------------------------------------------------------------- expansion
 
-def _get(run: RunConfig, dotted: str) -> Any:
-    target: Any = run
-    for part in dotted.split("."):
-        target = getattr(target, part)
-    return target
-
-
 def _base_run(model: str, recipe_name: str) -> RunConfig:
     return RunConfig(model=resolve_model(model), train=recipe(recipe_name))
 
@@ -336,7 +330,7 @@ def _annotation(dotted: str) -> Any:
 
 
 def _matches(run: RunConfig, match: Pairs) -> bool:
-    return all(_get(run, resolve_field(name)) == coerce_field(name, value) for name, value in match)
+    return all(get_field(run, resolve_field(name)) == coerce_field(name, value) for name, value in match)
 
 
 def _budget_rules(budget: Budget | None) -> tuple[Rule, ...]:
@@ -365,7 +359,7 @@ def _cell_key(spec: GridSpec, variant: Variant | None, point: Pairs, run: RunCon
     """Axis values as the config holds them (coerced: "56" -> 56), presets and recipes by name."""
     key = [("variant", variant.name)] if variant is not None else []
     for name, value in point:
-        key.append((name, value if name in NAMED_AXES else _get(run, resolve_field(name))))
+        key.append((name, value if name in NAMED_AXES else get_field(run, resolve_field(name))))
     return tuple(key)
 
 

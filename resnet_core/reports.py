@@ -158,10 +158,15 @@ def _plain(value: Any) -> str:
     return str(value)
 
 
-def markdown_table(frame: pd.DataFrame) -> str:
-    """A GitHub markdown table (pandas' to_markdown needs ``tabulate``, which we do not depend on)."""
+def markdown_table(frame: pd.DataFrame, floatfmt: str | None = None) -> str:
+    """A GitHub markdown table (pandas' to_markdown needs ``tabulate``, which we do not depend on).
+
+    ``floatfmt`` (a format spec such as ``".2f"``) formats every float; without it a float prints as
+    it is, a whole one as an integer. Bools print as ``true``/``false``, as ``--set`` takes them.
+    """
     def cell(value: Any) -> str:
-        return _plain(value).replace("|", "\\|").replace("\n", " ")
+        text = format(value, floatfmt) if floatfmt and isinstance(value, float) and not math.isnan(value) else None
+        return (text or _plain(value)).replace("|", "\\|").replace("\n", " ")
 
     lines = ["| " + " | ".join(cell(c) for c in frame.columns) + " |", "|" + "---|" * len(frame.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]

@@ -1,6 +1,6 @@
 """Train many run configs in parallel worker processes, skipping the ones already finished.
 
-Run records are the source of truth (DESIGN.md, result store): a run whose record says
+Run records are the source of truth (docs/DESIGN.md, result store): a run whose record says
 ``completed`` or ``diverged`` is not trained again, so an interrupted grid resumes where it
 stopped, and a run cut off mid-way resumes from its checkpoint inside :func:`fit`.
 
@@ -22,7 +22,6 @@ import contextlib
 import dataclasses
 import fcntl
 import functools
-import os
 import sys
 import tempfile
 import time
@@ -35,10 +34,10 @@ from joblib import Parallel, delayed
 
 from resnet_core.config import DataConfig, RunConfig, run_id
 from resnet_core.data import DataBundle, load_data
-from resnet_core.devices import pin_device, resolve_device, share_compile_threads, worker_devices
+from resnet_core.devices import available_cpus, pin_device, resolve_device, share_compile_threads, worker_devices
 from resnet_core.engine import fit
 from resnet_core.migrate import print_migration
-from resnet_core.store import FINAL_STATUSES, RunRecord, claim_run, find_record, runs_dir
+from resnet_core.store import FINAL_STATUSES, RunRecord, claim_run, find_record
 
 BUSY = "busy"  # not an outcome: another process holds the run's claim (train_run's answer, never returned)
 CLAIM_POLL_S = 2.0  # seconds between looks at runs another driver is training
@@ -86,14 +85,6 @@ def split_done(runs: Sequence[RunConfig], results_dir: str | Path) -> tuple[list
 
 
 # ------------------------------------------------------------------------------ the workers
-
-def available_cores() -> int:
-    """Cores this process may run on: its CPU affinity (a SLURM job's or taskset's share), not the
-    whole machine's count."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
 
 @functools.lru_cache(maxsize=1)
 def worker_data(cfg: DataConfig, device: str) -> DataBundle:
@@ -168,18 +159,21 @@ def plan_devices(workers: int, device: str = "auto", workers_per_gpu: int = 1) -
     return tuple(worker_devices(workers, device, workers_per_gpu))
 
 
-def check_writable(results_dir: str | Path) -> Path:
-    """Create ``results_dir/runs`` and write a probe file there: an unwritable place is one line now,
-    not a crash after the first run has trained. Returns the absolute results directory."""
-    target = runs_dir(results_dir)
+def check_writable(folder: str | Path, what: str = "results directory") -> Path:
+    """Create ``folder`` and write a probe file there: an unwritable place is one line now, not a
+    crash after the first run has trained. Returns the absolute folder."""
+    target = Path(folder)
     try:
         target.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=target, prefix=".probe.", suffix=".tmp"):
             pass
+    except FileExistsError:  # a regular file holds the folder's name
+        reason, where = "Not a directory", target
     except OSError as exc:
-        raise ValueError(f"results directory {str(results_dir)!r} is not writable: "
-                         f"{exc.strerror or type(exc).__name__} ({exc.filename or target})") from None
-    return Path(results_dir).resolve()
+        reason, where = exc.strerror or type(exc).__name__, exc.filename or target
+    else:
+        return target.resolve()
+    raise ValueError(f"{what} {str(folder)!r} is not writable: {reason} ({where})")
 
 
 def preload_data(runs: Sequence[RunConfig]) -> dict[DataConfig, DataBundle]:
@@ -218,7 +212,7 @@ def run_all(
     devices = plan_devices(workers, device, workers_per_gpu)
     print_migration(results_dir, runs)  # runs stored under an older run-id schema count as done
     done, pending = split_done(runs, results_dir)
-    threads = threads or max(1, available_cores() // len(devices))
+    threads = threads or max(1, available_cpus() // len(devices))
     outcomes = {o.run_id: o for o in done}
     # An absolute path: worker processes need not share the caller's working directory.
     where = str(Path(results_dir).resolve())

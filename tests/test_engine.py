@@ -9,10 +9,11 @@ import math
 import pytest
 import torch
 
-from resnet_core import engine
+from resnet_core import checkpoints, engine
 from resnet_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig, recipe, run_id
 from resnet_core.data import load_data
-from resnet_core.engine import fit, lr_at, make_budget
+from resnet_core.engine import fit
+from resnet_core.schedules import Budget, lr_at, make_budget
 from resnet_core.store import checkpoint_path, load_histories, load_runs, read_record, record_path
 
 TINY_MODEL = ModelConfig(depth=8)
@@ -173,7 +174,7 @@ def test_schedules_stay_positive_and_peak_at_lr(schedule):
 
 
 def test_budget_drops_the_last_partial_batch():
-    assert make_budget(TrainConfig(epochs=2, batch_size=128), 1000) == engine.Budget(7, 14, 2)
+    assert make_budget(TrainConfig(epochs=2, batch_size=128), 1000) == Budget(7, 14, 2)
     with pytest.raises(ValueError, match="training split is empty"):
         make_budget(TrainConfig(epochs=1), 0)
 
@@ -251,7 +252,7 @@ def test_rng_states_on_another_device_are_restored_from_cpu_tensors(tmp_path, mo
 
     monkeypatch.setattr(torch, "load", load_onto_a_gpu)
     trainer = engine.make_trainer(run, load_data(run.data, "cpu"))
-    assert engine.load_checkpoint(trainer, ckpt)
+    assert checkpoints.load_checkpoint(trainer, ckpt)
     assert trainer.iteration == 9 and torch.equal(trainer.generator.get_state(), saved["generator"])
     assert torch.equal(torch.get_rng_state(), saved["torch"]) and trainer.resumed_from is None
 
@@ -263,12 +264,12 @@ def test_a_checkpoint_is_loaded_onto_the_cpu_and_another_device_type_reseeds_wit
     trainer = engine.make_trainer(run, load_data(run.data, "cpu"))
     trainer.device = torch.device("cuda")  # the run now resumes on a GPU (mapping the file there needs CUDA)
     with pytest.warns(UserWarning, match="comes from a cpu device and this run resumes on a cuda device"):
-        assert engine.load_checkpoint(trainer, ckpt)
+        assert checkpoints.load_checkpoint(trainer, ckpt)
     assert trainer.iteration == 9 and trainer.resumed_from == "cpu"
     assert torch.equal(trainer.model.state_dict()["conv.weight"], saved["model"]["conv.weight"])
-    reseeded = torch.Generator().manual_seed(engine.resume_seed(run.seed, 9)).get_state()
+    reseeded = torch.Generator().manual_seed(checkpoints.resume_seed(run.seed, 9)).get_state()
     assert torch.equal(trainer.generator.get_state(), reseeded)  # reproducible: (seed, iteration)
-    assert engine.resume_seed(0, 9) != engine.resume_seed(0, 18) != engine.resume_seed(1, 9)
+    assert checkpoints.resume_seed(0, 9) != checkpoints.resume_seed(0, 18) != checkpoints.resume_seed(1, 9)
 
 
 def test_a_run_resumed_from_another_device_types_checkpoint_completes(tmp_path):

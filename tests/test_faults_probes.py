@@ -229,7 +229,7 @@ def test_train_checks_its_results_folder_before_training(tmp_path, capsys, monke
             "--results", str(results)]
     assert run_cli(train.main, argv) == 2
     assert one_line(capsys.readouterr().err) == (f"error: results directory '{results}' is not writable: "
-                                                 f"Not a directory ({results / 'runs'})")
+                                                 f"Not a directory ({results})")
 
 
 # -------------------------------------------------------------------------- 7: a huge dry run

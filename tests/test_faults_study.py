@@ -21,7 +21,8 @@ from optuna.trial import TrialState
 
 from resnet_core import study as st
 from resnet_core.cli import run_cli
-from resnet_core.store import find_record, iter_records, read_record
+from resnet_core.store import checkpoint_path, find_record, iter_records, read_record
+from resnet_core.study.recovery import _pid_alive
 
 REPO = Path(__file__).resolve().parents[1]
 from resnet_core.commands import study as run_driver  # resnet-study (studies/run.py in a checkout)
@@ -102,7 +103,7 @@ def test_interrupt_mid_trial_exits_130_and_the_rerun_resumes(tmp_path, signum):
     assert queued.state == TrialState.WAITING and queued.system_attrs["fixed_params"] == stopped.params  # re-queued
     record = find_record(results, stopped.user_attrs["run_id"])
     assert record.status == "stopped" and record.stop_reason == "KeyboardInterrupt"  # its record was flushed
-    checkpoint = torch.load(st.checkpoint_path(results, record.run_id), weights_only=True)
+    checkpoint = torch.load(checkpoint_path(results, record.run_id), weights_only=True)
     assert_whole_files(results)
 
     assert run_driver.main(args) == 0
@@ -113,7 +114,7 @@ def test_interrupt_mid_trial_exits_130_and_the_rerun_resumes(tmp_path, signum):
     assert min(resumed.intermediate_values) == len(checkpoint["history"]) + 1  # continued, not restarted
     final = find_record(results, record.run_id)
     assert final.status == "completed" and [h["epoch"] for h in final.history] == list(range(1, 16))
-    assert not st.checkpoint_path(results, record.run_id).exists()
+    assert not checkpoint_path(results, record.run_id).exists()
     assert_whole_files(results)
 
 
@@ -133,7 +134,7 @@ def test_ctrl_c_stops_every_worker_process_and_the_rerun_completes(tmp_path):
     assert len(stopped) == 2 and not study.get_trials(states=(TrialState.RUNNING,))
     assert all(t.user_attrs["fail_reason"].startswith("interrupted") for t in stopped)
     assert len(study.get_trials(states=(TrialState.WAITING,))) == 2
-    assert not any(st._pid_alive(t.user_attrs["pid"]) for t in stopped)  # no worker left behind
+    assert not any(_pid_alive(t.user_attrs["pid"]) for t in stopped)  # no worker left behind
     assert {find_record(results, t.user_attrs["run_id"]).status for t in stopped} == {"stopped"}
     assert_whole_files(results)
 
@@ -193,7 +194,7 @@ BAD_INPUT = {  # case -> (flags replacing or added to the tiny study's, start of
     "negative subset": (["--subset", "-5"], "--subset -5: expected an integer >= 1"),
     "negative timeout": (["--timeout", "-5"], "--timeout -5.0: expected a number of seconds > 0"),
     "zero stale-after": (["--stale-after", "0"], "--stale-after 0.0: expected a number of seconds > 0"),
-    "unwritable results": (["--results", "{in_a_file}"], "results directory {in_a_file} is not writable: Not a directory"),
+    "unwritable results": (["--results", "{in_a_file}"], "results directory '{in_a_file}' is not writable: Not a directory"),
     "storage is a folder": (["--storage", "{tmp}"], "storage {tmp} is a directory"),
     "unreachable storage": (["--storage", "postgresql://user:secret@127.0.0.1:1/x"],
                             "storage postgresql://user:***@127.0.0.1:1/x"),

@@ -12,9 +12,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from resnet_core.config import ModelConfig
+from resnet_core.blocks import ZeroPadShortcut
 from resnet_core.models import (
     PRESETS,
-    ZeroPadShortcut,
     build_model,
     count_macs,
     count_parameters,

@@ -24,7 +24,6 @@ from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
 from resnet_core import study as st
-from resnet_core import study_reports as sr
 from resnet_core.cli import run_cli
 from resnet_core.store import find_record, iter_records
 
@@ -34,23 +33,17 @@ from resnet_core.commands import study_report as report_driver  # resnet-study-r
 
 SPACE = '[params.lr]\ntype = "float"\nlow = 0.01\nhigh = 0.2\nlog = true\n'
 
-# A worker "on another host": the real studies/run.py main, with a host name of its own and an
-# optional pause (and hang) after each epoch, so a test can overlap hosts or kill one mid-trial.
+# A worker "on another host": the real studies/run.py main, with a host name of its own, whose
+# study runs its trials with study_helpers.host_fit (run_study's fit parameter): an optional pause
+# (and hang) after each epoch, so a test can overlap hosts or kill one mid-trial.
 HOST_WORKER = """
-import os, socket, sys, time
+import functools, os, socket, sys
 host = os.environ.get("TEST_HOST")
 if host:
     socket.gethostname = lambda: host
-import resnet_core.engine as engine
-real_fit = engine.fit
-pause, hang = float(os.environ.get("TEST_EPOCH_SLEEP", "0")), int(os.environ.get("TEST_HANG_AFTER_EPOCH", "0"))
-def fit(run, callbacks=(), **kw):
-    def slow(metrics):
-        time.sleep(pause)
-        if hang and metrics["epoch"] >= hang:
-            time.sleep(600)
-    return real_fit(run, list(callbacks) + [slow], **kw)
-engine.fit = fit
+from resnet_core import study
+from study_helpers import host_fit
+study.run_study = functools.partial(study.run_study, fit=host_fit)
 from resnet_core.commands import study as run
 from resnet_core.cli import run_cli
 sys.exit(run_cli(run.main, sys.argv[1:]))
@@ -76,7 +69,8 @@ def study_args(tmp_path: Path, url: str, name: str, *extra: str) -> list[str]:
 def start_host(tmp_path: Path, args: list[str], host: str, log: str, **env: str) -> subprocess.Popen:
     script = tmp_path / "host_worker.py"
     script.write_text(HOST_WORKER)
-    environment = {**os.environ, "PYTHONPATH": str(REPO), "TEST_HOST": host, **env}
+    paths = os.pathsep.join(str(p) for p in (REPO, REPO / "tests"))
+    environment = {**os.environ, "PYTHONPATH": paths, "TEST_HOST": host, **env}
     with open(tmp_path / f"{log}.out", "w") as out, open(tmp_path / f"{log}.err", "w") as err:
         return subprocess.Popen([sys.executable, str(script), *args], env=environment, stdout=out, stderr=err)
 
@@ -203,7 +197,7 @@ def test_storage_errors_are_one_masked_line(postgres_url, tmp_path, capsys):
 def test_masking_covers_encoded_and_query_passwords(url, masked, password):
     assert st.mask_url(url) == masked
     message = f"could not connect as {url} with password {password}"
-    assert password not in sr.scrub(message, url) and "***" in sr.scrub(message, url)
+    assert password not in st.scrub(message, url) and "***" in st.scrub(message, url)
 
 
 def test_bare_postgresql_urls_get_an_installed_driver():

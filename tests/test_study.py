@@ -19,7 +19,8 @@ from optuna.trial import TrialState
 
 from resnet_core import study as st
 from resnet_core.cli import run_cli
-from resnet_core.store import RunRecord, find_record, load_runs
+from resnet_core.store import RunRecord, checkpoint_path, find_record, load_runs
+from study_helpers import fake_error, fake_fit, tiny_request
 
 REPO = Path(__file__).resolve().parents[1]
 from resnet_core.commands import study as run_driver  # resnet-study (studies/run.py in a checkout)
@@ -167,15 +168,15 @@ def test_pruned_trials_stop_early_and_are_counted(tmp_path, space, monkeypatch):
     for trial in study.trials:
         record = find_record(tmp_path, trial.user_attrs["run_id"])
         assert record.status == "stopped" and len(record.history) == 1  # epoch 1 of 3, no more
-        assert not st.checkpoint_path(tmp_path, record.run_id).exists()  # a pruned run is not resumed
+        assert not checkpoint_path(tmp_path, record.run_id).exists()  # a pruned run is not resumed
     report = (tmp_path / "studies" / "tiny" / "report.md").read_text()
     assert "2 trials pruned, 4 of 6 epochs not trained" in report
 
 
-def test_failed_and_diverged_trials_do_not_stop_the_study(tmp_path, space, monkeypatch):
-    import resnet_core.engine as engine
+def test_failed_and_diverged_trials_do_not_stop_the_study(tmp_path, space):
+    from resnet_core.engine import fit
 
-    real_fit, calls = engine.fit, []
+    calls = []
 
     def flaky_fit(run, callbacks=(), results_dir="results", data=None, progress=False):
         calls.append(run)
@@ -183,10 +184,12 @@ def test_failed_and_diverged_trials_do_not_stop_the_study(tmp_path, space, monke
             return RunRecord(run_id="x", status="diverged", config={}, error="training loss became nan at iteration 3")
         if len(calls) == 2:
             return RunRecord(run_id="y", status="failed", config={}, error="OutOfMemoryError: CUDA out of memory")
-        return real_fit(run, callbacks, results_dir, data, progress)
+        return fit(run, callbacks, results_dir, data, progress)
 
-    monkeypatch.setattr(engine, "fit", flaky_fit)
-    assert run_driver.main(tiny_args(tmp_path, space, "--trials", "2")) == 0
+    setup, data = st.plan(tiny_request(tmp_path, space))
+    counts = st.run_study(setup.spec, 2, ["cpu"], data=data, progress=False, threads=1, fit=flaky_fit)
+    assert counts["finished"] == 2 and counts["failed"] == 2
+    st.write_reports("tiny", setup.spec.storage, str(tmp_path), figures=False)
     study = load(tmp_path)
     assert states(study) == ["FAIL", "FAIL", "COMPLETE", "COMPLETE"]
     assert "diverged: training loss became nan" in study.trials[0].user_attrs["fail_reason"]
@@ -194,22 +197,20 @@ def test_failed_and_diverged_trials_do_not_stop_the_study(tmp_path, space, monke
     assert "CUDA out of memory" in (tmp_path / "studies" / "tiny" / "report.md").read_text()
 
 
+# The study tiny_args asks for, run with a fit that hangs after epoch 1 (tests/study_helpers.py).
 HANGING_WORKER = """
-import sys, time
-import resnet_core.engine as engine
-real_fit = engine.fit
-def hanging_fit(run, callbacks=(), **kw):  # trains epoch 1, reports it, then hangs until killed
-    return real_fit(run, list(callbacks) + [lambda m: time.sleep(600)], **kw)
-engine.fit = hanging_fit
-from resnet_core.commands import study
-sys.exit(study.main({args!r}))
+from pathlib import Path
+from resnet_core import study as st
+from study_helpers import hanging_fit, tiny_request
+setup, data = st.plan(tiny_request(Path({results!r}), Path({space!r})))
+st.run_study(setup.spec, 2, ["cpu"], data=data, progress=False, threads=1, fit=hanging_fit)
 """
 
 
 def test_worker_killed_with_sigkill_is_recovered_and_the_study_completes(tmp_path, space):
     args = tiny_args(tmp_path, space, "--trials", "2")
-    script = HANGING_WORKER.format(args=args)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    script = HANGING_WORKER.format(results=str(tmp_path), space=str(space))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     try:
@@ -311,8 +312,7 @@ def test_a_study_worker_pins_its_gpu(tmp_path, space, monkeypatch):
     pinned = []
     monkeypatch.setattr(devices.torch.cuda, "set_device", pinned.append)
     monkeypatch.delenv("TORCHINDUCTOR_COMPILE_THREADS", raising=False)
-    setup, _ = st.plan(space=str(space), data="synthetic:300", subset=200, val_size=100, epochs=1,
-                       results=str(tmp_path), study_name="tiny")
+    setup, _ = st.plan(tiny_request(tmp_path, space, epochs=1))
     st.create_study(setup.spec)
     threads = torch.get_num_threads()
     try:
@@ -371,3 +371,32 @@ def test_samplers_are_seeded_per_worker_and_on_resume():
             st.make_sampler("cmaes", 0)
     pruner = st.make_pruner("median", 12)
     assert isinstance(pruner, optuna.pruners.MedianPruner) and pruner._n_warmup_steps == 3
+
+
+# ---------------------------------------------------------------------------- injected fit
+
+
+def test_the_objective_trains_through_an_injected_fit_and_leaves_globals_alone(tmp_path, space):
+    import torch
+
+    setup, data = st.plan(tiny_request(tmp_path, space))
+    optuna.logging.set_verbosity(optuna.logging.INFO)
+    threads = torch.get_num_threads()
+    counts = st.run_study(setup.spec, 3, ["cpu"], data=data, progress=False, fit=fake_fit)
+    timing = st.estimate(setup.spec, setup.train_size, setup.eval_size, "cpu", 3, 1, threads=threads + 1)
+    assert optuna.logging.get_verbosity() == optuna.logging.INFO  # only a CLI or a worker's entry sets it
+    assert torch.get_num_threads() == threads and timing["per_trial_s"] > 0
+    assert counts["complete"] == 3
+    for trial in load(tmp_path).trials:  # the fake's values, epoch by epoch: nothing was trained
+        assert trial.value == pytest.approx(fake_error(trial.params["lr"]))
+        assert sorted(trial.intermediate_values) == [1, 2]
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+
+
+def test_spawned_workers_get_the_injected_fit(tmp_path, space):
+    setup, _ = st.plan(tiny_request(tmp_path, space))
+    counts = st.run_study(setup.spec, 2, ["cpu", "cpu"], progress=False, threads=1, fit=fake_fit)
+    assert counts["failed"] == 0 and 2 <= counts["complete"] <= 3  # two workers may each start the last trial
+    study = load(tmp_path)
+    assert all(t.value == pytest.approx(fake_error(t.params["lr"])) for t in study.trials)
+    assert os.getpid() not in {t.user_attrs["pid"] for t in study.trials}  # trained in the spawned workers

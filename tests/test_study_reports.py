@@ -15,7 +15,8 @@ from matplotlib.figure import Figure
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from resnet_core import study_reports as sr
+from resnet_core import study as sr
+from resnet_core.reports import markdown_table
 from resnet_core.config import RunConfig, apply_overrides, recipe, run_id
 from resnet_core.stats import difference_interval, mean_interval
 
@@ -140,7 +141,7 @@ def test_markdown_report_states_counts_best_and_savings(study, runs):
 
 
 def test_markdown_table_formats_floats():
-    text = sr.markdown_table(pd.DataFrame({"a": [1.23456, math.nan], "b": ["x|y", "z"]}))
+    text = markdown_table(pd.DataFrame({"a": [1.23456, math.nan], "b": ["x|y", "z"]}), floatfmt=".2f")
     assert text.splitlines()[0] == "| a | b |" and "| 1.23 | x\\|y |" in text and "| nan | z |" in text
 
 

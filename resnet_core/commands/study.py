@@ -75,13 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     single = len(devices) == 1
     data_device = _data_device(devices[0]) if single else "cpu"  # several workers: each loads its own copy
     budget, why = resolve_study_budget(args.budget, resolve_device(devices[0]).type)
-    setup, data = st.plan(
-        space=args.space, model=args.model, budget_name=budget.name, epochs=args.epochs,
-        data=args.data or default_data_source(),
-        subset=args.subset, val_size=args.val_size, seed=args.seed or 0, overrides=parse_assignments(args.set),
-        sampler=args.sampler, pruner=args.pruner, storage=args.storage, study_name=args.study_name,
-        results=args.results, stale_after=args.stale_after, compare=args.compare, data_device=data_device,
-    )
+    setup, data = st.plan(st.StudyRequest(
+        space=args.space, model=args.model, budget=budget.name, epochs=args.epochs,
+        data=args.data or default_data_source(), subset=args.subset, val_size=args.val_size, seed=args.seed or 0,
+        overrides=tuple(parse_assignments(args.set).items()), sampler=args.sampler, pruner=args.pruner,
+        storage=args.storage, study_name=args.study_name, results=args.results, stale_after=args.stale_after,
+        compare=args.compare, data_device=data_device,
+    ))
     specs = st.compare_specs(setup.spec, args.compare, _values(args.compare_values)) if args.compare else [setup.spec]
     targets = [_target(args, st.current_counts(s)["finished"]) for s in specs]
     print(f"budget   {budget.name} ({why}): {budget.note}")
@@ -166,6 +166,7 @@ def console() -> None:
     import matplotlib
 
     matplotlib.use("Agg")
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # the command's choice: failed trials get one line each
     entry(main)
 
 

@@ -1,77 +1,27 @@
-"""Tables and figures of Optuna studies: Study or DataFrame in, DataFrame, text or Figure out.
+"""Tables and text of Optuna studies: Study or DataFrame in, DataFrame or text out.
 
-No file I/O here (DESIGN.md: the drivers decide where files go). Every number says which split it
-comes from: trials are chosen on the validation split; test error is shown for the chosen runs
-only, labelled single-seed, and never used to choose (DESIGN.md, rules of evidence).
+No file I/O here (docs/DESIGN.md: the drivers decide where files go). Every number says which split
+it comes from: trials are chosen on the validation split; test error is shown for the chosen runs
+only, labelled single-seed, and never used to choose (docs/DESIGN.md, rules of evidence).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import shlex
-import warnings
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import optuna
 import pandas as pd
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 from optuna.trial import TrialState
 
 from resnet_core.config import RunConfig, field_index, recipe
+from resnet_core.models import resolve_model
+from resnet_core.reports import markdown_table
 from resnet_core.stats import difference_interval, mean_interval
-
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-# RFC-1738 URLs: scheme://user:password@host/... The password may hold ':' and, unencoded, '@' (a
-# mistake SQLAlchemy reads as the end of the password): it runs to the last '@', so none of it shows.
-_URL_PASSWORD = re.compile(r"^(?P<head>[\w+.-]+://[^:/@]*:)(?P<password>.*)(?P<tail>@[^@]*)$")
-# libpq also takes the password as a query parameter: postgresql://u@h/db?password=secret
-_QUERY_PASSWORD = re.compile(r"(?P<head>[?&]password=)(?P<password>[^&]*)", re.IGNORECASE)
-
-
-# ------------------------------------------------------------------------------------ text
-
-def mask_url(url: str) -> str:
-    """A storage URL safe to print: ``postgresql://u:secret@h/db`` -> ``postgresql://u:***@h/db``
-    (a ``?password=`` query parameter is masked too)."""
-    text = str(url)
-    if "://" not in text:
-        return text  # a journal file path has no credentials
-    match = _URL_PASSWORD.match(text)
-    if match is not None:
-        text = f"{match['head']}***{match['tail']}"
-    return _QUERY_PASSWORD.sub(lambda m: f"{m['head']}***", text)
-
-
-def unencoded_at(url: str) -> bool:
-    """True when a URL's password holds a raw '@': SQLAlchemy ends the password at the first '@' and
-    takes the rest for the host, so a driver's "unknown host" error would print part of it."""
-    match = _URL_PASSWORD.match(str(url)) if "://" in str(url) else None
-    return match is not None and "@" in match["password"]
-
-
-def url_passwords(url: str) -> list[str]:
-    """The password(s) written in a storage URL, as written and URL-decoded (to scrub messages)."""
-    from urllib.parse import unquote
-
-    text = str(url)
-    if "://" not in text:
-        return []
-    found = [m["password"] for m in _QUERY_PASSWORD.finditer(text)]
-    match = _URL_PASSWORD.match(text)
-    if match is not None:
-        found.append(match["password"])
-    return sorted({v for p in found if p for v in (p, unquote(p))}, key=len, reverse=True)
-
-
-def scrub(text: str, url: str) -> str:
-    """``text`` with every password of ``url`` replaced by ``***`` (for messages from drivers)."""
-    for password in url_passwords(url):
-        text = text.replace(password, "***")
-    return text
+from resnet_core.study.common import FINISHED
 
 
 def _setting_name(dotted: str) -> str:
@@ -80,13 +30,13 @@ def _setting_name(dotted: str) -> str:
     return bare if field_index().get(bare) == dotted else dotted
 
 
-def _format_value(value: Any) -> str:
+def format_value(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if value is None:
         return "none"
     if isinstance(value, (list, tuple)):
-        return ",".join(_format_value(v) for v in value)
+        return ",".join(format_value(v) for v in value)
     return str(value)
 
 
@@ -109,8 +59,6 @@ def config_differences(run: RunConfig, base: RunConfig) -> dict[str, Any]:
 
 def reproduce_command(run: RunConfig, model: str, recipe_name: str) -> str:
     """The ``python -m resnet_core.train`` command that trains exactly ``run`` (same run id)."""
-    from resnet_core.models import resolve_model
-
     base = RunConfig(model=resolve_model(model), train=recipe(recipe_name))
     parts = ["python", "-m", "resnet_core.train", "--model", model, "--recipe", recipe_name]
     if run.train.epochs is not None:
@@ -122,11 +70,9 @@ def reproduce_command(run: RunConfig, model: str, recipe_name: str) -> str:
         parts += ["--subset", str(run.data.subset)]
     parts += ["--val-size", str(run.data.val_size), "--seed", str(run.seed)]
     for dotted, value in config_differences(run, base).items():
-        parts += ["--set", f"{_setting_name(dotted)}={_format_value(value)}"]
+        parts += ["--set", f"{_setting_name(dotted)}={format_value(value)}"]
     return shlex.join(parts)
 
-
-# ---------------------------------------------------------------------------------- tables
 
 def state_counts(study: optuna.Study) -> dict[str, int]:
     """Trials per state name, every state listed (zeros included)."""
@@ -240,26 +186,10 @@ def compare_table(final: pd.DataFrame, field: str, order: Iterable | None = None
             field: value, "seeds": summary["n"], "test_error_mean": summary["mean"], "test_error_std": summary["std"],
             "test_error_ci_low": summary["ci_low"], "test_error_ci_high": summary["ci_high"],
             "val_error_mean": float(group["val_error"].mean()) if "val_error" in group else math.nan,
-            f"diff_vs_{_format_value(values[0])}": diff["diff"], "diff_ci_low": diff["ci_low"],
+            f"diff_vs_{format_value(values[0])}": diff["diff"], "diff_ci_low": diff["ci_low"],
             "diff_ci_high": diff["ci_high"],
         })
     return pd.DataFrame(rows)
-
-
-def markdown_table(frame: pd.DataFrame, floatfmt: str = ".2f") -> str:
-    """A GitHub markdown table without the optional ``tabulate`` dependency."""
-    if frame.empty:
-        return "(none)"
-
-    def cell(v: Any) -> str:
-        if isinstance(v, float):
-            return "nan" if math.isnan(v) else format(v, floatfmt)
-        return str(v).replace("|", "\\|")
-
-    header = "| " + " | ".join(map(str, frame.columns)) + " |"
-    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([header, rule, *body])
 
 
 def study_markdown(study: optuna.Study, context: Mapping[str, Any], runs: pd.DataFrame | None,
@@ -279,7 +209,7 @@ def study_markdown(study: optuna.Study, context: Mapping[str, Any], runs: pd.Dat
     lines += _best_lines(study, context, runs)
     failed = failed_table(study)
     if not failed.empty:
-        lines += ["## Failed trials", "", markdown_table(failed[["number", "fail_reason"]]), ""]
+        lines += ["## Failed trials", "", markdown_table(failed[["number", "fail_reason"]], floatfmt=".2f"), ""]
     lines += [f"- {note}" for note in notes]
     lines += ["", *[f"![{name}]({name})" for name in figures]]
     return "\n".join(lines).rstrip() + "\n"
@@ -326,136 +256,17 @@ def compare_markdown(group: str, field: str, studies: list[optuna.Study], values
     for study, value in zip(studies, values):
         counts = state_counts(study)
         best = best_summary(study)
-        rows.append({field: _format_value(value), "COMPLETE": counts["COMPLETE"], "PRUNED": counts["PRUNED"],
+        rows.append({field: format_value(value), "COMPLETE": counts["COMPLETE"], "PRUNED": counts["PRUNED"],
                      "FAIL": counts["FAIL"], "best val error": best.get("value", math.nan),
                      "best params": ", ".join(f"{k}={_short(v)}" for k, v in (best.get("params") or {}).items())})
     lines += ["", "## Tuning (validation error, final epoch, one seed per trial)", "",
-              markdown_table(pd.DataFrame(rows)), "",
+              markdown_table(pd.DataFrame(rows), floatfmt=".2f"), "",
               "## Best config per value over final seeds (TEST error, %)", "",
-              markdown_table(comparison) if not comparison.empty else "Final seeds not trained yet.", ""]
+              markdown_table(comparison, floatfmt=".2f") if not comparison.empty else "Final seeds not trained yet.", ""]
     lines += [f"- {note}" for note in notes]
     lines += ["", *[f"![{name}]({name})" for name in figures]]
     return "\n".join(lines).rstrip() + "\n"
 
 
 def _short(value: Any) -> str:
-    return format(value, ".4g") if isinstance(value, float) else _format_value(value)
-
-
-# --------------------------------------------------------------------------------- figures
-
-def _figure_of(plot: Callable[..., Any], *args: Any, **kwargs: Any) -> Figure:
-    """Call an ``optuna.visualization.matplotlib`` function (experimental, returns Axes or an
-    array of them) quietly and give the Figure its Axes live in.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        axes = plot(*args, **kwargs)
-    return np.asarray(axes, dtype=object).flat[0].figure
-
-
-def _require_complete(study: optuna.Study, n: int, what: str) -> None:
-    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    if done < n:
-        raise ValueError(f"{what} needs at least {n} COMPLETE trials (the study has {done})")
-
-
-def history_figure(study: optuna.Study) -> Figure:
-    """Validation error of each trial and the best so far (Optuna's optimization history)."""
-    _require_complete(study, 1, "the optimization history")
-    figure = _figure_of(optuna.visualization.matplotlib.plot_optimization_history, study, target_name="val error (%)")
-    figure.set_size_inches(8, 5)
-    return figure
-
-
-def importance_figure(study: optuna.Study) -> Figure:
-    """Hyperparameter importances of the validation error (Optuna's default evaluator)."""
-    _require_complete(study, 2, "parameter importances")
-    figure = _figure_of(optuna.visualization.matplotlib.plot_param_importances, study, target_name="val error (%)")
-    figure.set_size_inches(8, 5)
-    return figure
-
-
-def top_params(study: optuna.Study, n: int = 4) -> list[str]:
-    """The ``n`` most important parameters (all varied parameters when importances fail)."""
-    try:
-        importances = optuna.importance.get_param_importances(study)
-        return list(importances)[:n]
-    except (RuntimeError, ValueError, ZeroDivisionError):
-        names = {k for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) for k in t.params}
-        return sorted(names)[:n]
-
-
-def parallel_figure(study: optuna.Study, params: list[str] | None = None) -> Figure:
-    """Parallel coordinates of the COMPLETE trials over ``params`` (default: all)."""
-    _require_complete(study, 2, "parallel coordinates")
-    figure = _figure_of(optuna.visualization.matplotlib.plot_parallel_coordinate, study, params=params,
-                        target_name="val error (%)")
-    figure.set_size_inches(10, 5)
-    return figure
-
-
-def slice_figure(study: optuna.Study, params: list[str]) -> Figure:
-    """Validation error against each of ``params`` (slice plots)."""
-    _require_complete(study, 1, "slice plots")
-    figure = _figure_of(optuna.visualization.matplotlib.plot_slice, study, params=params, target_name="val error (%)")
-    figure.set_size_inches(4 * max(1, len(params)), 4)
-    return figure
-
-
-def learning_curves_figure(histories: pd.DataFrame, labels: Mapping[str, str]) -> Figure:
-    """Validation (solid) and training (dashed) error per epoch of the runs in ``labels``.
-
-    ``histories``: tidy per-epoch table (``store.load_histories``); ``labels``: run_id -> legend text.
-    """
-    import seaborn as sns
-
-    curves = histories.loc[histories["run_id"].isin(list(labels))].copy()
-    if curves.empty:
-        raise ValueError("learning curves need the run records of the top trials (none found)")
-    curves["trial"] = curves["run_id"].map(labels)
-    figure = Figure(figsize=(8, 5))
-    ax = figure.add_subplot()
-    sns.lineplot(data=curves, x="epoch", y="val_error", hue="trial", marker="o", ax=ax)
-    sns.lineplot(data=curves, x="epoch", y="train_error", hue="trial", linestyle="--", ax=ax, legend=False)
-    ax.set(xlabel="epoch", ylabel="error (%)", title="Top trials: validation (solid) and training (dashed) error")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    return figure
-
-
-def isolation_figure(trials: pd.DataFrame, field: str, final: pd.DataFrame | None = None) -> Figure:
-    """Left: validation error of every COMPLETE trial per value of ``field``, the best marked
-    (each value tuned with the same budget). Right: final-seed TEST error, mean and 95% interval.
-
-    ``trials``: columns ``compare_value``, ``state``, ``value``; ``final``: ``value``, ``test_error``.
-    """
-    import seaborn as sns
-
-    done = trials.loc[trials["state"] == "COMPLETE"].copy()
-    if done.empty:
-        raise ValueError("the isolation plot needs COMPLETE trials")
-    done["compare_value"] = done["compare_value"].astype(str)
-    panels = 2 if final is not None and not final.empty else 1
-    figure = Figure(figsize=(6 * panels, 5))
-    ax = figure.add_subplot(1, panels, 1)
-    sns.stripplot(data=done, x="compare_value", y="value", ax=ax, alpha=0.5, color="0.4")
-    best = done.groupby("compare_value", sort=False)["value"].min().reset_index()
-    sns.pointplot(data=best, x="compare_value", y="value", ax=ax, color="C3", linestyles="none", markers="D")
-    ax.set(xlabel=field, ylabel="validation error (%)", title="Tuned trials (diamond: best per value)")
-    if panels == 2:
-        _final_panel(figure.add_subplot(1, 2, 2), final, field)
-    figure.tight_layout()
-    return figure
-
-
-def _final_panel(ax, final: pd.DataFrame, field: str) -> None:
-    """Per value: each seed's test error (dots) and the mean with its 95% t-interval (bars)."""
-    values = list(dict.fromkeys(final["value"]))
-    for x, value in enumerate(values):
-        errors = final.loc[final["value"] == value, "test_error"].to_numpy(dtype=float)
-        summary = mean_interval(errors)
-        ax.scatter(np.full(len(errors), x), errors, color="0.4", alpha=0.6, s=15)
-        half = summary["ci_high"] - summary["mean"] if summary["n"] > 1 else 0.0
-        ax.errorbar([x], [summary["mean"]], yerr=[[half], [half]], fmt="D", color="C0", capsize=6)
-    ax.set_xticks(range(len(values)), [_format_value(v) for v in values])
-    ax.set(xlabel=field, ylabel="test error (%)", title="Best config per value over seeds (mean, 95% CI)")
+    return format(value, ".4g") if isinstance(value, float) else format_value(value)

@@ -1,0 +1,99 @@
+"""How a run optimises: the optimizer factory, the learning-rate schedules and the training length
+in steps (registries: an unknown name fails in the config, not here)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from resnet_core.config import TrainConfig
+
+
+def _sgd(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                           weight_decay=cfg.weight_decay)
+
+
+def _adam(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _adamw(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+OPTIMIZERS = {"sgd": _sgd, "adam": _adam, "adamw": _adamw}
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    return OPTIMIZERS[cfg.optimizer](model.parameters(), cfg)
+
+
+def _step_factor(progress: float, cfg: TrainConfig) -> float:
+    return cfg.gamma ** sum(progress >= m for m in cfg.milestones)
+
+
+def _cosine_factor(progress: float, cfg: TrainConfig) -> float:
+    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _onecycle_factor(progress: float, cfg: TrainConfig) -> float:
+    # Smith & Topin 2017: rise from lr/25 to lr over the first 30%, then cosine down to ~lr/1e4.
+    rise = 0.3
+    if progress < rise:
+        return 1 / 25 + (1 - 1 / 25) * progress / rise
+    return 1e-4 + (1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * min((progress - rise) / (1 - rise), 1.0)))
+
+
+def _constant_factor(progress: float, cfg: TrainConfig) -> float:
+    return 1.0
+
+
+SCHEDULES = {"step": _step_factor, "cosine": _cosine_factor, "onecycle": _onecycle_factor, "constant": _constant_factor}
+
+
+def lr_at(iteration: int, total_iterations: int, cfg: TrainConfig) -> float:
+    """Learning rate of step ``iteration`` (0-based) of ``total_iterations``.
+
+    ``warmup_iterations`` is the paper's warm-up, not a ramp: "we use 0.01 to warm up the training
+    until the training error is below 80% (about 400 iterations), and then go back to 0.1" (He et
+    al. 2015 §4.2). ``warmup_fraction`` is the gradual warm-up of Goyal et al. 2017 §2.2: the
+    schedule's lr scaled by (i + 1) / W over the first W = fraction x total iterations.
+    """
+    if iteration < cfg.warmup_iterations:
+        return cfg.warmup_lr
+    lr = cfg.lr * SCHEDULES[cfg.schedule](iteration / total_iterations, cfg)
+    ramp = warmup_length(cfg, total_iterations)
+    return lr * (iteration + 1) / ramp if iteration < ramp else lr
+
+
+def warmup_length(cfg: TrainConfig, total_iterations: int) -> int:
+    """Iterations of the gradual warm-up (``warmup_fraction`` of the run, at least 1 when set)."""
+    return max(1, round(cfg.warmup_fraction * total_iterations)) if cfg.warmup_fraction else 0
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+# -------------------------------------------------------------------------------- the budget
+
+@dataclass(frozen=True)
+class Budget:
+    steps_per_epoch: int
+    total_iterations: int
+    epochs: int
+
+
+def make_budget(cfg: TrainConfig, train_size: int) -> Budget:
+    """Steps per epoch drop the last partial batch (a 1-image batch would upset BatchNorm)."""
+    if train_size < 1:
+        raise ValueError("the training split is empty: lower val_size or raise subset")
+    steps = max(1, train_size // cfg.batch_size)
+    if cfg.iterations is not None:
+        return Budget(steps, cfg.iterations, math.ceil(cfg.iterations / steps))
+    return Budget(steps, cfg.epochs * steps, cfg.epochs)

@@ -1,0 +1,145 @@
+"""Planning a study: one request (what the driver asks for) checked in full before any trial
+(space, config, sampler, pruner, storage, data), what will run, and how long it should take."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import optuna
+import torch
+
+from resnet_core.config import apply_overrides, resolve_field
+from resnet_core.data import load_data
+from resnet_core.engine import estimate_seconds, measure_step_rate
+from resnet_core.runner import check_writable
+from resnet_core.schedules import make_budget
+from resnet_core.store import check_name
+from resnet_core.study.search import counts, describe_pruner, describe_sampler, make_pruner, make_sampler
+from resnet_core.study.space import SPACES_DIR, read_space, validate_space
+from resnet_core.study.spec import StudySpec, base_run, budget, default_study_name, trial_config
+from resnet_core.study.storage import check_storage, default_storage, describe_storage, is_rdb_url, open_storage
+from resnet_core.study.workers import worker_threads
+
+
+@dataclass(frozen=True)
+class Setup:
+    """A validated study (or --compare group) and facts about its data, before any trial."""
+
+    spec: StudySpec
+    train_size: int
+    eval_size: int
+    data_description: str
+
+
+@dataclass(frozen=True)
+class StudyRequest:
+    """What a driver asks for: a study (or --compare group) described in flags' terms, before any
+    check. :func:`plan` turns it into a validated :class:`StudySpec`."""
+
+    space: str = "recipe"  # a name in resnet_core/spaces or a .toml path
+    model: str = "resnet20"  # preset the space starts from
+    budget: str = "quick"  # study budget name (resnet_core/budgets.py)
+    epochs: int | None = None  # overrides the budget's length
+    data: str | None = None
+    subset: int | None = None
+    val_size: int | None = None
+    seed: int = 0  # the sampler's seed and every trial's run seed
+    overrides: tuple[tuple[str, Any], ...] = ()  # (field, value) fixed for every trial, as --set gives them
+    sampler: str = "tpe"
+    pruner: str = "median"
+    storage: str | None = None  # default: a journal file under <results>/studies/
+    study_name: str | None = None  # default: <space>-<model>-<data>-<budget>
+    results: str = "results"
+    stale_after: float = 600.0
+    compare: str | None = None  # the field of a --compare group
+    spaces_dir: Path = SPACES_DIR
+    data_device: str = "cpu"  # where the returned DataBundle lives
+
+
+def plan(request: StudyRequest) -> tuple[Setup, Any]:
+    """Check everything a study needs (space, config, sampler, pruner, storage, data) before any trial.
+
+    Returns the setup and the loaded DataBundle (on ``request.data_device``; also warms the data
+    cache so parallel workers do not decode it at once).
+    """
+    r = request
+    plan_budget = budget(r.budget)
+    make_sampler(r.sampler, r.seed)
+    if not r.stale_after > 0:
+        raise ValueError(f"--stale-after {r.stale_after}: expected a number of seconds > 0")
+    base = base_run(r.model, plan_budget, epochs=r.epochs, data=r.data, subset=r.subset, val_size=r.val_size,
+                    seed=r.seed, overrides=dict(r.overrides))
+    search = read_space(r.space, r.spaces_dir)
+    validate_space(search, base)
+    if r.compare is not None:
+        resolve_field(r.compare)
+    label = f"e{r.epochs}" if r.epochs else plan_budget.name
+    suffix = f"-compare-{r.compare}" if r.compare else ""
+    name = r.study_name or default_study_name(search.name, r.model, base.data.source, label) + suffix
+    check_name(name, "--study-name")  # it names the journal and the report folder under --results
+    storage = r.storage or default_storage(r.results, name)
+    check_writable(r.results, "results directory")  # run records, checkpoints and reports go there
+    check_storage(storage, r.stale_after)  # an unreachable server fails now, not after the data are loaded
+    bundle = load_data(base.data, r.data_device)
+    fixed = apply_overrides(base, dict(search.fixed))
+    budget_epochs = make_budget(fixed.train, len(bundle.train_y)).epochs
+    make_pruner(r.pruner, budget_epochs)
+    spec = StudySpec(name=name, storage=storage, space=search, base=base,
+                     model=r.model, recipe=plan_budget.recipe, budget=label, budget_epochs=budget_epochs,
+                     sampler=r.sampler, pruner=r.pruner, seed=r.seed, results=str(r.results),
+                     stale_after=r.stale_after)
+    return Setup(spec, len(bundle.train_y), len(bundle.val_y) + len(bundle.test_y), bundle.description), bundle
+
+
+def current_counts(spec: StudySpec) -> dict[str, int]:
+    """Counts of an existing study (all zeros if it does not exist yet); creates nothing."""
+    if not is_rdb_url(spec.storage) and not Path(spec.storage).exists():
+        return {k: 0 for k in ("finished", "running", "waiting", "failed", "complete", "pruned")}
+    storage = open_storage(spec.storage, spec.stale_after)
+    if spec.name not in optuna.get_all_study_names(storage):
+        return {k: 0 for k in ("finished", "running", "waiting", "failed", "complete", "pruned")}
+    return counts(optuna.load_study(study_name=spec.name, storage=storage))
+
+
+def plan_lines(setup: Setup, spec: StudySpec, target: int, done: int, devices: list[str],
+               timing: Mapping[str, float] | None) -> list[str]:
+    """What will run, for the console before training starts."""
+    base = spec.base
+    length = f"{base.train.epochs} epochs" if base.train.epochs else f"{base.train.iterations} iterations"
+    lines = [
+        f"study    {spec.name}  on {describe_storage(spec.storage)}",
+        f"space    {spec.space.describe()}",
+        f"model    {spec.model}; budget {spec.budget}: {length} of recipe {spec.recipe} "
+        f"on {setup.train_size} training images",
+        f"data     {setup.data_description}; validation {base.data.val_size} images (the objective), "
+        "test evaluated but never used to choose",
+        f"search   sampler {describe_sampler(spec.sampler, spec.seed)}; "
+        f"pruner {describe_pruner(spec.pruner, spec.budget_epochs)}",
+        f"trials   target {target} finished (COMPLETE + PRUNED): {done} done, {max(0, target - done)} to run "
+        f"on {len(devices)} worker(s) [{', '.join(devices)}]",
+    ]
+    if timing:
+        lines.append(f"time     measured {timing['images_per_s']:,.0f} training images/s -> "
+                     f"~{timing['per_trial_s']:.0f} s per full trial, at most ~{timing['total_s'] / 60:.1f} min "
+                     "in all (pruning shortens it)")
+    return lines
+
+
+def estimate(spec: StudySpec, train_size: int, eval_size: int, device: str, trials: int, workers: int,
+             threads: int | None = None) -> dict[str, float]:
+    """Seconds per trial and in all from a short measured step rate (pruning makes it shorter),
+    measured with the threads one worker will have (this process's own thread count is restored).
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(worker_threads(workers, threads))
+    try:
+        run = trial_config(spec, {}, device)
+        rate = measure_step_rate(run, steps=5)
+    finally:
+        torch.set_num_threads(previous)
+    per_trial = estimate_seconds(run, rate, train_size, eval_size)
+    rounds = math.ceil(max(0, trials) / max(1, workers))
+    return {"images_per_s": rate, "per_trial_s": per_trial, "total_s": per_trial * rounds}

@@ -1,0 +1,174 @@
+"""Writing a study's reports (report.md, tables, figures) from the storage and the run records:
+the one place in the study package that decides where files go."""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from resnet_core.store import (
+    atomic_write_bytes, atomic_write_text, check_name, load_histories, load_runs, misnamed_warning, scan_records,
+)
+from resnet_core.study import figures as sf
+from resnet_core.study import tables as sr
+from resnet_core.study.compare import final_table
+from resnet_core.study.journal import damaged_tail
+from resnet_core.study.search import describe_pruner, describe_sampler, search_history_text
+from resnet_core.study.spec import StudySpec, spec_from_study, trial_config
+from resnet_core.study.storage import describe_storage, is_rdb_url, open_storage
+from resnet_core.study.urls import mask_url
+
+
+def open_study_or_group(name: str, storage: str) -> tuple[str, list[optuna.Study]]:
+    """("study", [study]) or ("compare", [sub-studies in value order]) for ``name``."""
+    if not is_rdb_url(storage) and not Path(storage).exists():
+        raise FileNotFoundError(f"storage {storage} does not exist (pass --storage or --results)")
+    store = open_storage(storage)
+    summaries = optuna.get_all_study_summaries(store, include_best_trial=False)
+    names = [s.study_name for s in summaries]
+    if name in names:
+        return "study", [optuna.load_study(study_name=name, storage=store)]
+    subs = [s.study_name for s in summaries if s.user_attrs.get("compare_group") == name]
+    if not subs:
+        raise ValueError(f"no study or --compare group named {name!r} in {mask_url(storage)}: "
+                         f"found {', '.join(names) or 'none'}")
+    return "compare", [optuna.load_study(study_name=n, storage=store) for n in subs]
+
+
+def report_context(spec: StudySpec, runs, run_ids: list[str]) -> dict[str, Any]:
+    """The header of a report: data, budget, hardware and versions of the runs behind it."""
+    mine = runs.loc[runs["run_id"].isin(run_ids)] if not runs.empty else runs
+    unique = lambda col: ", ".join(sorted({str(v) for v in mine[col].dropna()})) if col in mine else ""  # noqa: E731
+    base = spec.base
+    length = f"{base.train.epochs} epochs" if base.train.epochs else f"{base.train.iterations} iterations"
+    context = {
+        "objective": "validation error (%) of the final epoch, minimised (the test set never chooses)",
+        "data": unique("provenance.data_description") or base.data.source,
+        "split": f"train {unique('provenance.train_size') or '?'} / validation {base.data.val_size} / test "
+                 f"{unique('provenance.test_size') or '?'} (validation carved with split_seed {base.data.split_seed})",
+        "budget": f"{spec.budget}: {length}, recipe {spec.recipe} ({spec.budget_epochs} epochs per full trial)",
+        "model": spec.model, "space": spec.space.describe(),
+        "sampler": describe_sampler(spec.sampler, spec.seed),
+        "pruner": describe_pruner(spec.pruner, spec.budget_epochs),
+        "hardware": f"{unique('provenance.device_name')}; amp {unique('provenance.amp')}",
+        "software": f"optuna {optuna.__version__}, torch {unique('provenance.torch')}, "
+                    f"python {unique('provenance.python')}, "
+                    f"commit {unique('provenance.git_commit')}",
+        "storage": describe_storage(spec.storage), "budget_epochs": spec.budget_epochs,
+    }
+    if spec.compare:
+        context["compare"] = ", ".join(f"{k} {v}" for k, v in spec.compare)
+    return context
+
+
+def best_command(spec: StudySpec, study: optuna.Study) -> str | None:
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return None
+    return sr.reproduce_command(trial_config(spec, study.best_trial.params), spec.model, spec.recipe)
+
+
+def _save_figure(make: Callable[[], Any], path: Path, notes: list[str]) -> str | None:
+    """Build and save one figure; a figure that cannot be drawn yet becomes a note, not a crash."""
+    try:
+        figure = make()
+    except (ValueError, RuntimeError, ZeroDivisionError, KeyError) as exc:
+        notes.append(f"{path.stem}: not drawn ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
+        return None
+    import matplotlib.pyplot as plt  # plotting: imported where a figure is saved, after the backend is chosen
+
+    buffer = io.BytesIO()  # rendered in memory, then renamed into place: a kill never leaves half a PNG
+    figure.savefig(buffer, format=path.suffix.lstrip("."), dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path.name
+
+
+def write_study_report(study: optuna.Study, spec: StudySpec, out_dir: Path, figures: bool = True) -> Path:
+    """trials.csv, best.json, report.md and figures of one study into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs = load_runs(spec.results)
+    table = sr.trials_table(study, runs)
+    atomic_write_text(out_dir / "trials.csv", table.to_csv(index=False))
+    command = best_command(spec, study)
+    atomic_write_text(out_dir / "best.json", json.dumps(sr.best_summary(study, command), indent=1, default=str) + "\n")
+    run_ids = [r for r in table.get("user_attrs_run_id", []) if isinstance(r, str)]
+    context = {**report_context(spec, runs, run_ids), "command": command, "changes": search_history_text(study)}
+    notes: list[str] = []
+    names = []
+    if figures:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # optuna.visualization.matplotlib is experimental
+            names = _study_figures(study, spec, out_dir, notes)
+    atomic_write_text(out_dir / "report.md", sr.study_markdown(study, context, runs, [n for n in names if n], notes))
+    return out_dir
+
+
+def _study_figures(study: optuna.Study, spec: StudySpec, out_dir: Path, notes: list[str]) -> list[str | None]:
+    top = sf.top_params(study)
+    labels = sr.run_labels(sr.top_trials(study, 5))
+    return [
+        _save_figure(lambda: sf.history_figure(study), out_dir / "optimization_history.png", notes),
+        _save_figure(lambda: sf.importance_figure(study), out_dir / "param_importances.png", notes),
+        _save_figure(lambda: sf.parallel_figure(study, top), out_dir / "parallel_coordinates.png", notes),
+        _save_figure(lambda: sf.slice_figure(study, top), out_dir / "slice.png", notes),
+        _save_figure(lambda: sf.learning_curves_figure(load_histories(spec.results), labels),
+                     out_dir / "learning_curves.png", notes),
+    ]
+
+
+def write_compare_report(group: str, studies: list[optuna.Study], storage: str, results: str, out_dir: Path,
+                         figures: bool = True) -> Path:
+    """The fair comparison: per value its tuned best (validation) and its final seeds (TEST)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    specs = [spec_from_study(s, storage, results) for s in studies]
+    field_name = studies[0].user_attrs["compare_field"]
+    values = [s.user_attrs["compare_value"] for s in studies]
+    runs = load_runs(results)
+    tables = [sr.trials_table(s, runs).assign(compare_value=v, study=s.study_name) for s, v in zip(studies, values)]
+    trials = pd.concat(tables, ignore_index=True)
+    atomic_write_text(out_dir / "trials.csv", trials.to_csv(index=False))
+    final = final_table(studies, results)
+    comparison = sr.compare_table(final, field_name, order=values) if not final.empty else pd.DataFrame()
+    atomic_write_text(out_dir / "comparison.csv", comparison.to_csv(index=False))
+    bests = [sr.best_summary(s, best_command(p, s)) | {"compare_value": v} for s, p, v in zip(studies, specs, values)]
+    payload = {"group": group, "field": field_name, "values": bests,
+               "final_seeds": comparison.to_dict(orient="records")}
+    atomic_write_text(out_dir / "best.json", json.dumps(payload, indent=1, default=str) + "\n")
+    notes: list[str] = []
+    name = None
+    if figures:
+        name = _save_figure(lambda: sf.isolation_figure(trials, field_name, final), out_dir / "isolation.png", notes)
+    run_ids = [r for r in trials.get("user_attrs_run_id", []) if isinstance(r, str)] + list(final["run_id"])
+    context = report_context(specs[0], runs, run_ids)
+    text = sr.compare_markdown(group, field_name, studies, values, context, comparison, notes, [name] if name else [])
+    atomic_write_text(out_dir / "report.md", text)
+    return out_dir
+
+
+def report_warnings(storage: str, results: str) -> list[str]:
+    """One line each about what a report left out: record copies in runs/, and a journal whose
+    last operation was cut short (Optuna ignores it; the next run of the study cuts it)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # unreadable records: the report has warned about them already
+        lines = [misnamed_warning(scan_records(results).misnamed, results)]
+    if not is_rdb_url(storage) and Path(storage).is_file() and damaged_tail(storage) is not None:
+        lines.append(f"warning: journal {storage} ends in a damaged line (an operation written only in part by a "
+                     "killed process or a full disk): it is ignored, and the next studies/run.py of this study "
+                     "cuts it, keeping a copy")
+    return [line for line in lines if line]
+
+
+def write_reports(name: str, storage: str, results: str, out_dir: Path | None = None, figures: bool = True) -> Path:
+    """Rebuild the reports of a study or --compare group from the storage and the run records."""
+    kind, studies = open_study_or_group(name, storage)
+    target = out_dir or Path(results) / "studies" / check_name(name, "--study-name")
+    if kind == "study":
+        return write_study_report(studies[0], spec_from_study(studies[0], storage, results), target, figures)
+    return write_compare_report(name, studies, storage, results, target, figures)

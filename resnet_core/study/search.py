@@ -1,0 +1,178 @@
+"""How a study searches: registries of samplers and pruners (explicit arguments, seeded per
+worker), and creating or joining a study that must ask the same question the same way."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from resnet_core.study.common import FINISHED, experimental_ok
+from resnet_core.study.spec import StudySpec
+from resnet_core.study.storage import open_storage
+
+
+# Sampler arguments are explicit: Optuna 5 changed TPE's defaults (multivariate, constant liar).
+# Worker i seeds its sampler with seed + i, else parallel workers would propose identical trials;
+# QMC is the exception: its points are indexed by trial number, so every worker shares one seed.
+def _tpe(seed: int, worker: int) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.TPESampler(seed=seed + worker, n_startup_trials=10, n_ei_candidates=24, multivariate=True,
+                                      group=False, constant_liar=True)
+
+
+def _random(seed: int, worker: int) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.RandomSampler(seed=seed + worker)
+
+
+def _qmc(seed: int, worker: int) -> optuna.samplers.BaseSampler:
+    with experimental_ok():
+        return optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed, warn_asynchronous_seeding=False,
+                                          warn_independent_sampling=False)
+
+
+def _cmaes(seed: int, worker: int) -> optuna.samplers.BaseSampler:
+    try:
+        import cmaes  # noqa: F401  (optional dependency of Optuna's CMA-ES sampler)
+    except ImportError:
+        raise ValueError("sampler 'cmaes' needs the cmaes package (pip install cmaes); "
+                         "or use tpe, random, qmc, gp") from None
+    return optuna.samplers.CmaEsSampler(seed=seed + worker, n_startup_trials=5, warn_independent_sampling=False,
+                                        independent_sampler=optuna.samplers.RandomSampler(seed=seed + worker))
+
+
+def _gp(seed: int, worker: int) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.GPSampler(seed=seed + worker, n_startup_trials=10, deterministic_objective=False,
+                                     warn_independent_sampling=False)
+
+
+SAMPLERS = {"tpe": _tpe, "random": _random, "qmc": _qmc, "cmaes": _cmaes, "gp": _gp}
+INDEXED_SAMPLERS = frozenset({"qmc"})  # points indexed by trial number: one seed for the whole study
+
+
+def make_sampler(name: str, seed: int, worker: int = 0) -> optuna.samplers.BaseSampler:
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}: expected one of {', '.join(SAMPLERS)}")
+    return SAMPLERS[name](seed, worker)
+
+
+def _warmup(epochs: int) -> int:
+    """Epochs no trial is judged on: slow starters (deep plain nets, warm-up) are not cut unfairly."""
+    return max(1, epochs // 4)
+
+
+def _median(epochs: int) -> optuna.pruners.BasePruner:
+    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=_warmup(epochs), interval_steps=1,
+                                       n_min_trials=3)
+
+
+def _hyperband(epochs: int) -> optuna.pruners.BasePruner:
+    return optuna.pruners.HyperbandPruner(min_resource=_warmup(epochs), max_resource=max(epochs, _warmup(epochs) + 1),
+                                          reduction_factor=3)
+
+
+def _sha(epochs: int) -> optuna.pruners.BasePruner:
+    return optuna.pruners.SuccessiveHalvingPruner(min_resource=_warmup(epochs), reduction_factor=3,
+                                                  min_early_stopping_rate=0)
+
+
+def _no_pruner(epochs: int) -> optuna.pruners.BasePruner:
+    return optuna.pruners.NopPruner()
+
+
+PRUNERS = {"median": _median, "hyperband": _hyperband, "sha": _sha, "none": _no_pruner}
+
+
+def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
+    if name not in PRUNERS:
+        raise ValueError(f"unknown pruner {name!r}: expected one of {', '.join(PRUNERS)}")
+    return PRUNERS[name](epochs)
+
+
+def describe_sampler(name: str, seed: int) -> str:
+    details = {"tpe": "multivariate, constant liar, 10 random startup trials", "qmc": "scrambled Sobol",
+               "gp": "10 random startup trials", "cmaes": "5 random startup trials", "random": ""}
+    return f"{name} (seed {seed}{', ' + details[name] if details.get(name) else ''})"
+
+
+def describe_pruner(name: str, epochs: int) -> str:
+    warm = _warmup(epochs)
+    details = {"median": f"5 startup trials, {warm} warm-up epoch(s), >= 3 trials per step",
+               "hyperband": f"min {warm} epoch(s), max {epochs}, factor 3", "sha": f"min {warm} epoch(s), factor 3"}
+    if name == "none":
+        return "none (every trial trains its full budget)"
+    return f"{name} ({details.get(name, 'custom')}; the final epoch is never pruned)"
+
+
+def create_study(spec: StudySpec, allow_change: bool = False) -> tuple[optuna.Study, bool]:
+    """Create the study, or open it and check it asks the same question (base config and space)
+    the same way (sampler and pruner; another one only with ``allow_change``, and it is recorded).
+
+    Returns the study and whether this call created it. Of several hosts starting at once exactly
+    one creates it (the storage's unique study name decides); the others join it.
+    """
+    storage = open_storage(spec.storage, spec.stale_after)
+    kwargs = {"study_name": spec.name, "storage": storage, "sampler": make_sampler(spec.sampler, spec.seed),
+              "pruner": make_pruner(spec.pruner, spec.budget_epochs)}
+    try:
+        study, created = optuna.create_study(direction="minimize", **kwargs), True
+    except optuna.exceptions.DuplicatedStudyError:
+        study, created = optuna.load_study(**kwargs), False
+    existing = study.user_attrs
+    for key in ("base_config", "space"):
+        if key in existing and existing[key] != spec.attrs()[key]:
+            changed = _first_difference(existing[key], spec.attrs()[key])
+            raise ValueError(f"study {spec.name!r} exists with a different {key} ({changed}): "
+                             "pass --study-name NEW to start another study")
+    _check_search_change(study, spec, allow_change)
+    for key, value in spec.attrs().items():
+        if existing.get(key) != value:
+            study.set_user_attr(key, value)
+    return study, created
+
+
+SEARCH_KEYS = ("sampler", "pruner")  # how a study searches: its report names them for every trial
+
+
+def _check_search_change(study: optuna.Study, spec: StudySpec, allow_change: bool) -> None:
+    """A rerun with another sampler or pruner is refused (the report would claim it for every
+    trial) unless ``allow_change``: then ``search_history`` records from which trial each applies."""
+    existing = study.user_attrs
+    now = [spec.sampler, spec.pruner]
+    before = [existing.get(key, value) for key, value in zip(SEARCH_KEYS, now)]
+    if before == now:
+        return
+    changed = "; ".join(f"--{key} {old} in the study, {new} now" for key, old, new in zip(SEARCH_KEYS, before, now)
+                        if old != new)
+    if not allow_change:
+        raise ValueError(f"study {spec.name!r} was run another way ({changed}): pass --allow-change to go on "
+                         "this way (the report then says from which trial), or --study-name NEW")
+    history = existing.get("search_history") or [[0, *before]]
+    study.set_user_attr("search_history", [*history, [len(study.trials), *now]])
+
+
+def search_history_text(study: optuna.Study) -> str:
+    """``tpe/median for trials 0-3; random/none from trial 4`` ("" if the study never changed)."""
+    history = study.user_attrs.get("search_history") or []
+    parts = []
+    for index, (first, sampler, pruner) in enumerate(history):
+        until = history[index + 1][0] - 1 if index + 1 < len(history) else None
+        span = f"from trial {first}" if until is None else f"for trials {first}-{until}"
+        parts.append(f"sampler {sampler}, pruner {pruner} {span}")
+    return "; ".join(parts)
+
+
+def _first_difference(old: Any, new: Any, path: str = "") -> str:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                return _first_difference(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
+    return f"{path}: {old!r} in the study, {new!r} now"
+
+
+def counts(study: optuna.Study) -> dict[str, int]:
+    """finished (COMPLETE + PRUNED: what --trials counts), running, waiting, failed."""
+    trials = study.get_trials(deepcopy=False)
+    by = lambda *states: sum(t.state in states for t in trials)  # noqa: E731
+    return {"finished": by(*FINISHED), "running": by(TrialState.RUNNING), "waiting": by(TrialState.WAITING),
+            "failed": by(TrialState.FAIL), "complete": by(TrialState.COMPLETE), "pruned": by(TrialState.PRUNED)}
