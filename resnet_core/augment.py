@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 PAD = 4  # He et al. 2015 §4.2: "4 pixels are padded on each side, and a 32x32 crop is randomly sampled"
-SEED_UPSCALE = 1.25  # the tutorial's Resize(40) before RandomCrop(32)
+TUTORIAL_UPSCALE = 1.25  # the tutorial's Resize(40) before RandomCrop(32)
 
 
 def _draw(high: int, n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
@@ -58,14 +58,14 @@ def padcrop_flip(x: torch.Tensor, generator: torch.Generator | None) -> torch.Te
     return random_crop_flip(padded, x.shape[2:], generator)
 
 
-def seed_resize_crop_flip(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def tutorial_resize_crop_flip(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """The tutorial's augmentation: bilinear resize to 1.25x (32 -> 40), random 32 crop, flip.
 
     The resized pixels are rounded to integers as the tutorial's PIL resize does. On CPU torch
     resizes uint8 directly (about 3x faster than float); other devices resize float and round.
     """
     h, w = x.shape[2:]
-    size = (round(h * SEED_UPSCALE), round(w * SEED_UPSCALE))
+    size = (round(h * TUTORIAL_UPSCALE), round(w * TUTORIAL_UPSCALE))
     if x.device.type == "cpu":
         big = F.interpolate(x, size=size, mode="bilinear", align_corners=False)  # (N, C, 40, 40) uint8
     else:
@@ -80,7 +80,7 @@ def no_augment(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tens
 AUGMENTATIONS: dict[str, Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]] = {
     "padcrop_flip": padcrop_flip,
     "none": no_augment,
-    "seed": seed_resize_crop_flip,
+    "tutorial": tutorial_resize_crop_flip,
 }
 
 

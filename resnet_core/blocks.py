@@ -108,7 +108,7 @@ def _option_c(in_ch: int, out_ch: int, stride: int, norm: NormFactory) -> nn.Mod
 
 
 def _option_conv3x3(in_ch: int, out_ch: int, stride: int, norm: NormFactory) -> nn.Module:
-    # The seed tutorial's shortcut: a 3x3 conv (padding 1) + BN where the shape changes.
+    # The tutorial network's shortcut: a 3x3 conv (padding 1) + BN where the shape changes.
     if stride == 1 and in_ch == out_ch:
         return IdentityShortcut()
     return _projection(conv3x3(in_ch, out_ch, stride), norm)

@@ -1,6 +1,6 @@
 """Budgets: how long runs train, on how much data, and the schedule shape that length needs.
 
-One class serves grids and studies. A budget is applied on top of a recipe (``config.RECIPES``):
+One class serves grids and studies. A budget is applied on top of a recipe (``recipes.RECIPES``):
 it sets the run's length (epochs or iterations), the training subset, the settings every run of
 the budget shares (schedule, warm-up) and conditional settings the source of the budget used
 (the paper's ResNet-110 warm-up). Command-line length flags replace the budget's length.

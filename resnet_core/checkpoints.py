@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from resnet_core.config import run_id
+from resnet_core.identity import run_id
 from resnet_core.store import atomic_write_bytes
 
 if TYPE_CHECKING:  # the trainer is built by the engine, which imports this module

@@ -9,25 +9,39 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import os
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 # The run id needs the data's identity (a directory's content fingerprint), which only the data
 # layer can compute; data.py imports this module for type checking only, so this is no cycle.
-from resnet_core.data import DATA_ENV_VAR, data_identity
+from resnet_core.data import DATA_ENV_VAR
 
 SHORTCUTS = ("A", "B", "C", "conv3x3")
 NORMS = ("batch", "none")
 BLOCKS = ("basic", "bottleneck")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("step", "cosine", "onecycle", "constant")
-AUGMENTS = ("padcrop_flip", "none", "seed")
+AUGMENTS = ("padcrop_flip", "none", "tutorial")
 AMP_MODES = ("auto", "bf16", "off")
+
+
+# Old names still accepted, with a FutureWarning: "seed" named the tutorial's network, recipe and
+# augmentation, and a run's random seed; now "seed" means only the random seed.
+RENAMED = {"seed": "tutorial"}
+
+
+def current_name(name: str, what: str) -> str:
+    """``name``, or its new name (with a FutureWarning) when it is an old one (:data:`RENAMED`)."""
+    if isinstance(name, str) and name in RENAMED:
+        warnings.warn(f"{what} {name!r} is now called {RENAMED[name]!r}; the old name will be removed",
+                      FutureWarning, stacklevel=3)
+        return RENAMED[name]
+    return name
 
 
 def _fail(field_name: str, value: Any, allowed: str) -> None:
@@ -195,6 +209,7 @@ class TrainConfig:
                 _fail(name, getattr(self, name), "expected an integer >= 1")
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("schedule", self.schedule, SCHEDULES)
+        object.__setattr__(self, "augment", current_name(self.augment, "augment"))
         _check_choice("augment", self.augment, AUGMENTS)
         _check_choice("amp", self.amp, AMP_MODES)
         _check_positive("lr", self.lr)
@@ -221,7 +236,7 @@ class TrainConfig:
 class RunConfig:
     """One training run: what to train (model, data, recipe) and with which seed.
 
-    ``device`` says where, not what: it is left out of the run's identity (see :func:`run_id`).
+    ``device`` says where, not what: it is left out of the run's identity (see resnet_core/identity.py).
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -431,71 +446,6 @@ def run_config_from_dict(values: Mapping[str, Any]) -> RunConfig:
     )
 
 
-def identity_dict(run: RunConfig) -> dict[str, Any]:
-    """The part of a run config that decides what is computed (device, paths to caches excluded).
-
-    Every field, data path included: studies record it as their base config. The run id hashes
-    less (:func:`identity_settings` and :func:`~resnet_core.data.data_identity`).
-    """
-    full = to_dict(run)
-    full.pop("device", None)
-    for dotted in NON_IDENTITY_FIELDS:
-        if "." in dotted:
-            section, name = dotted.split(".", 1)
-            full[section].pop(name, None)
-    return full
-
-
-# Version of the run-id recipe. Bump it (and migrate stored runs: resnet_core/migrate.py) when the
-# recipe changes, or when a field's default changes: a default is left out of the hash, so a new
-# default would otherwise give old and new runs one id. Schema 1 hashed every field and the path.
-RUN_ID_SCHEMA = 2
-# The data source enters the id as data_identity (content, not path), never as a setting.
-DATA_FIELDS_IN_DATA_IDENTITY = ("data.source",)
-_MISSING = object()  # a field the defaults lack: never equal to a value
-
-
-def _flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, Mapping):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-@functools.lru_cache(maxsize=None)  # the defaults are fixed by the dataclasses
-def _default_settings(cls: type) -> Mapping[str, Any]:
-    return _flat(to_dict(cls()))
-
-
-def identity_settings(run: RunConfig) -> dict[str, Any]:
-    """``{dotted name: value}`` of the identity fields whose values differ from their defaults.
-
-    Only these enter the run id, so a new field added with a default that keeps the old behaviour
-    leaves every existing id as it was (tests/test_config.py pins this).
-    """
-    defaults = _default_settings(type(run))  # the defaults of the run's own classes
-    skip = NON_IDENTITY_FIELDS | set(DATA_FIELDS_IN_DATA_IDENTITY)
-    return {name: value for name, value in _flat(to_dict(run)).items()
-            if name not in skip and value != defaults.get(name, _MISSING)}
-
-
-def run_id(run: RunConfig, data: str | None = None) -> str:
-    """Stable identity of a run: a short hash of the schema, the settings that differ from their
-    defaults, and the data's identity (a directory's content fingerprint, not its path: the same
-    images reached by another path, a symlink or a copy are the same run).
-
-    ``data``: the data's identity when it is already known (a stored record's fingerprint); by
-    default ``data_identity(run.data)``, which reads a directory through the decode cache.
-    """
-    data = data if data is not None else data_identity(run.data)
-    payload = {"schema": RUN_ID_SCHEMA, "settings": identity_settings(run), "data": data}
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def default_data_source() -> str:
     """The data source when the command line names none: ``$RESNET_CORE_DATA``, else ``cifar10``.
 
@@ -503,35 +453,6 @@ def default_data_source() -> str:
     the run's record names the data it used.
     """
     return os.environ.get(DATA_ENV_VAR) or DataConfig.source
-
-
-# ------------------------------------------------------------------------------------ recipes
-
-# He et al. 2015 §4.2: SGD momentum 0.9, weight decay 1e-4, batch 128, lr 0.1 divided by 10 at 32k
-# and 48k iterations, stop at 64k; pad-4 crop + flip. (ResNet-110 adds warmup_iterations=400.)
-PAPER = TrainConfig(
-    epochs=None, iterations=64000, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9,
-    weight_decay=1e-4, schedule="step", milestones=(0.5, 0.75), gamma=0.1, augment="padcrop_flip",
-)
-# The tutorial this project grew from: Adam lr 1e-3, batch 100, lr divided by 3 every 20 of its
-# 80 epochs, resize-40/crop-32/flip augmentation without normalisation.
-SEED = TrainConfig(
-    epochs=80, batch_size=100, optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="step",
-    milestones=(0.25, 0.5, 0.75), gamma=1 / 3, augment="seed", normalize=False,
-)
-# A smoke-run recipe: few epochs, one-cycle so that a short budget still converges somewhat.
-QUICK = TrainConfig(
-    epochs=3, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True,
-    weight_decay=5e-4, schedule="onecycle", augment="padcrop_flip",
-)
-RECIPES = {"paper": PAPER, "seed": SEED, "quick": QUICK}
-
-
-def recipe(name: str) -> TrainConfig:
-    """A TrainConfig preset by name; an unknown name lists the known ones."""
-    if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}: expected one of {', '.join(RECIPES)}")
-    return RECIPES[name]
 
 
 def get_field(run: RunConfig, dotted: str) -> Any:

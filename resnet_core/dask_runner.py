@@ -38,7 +38,8 @@ from urllib.parse import urlparse
 import torch
 from distributed import Client, Event, Future, KilledWorker, LocalCluster, WorkerPlugin, as_completed, get_worker
 
-from resnet_core.config import RunConfig, run_id
+from resnet_core.config import RunConfig
+from resnet_core.identity import run_id
 from resnet_core.devices import available_cpus, pin_device, resolve_device, share_compile_threads, worker_devices
 from resnet_core.engine import fit
 from resnet_core.runner import Outcome, outcome_of, progress_bar, split_done, tally, worker_data

@@ -22,7 +22,8 @@ from torch import nn
 
 from resnet_core import augment as augment_module
 from resnet_core.checkpoints import load_checkpoint, save_checkpoint
-from resnet_core.config import RunConfig, run_id, to_dict
+from resnet_core.config import RunConfig, to_dict
+from resnet_core.identity import run_id
 from resnet_core.data import DataBundle, load_data
 from resnet_core.devices import configure_backends, needs_grad_scaler, resolve_amp, resolve_device, sync
 from resnet_core.models import build_model, count_macs, count_parameters, stage_parameters

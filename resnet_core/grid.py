@@ -14,7 +14,7 @@ File format (all keys optional except ``axes`` or ``cells``; see resnet_core/gri
     description = "..."
     report = "degradation"         # which report the grid gets: degradation | generic
     model = "resnet20"             # base model preset (resnet_core.models.PRESETS)
-    recipe = "paper"               # base recipe (resnet_core.config.RECIPES)
+    recipe = "paper"               # base recipe (resnet_core.recipes.RECIPES)
     seeds = 3                      # seeds 0..2, or a list [0, 5, 7]
 
     [fixed]                        # settings of every run: any config field, bare or dotted
@@ -26,8 +26,8 @@ File format (all keys optional except ``axes`` or ``cells``; see resnet_core/gri
 
     [[cells]]                      # linked cells: each sets several things at once
     name = "tutorial"              # (crossed with the axes and the seeds)
-    model = "seed"
-    recipe = "seed"
+    model = "tutorial"
+    recipe = "tutorial"
 
     [[when]]                       # conditional settings, applied after the axes
     match = { depth = 110 }
@@ -55,9 +55,10 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from resnet_core.budgets import Budget
 from resnet_core.config import (
-    SECTIONS, RunConfig, apply_overrides, canonical_name, canonical_settings, coerce, get_field, recipe, resolve_field,
-    run_id,
+    SECTIONS, RunConfig, apply_overrides, canonical_name, canonical_settings, coerce, get_field, resolve_field,
 )
+from resnet_core.identity import run_id
+from resnet_core.recipes import recipe
 from resnet_core.models import resolve_model
 from resnet_core.store import atomic_write_text, check_name
 

@@ -29,7 +29,8 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from resnet_core.config import RUN_ID_SCHEMA, RunConfig, run_config_from_dict, run_id, to_dict
+from resnet_core.config import RunConfig, run_config_from_dict, to_dict
+from resnet_core.identity import RUN_ID_SCHEMA, run_id
 from resnet_core.data import content_identity, named_source
 from resnet_core.store import (
     RunRecord, atomic_write_bytes, atomic_write_text, checkpoint_path, read_record, runs_dir, write_record,

@@ -5,7 +5,7 @@ Variants are composed, not branched (docs/DESIGN.md, style example 2): the block
 layer from :data:`NORMS`. ``forward()`` holds no flags; the one test left in a block is whether it
 has a shortcut at all (plain nets, He et al. 2015 §4.2, have none, so they pay for no addition).
 
-Module names are fixed for every model (checkpoint compatibility with the seed tutorial network):
+Module names are fixed for every model (checkpoint compatibility with the tutorial network):
 stem ``conv``/``bn``, stages ``layer1..layerK`` of blocks with ``conv1``/``bn1``/``conv2``/``bn2``
 (bottlenecks add ``conv3``/``bn3``) and, where a projection exists, ``downsample`` =
 ``Sequential(conv, norm)``; pool ``avg_pool``; head ``fc``.
@@ -42,7 +42,7 @@ import torch.nn as nn
 
 from resnet_core.blocks import BLOCKS, NORMS, SHORTCUTS, conv3x3, lookup, no_norm
 from resnet_core.cli import run_cli
-from resnet_core.config import ModelConfig, coerce, parse_assignments
+from resnet_core.config import ModelConfig, coerce, current_name, parse_assignments
 
 
 # ------------------------------------------------------------------------------------- network
@@ -158,7 +158,7 @@ PRESETS: dict[str, ModelConfig] = {
     "plain18": dataclasses.replace(_RESNET18, residual=False),
     "plain34": dataclasses.replace(_RESNET34, residual=False),
     # The tutorial network this project grew from: 3x(2 basic blocks), 3x3-conv shortcuts.
-    "seed": dataclasses.replace(_CIFAR, depth=14, shortcut="conv3x3"),
+    "tutorial": dataclasses.replace(_CIFAR, depth=14, shortcut="conv3x3"),
 }
 
 
@@ -167,7 +167,7 @@ def resolve_model(spec: ModelConfig | str) -> ModelConfig:
     if isinstance(spec, ModelConfig):
         return spec
     if isinstance(spec, str):
-        return lookup(PRESETS, spec, "model preset")
+        return lookup(PRESETS, current_name(spec, "model preset"), "model preset")
     raise ValueError(f"model spec {spec!r} is invalid: expected a ModelConfig or one of {', '.join(PRESETS)}")
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from resnet_core.config import RUN_ID_SCHEMA
+from resnet_core.identity import RUN_ID_SCHEMA
 from resnet_core.devices import device_name, precision_facts
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -61,7 +61,7 @@ def collect_provenance(run, device: torch.device | None, amp_dtype: torch.dtype 
                        resumed_from: str | None = None) -> dict[str, Any]:
     """Provenance of one run: code, software, device, precision, data fingerprint and class names.
 
-    The device is not part of a run's identity (``config.run_id``), yet precision and the random
+    The device is not part of a run's identity (``identity.run_id``), yet precision and the random
     streams depend on it; so the record states the device type, the arithmetic (autocast dtype,
     loss scaling, TF32, cuDNN benchmark) and ``resumed_from_device``: the device type of a
     checkpoint written on another device type, whose RNG streams could not be continued.

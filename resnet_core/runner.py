@@ -32,7 +32,8 @@ from typing import Iterator, Sequence
 import torch
 from joblib import Parallel, delayed
 
-from resnet_core.config import DataConfig, RunConfig, run_id
+from resnet_core.config import DataConfig, RunConfig
+from resnet_core.identity import run_id
 from resnet_core.data import DataBundle, load_data
 from resnet_core.devices import available_cpus, pin_device, resolve_device, share_compile_threads, worker_devices
 from resnet_core.engine import fit

@@ -22,8 +22,10 @@ import torch
 
 from resnet_core.cli import add_flags, check_flags, entry
 from resnet_core.config import (
-    RECIPES, DataConfig, RunConfig, apply_overrides, default_data_source, parse_assignments, recipe, run_id, to_dict,
+    DataConfig, RunConfig, apply_overrides, default_data_source, parse_assignments, to_dict,
 )
+from resnet_core.identity import run_id
+from resnet_core.recipes import RECIPES, recipe
 from resnet_core.data import load_data
 from resnet_core.devices import resolve_device
 from resnet_core.engine import fit

@@ -11,7 +11,8 @@ import os
 import time
 from pathlib import Path
 
-from resnet_core.config import RunConfig, parse_assignments, run_id
+from resnet_core.config import RunConfig, parse_assignments
+from resnet_core.identity import run_id
 from resnet_core.engine import fit
 from resnet_core.store import RunRecord
 from resnet_core.study import StudyRequest

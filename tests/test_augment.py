@@ -44,7 +44,7 @@ def test_registry_matches_config_choices_and_unknown_names_fail():
     from resnet_core.config import AUGMENTS
 
     assert set(AUGMENTATIONS) == set(AUGMENTS)
-    with pytest.raises(ValueError, match="augment='cutout'.*padcrop_flip, none, seed"):
+    with pytest.raises(ValueError, match="augment=.cutout.*padcrop_flip, none, tutorial"):
         make_train_transform("cutout", MEAN, STD, True)
 
 
@@ -83,7 +83,7 @@ def test_flip_mirrors_left_right():
 
 def test_same_generator_seed_same_batch_and_other_seed_other_batch():
     x = noise_images(32)
-    for name in ("padcrop_flip", "seed"):
+    for name in ("padcrop_flip", "tutorial"):
         transform = make_train_transform(name, MEAN, STD, True)
         a = transform(x, torch.Generator().manual_seed(7))
         b = transform(x, torch.Generator().manual_seed(7))
@@ -120,7 +120,7 @@ def test_normalised_training_pixels_have_zero_mean_unit_std():
 
 def test_seed_augmentation_is_a_crop_of_the_40px_resize_and_not_normalised():
     x = noise_images(128)
-    out = make_train_transform("seed", MEAN, STD, normalize=False)(x, torch.Generator().manual_seed(3))
+    out = make_train_transform("tutorial", MEAN, STD, normalize=False)(x, torch.Generator().manual_seed(3))
     assert out.shape == (128, 3, 32, 32)
     assert out.min() >= 0 and out.max() <= 1
     resized = F.interpolate(x, size=(40, 40), mode="bilinear", align_corners=False)  # the tutorial's Resize(40)
@@ -135,7 +135,7 @@ def test_bad_normalisation_statistics_fail_in_one_line():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("name", ["padcrop_flip", "seed"])
+@pytest.mark.parametrize("name", ["padcrop_flip", "tutorial"])
 def test_cuda_batches_with_a_cuda_generator_are_crops_of_their_input(name):
     x = noise_images(128).cuda()
     transform = make_train_transform(name, MEAN, STD, normalize=False)

@@ -9,19 +9,10 @@ import json
 import pytest
 
 from resnet_core.config import (
-    DataConfig,
-    ModelConfig,
-    RunConfig,
-    TrainConfig,
-    apply_overrides,
-    default_data_source,
-    identity_settings,
-    parse_assignments,
-    recipe,
-    run_config_from_dict,
-    run_id,
-    to_dict,
+    DataConfig, ModelConfig, RunConfig, TrainConfig, apply_overrides, default_data_source, parse_assignments, run_config_from_dict, to_dict,
 )
+from resnet_core.identity import identity_settings, run_id
+from resnet_core.recipes import recipe
 
 
 @pytest.mark.parametrize(
@@ -90,7 +81,7 @@ def test_the_environment_is_read_by_default_data_source_not_by_the_dataclass(mon
 
 
 # A config touching every section; its id is pinned below. If this test fails, stored runs lose
-# their records: bump config.RUN_ID_SCHEMA and migrate (resnet_core/migrate.py) instead.
+# their records: bump identity.RUN_ID_SCHEMA and migrate (resnet_core/migrate.py) instead.
 PINNED = RunConfig(model=ModelConfig(depth=56, residual=False), train=recipe("quick"),
                    data=DataConfig(source="synthetic:2000", subset=1000, val_size=500), seed=1, device="cpu")
 
@@ -154,7 +145,7 @@ def test_adding_a_field_with_a_default_keeps_every_id():
         RunConfig(data=DataConfig(source="synthetic")),
         RunConfig(model=ModelConfig(depth=110, preact=True), train=recipe("paper"),
                   data=DataConfig(source="cifar10", root="/elsewhere"), seed=3),
-        RunConfig(model=ModelConfig(blocks=(2, 2, 2, 2), widths=(64, 128, 256, 512)), train=recipe("seed"),
+        RunConfig(model=ModelConfig(blocks=(2, 2, 2, 2), widths=(64, 128, 256, 512)), train=recipe("tutorial"),
                   data=DataConfig(source="cifar100", subset=5000, split_seed=2), seed=2),
     ]
     for run in configs:
@@ -168,5 +159,18 @@ def test_adding_a_field_with_a_default_keeps_every_id():
 
 
 def test_unknown_recipe_lists_known():
-    with pytest.raises(ValueError, match="paper, seed, quick"):
+    with pytest.raises(ValueError, match="paper, tutorial, quick"):
         recipe("fast")
+
+
+def test_the_old_name_seed_of_the_tutorial_still_works_with_a_warning():
+    from resnet_core.models import resolve_model
+    from resnet_core.recipes import TUTORIAL, recipe
+
+    with pytest.warns(FutureWarning, match="'seed' is now called 'tutorial'"):
+        assert recipe("seed") == TUTORIAL
+    with pytest.warns(FutureWarning, match="model preset 'seed'"):
+        assert resolve_model("seed") == resolve_model("tutorial")
+    with pytest.warns(FutureWarning, match="augment 'seed'"):
+        old = TrainConfig(augment="seed")
+    assert old == TrainConfig(augment="tutorial") and run_id(RunConfig(train=old)) == run_id(RunConfig(train=TrainConfig(augment="tutorial")))

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from resnet_core import checkpoints, engine
-from resnet_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig, recipe, run_id
+from resnet_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from resnet_core.identity import run_id
+from resnet_core.recipes import recipe
 from resnet_core.data import load_data
 from resnet_core.engine import fit
 from resnet_core.schedules import Budget, lr_at, make_budget
@@ -138,7 +140,7 @@ def test_corrupt_checkpoint_restarts_from_scratch_with_a_warning(tmp_path):
 
 
 def test_seed_recipe_runs(tmp_path):
-    train = dataclasses.replace(recipe("seed"), epochs=1)
+    train = dataclasses.replace(recipe("tutorial"), epochs=1)
     run = RunConfig(model=ModelConfig(depth=14, shortcut="conv3x3"), train=train, data=TINY_DATA, device="cpu")
     record = fit(run, results_dir=tmp_path)
     assert record.status == "completed", record.error

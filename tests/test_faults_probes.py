@@ -46,7 +46,7 @@ residual = [true, false]
 COUNT_TRAININGS = """
 import os, runpy, sys
 from resnet_core import engine
-from resnet_core.config import run_id
+from resnet_core.identity import run_id
 make_trainer = engine.make_trainer
 def logged(run, data):
     with open(os.environ["TRAIN_LOG"], "a") as log:

@@ -20,7 +20,8 @@ import torch
 
 from resnet_core import devices
 from resnet_core.augment import make_train_transform
-from resnet_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig, run_id
+from resnet_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from resnet_core.identity import run_id
 from resnet_core.data import load_data
 from resnet_core.engine import fit, make_trainer
 from resnet_core.runner import run_all

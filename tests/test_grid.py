@@ -9,7 +9,7 @@ import pytest
 
 from resnet_core.budgets import GRID_BUDGETS
 from resnet_core.cli import run_cli
-from resnet_core.config import PAPER, SEED
+from resnet_core.recipes import PAPER, TUTORIAL
 from resnet_core.grid import (
     expand,
     load_grid,
@@ -45,7 +45,7 @@ def write(tmp_path: Path, text: str, name: str = "g.toml") -> Path:
         ("shortcuts", 3 * 2 * 3, ("shortcut", "depth")),
         ("normalization", 2 * 2 * 2 * 3, ("norm", "residual", "depth")),
         ("preactivation", 2 * 2 * 3, ("preact", "depth")),
-        ("seed-vs-paper", 2 * 3, ("variant",)),
+        ("tutorial-vs-paper", 2 * 3, ("variant",)),
     ],
 )
 def test_builtin_grids_expand(name, runs, axes):
@@ -66,9 +66,9 @@ def test_degradation_cells_follow_the_paper():
 
 
 def test_seed_vs_paper_links_model_and_recipe():
-    cells = expand(load_grid("seed-vs-paper", GRIDS))
+    cells = expand(load_grid("tutorial-vs-paper", GRIDS))
     by_variant = {dict(c.key)["variant"]: c.run for c in cells if c.seed == 0}
-    assert by_variant["seed-tutorial"].model == PRESETS["seed"] and by_variant["seed-tutorial"].train == SEED
+    assert by_variant["tutorial"].model == PRESETS["tutorial"] and by_variant["tutorial"].train == TUTORIAL
     assert by_variant["resnet20-paper"].model == PRESETS["resnet20"] and by_variant["resnet20-paper"].train == PAPER
 
 
@@ -129,7 +129,7 @@ BAD_GRIDS = {
     "fixed bad type": ('[fixed]\nlr = "fast"\n[axes]\ndepth = [20]\n', "lr='fast'"),
     "same run twice": ('[axes]\n"data.download" = [true, false]\n', "same run"),
     "bad seeds": ('seeds = 0\n[axes]\ndepth = [20]\n', "seeds=0"),
-    "cell without name": ('[[cells]]\nmodel = "seed"\n', "needs a name"),
+    "cell without name": ('[[cells]]\nmodel = "tutorial"\n', "needs a name"),
     "rule key": ('[axes]\ndepth = [20]\n[[when]]\nif = { depth = 20 }\n', "unknown key 'if'"),
 }
 

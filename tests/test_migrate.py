@@ -8,7 +8,8 @@ import json
 
 import torch
 
-from resnet_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig, run_id, to_dict
+from resnet_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig, to_dict
+from resnet_core.identity import run_id
 from resnet_core.migrate import current_run_ids, migrate_run_ids, schema1_run_id
 from resnet_core.runner import run_all, split_done
 from resnet_core.store import RunRecord, checkpoint_path, load_runs, read_record, record_path, write_record

@@ -197,7 +197,7 @@ def test_stage_parameters_partition_the_model() -> None:
 
 def test_preset_names() -> None:
     expected = {f"resnet{d}" for d in (20, 32, 44, 56, 110, 1202)} | {f"plain{d}" for d in (20, 32, 44, 56, 110)}
-    expected |= {"preact-resnet110", "preact-resnet164", "preact-resnet1001", "seed"}
+    expected |= {"preact-resnet110", "preact-resnet164", "preact-resnet1001", "tutorial"}
     expected |= {"resnet18", "resnet34", "resnet50", "plain18", "plain34"}
     assert set(PRESETS) == expected
     assert resolve_model("resnet56").depth == 56
@@ -292,7 +292,7 @@ def test_norm_none_net_trains(cfg: ModelConfig) -> None:
 
 
 class TutorialBlock(nn.Module):
-    """A standalone copy of the seed tutorial's ResidualBlock (yunjey/pytorch-tutorial)."""
+    """A standalone copy of the tutorial's ResidualBlock (yunjey/pytorch-tutorial)."""
 
     def __init__(self, in_ch: int, out_ch: int, stride: int = 1, downsample: nn.Module | None = None):
         super().__init__()
@@ -347,7 +347,7 @@ def _bn_keys(prefix: str) -> set[str]:
 
 
 def test_seed_network_keys_and_params() -> None:
-    model = build_model("seed")
+    model = build_model("tutorial")
     expected = {"conv.weight", "fc.weight", "fc.bias"} | _bn_keys("bn")
     for stage in (1, 2, 3):
         for block in (0, 1):
@@ -370,7 +370,7 @@ def test_tutorial_checkpoint_loads_strictly_with_identical_outputs() -> None:
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.2, 0.2)
     tutorial.eval()
-    model = build_model("seed")
+    model = build_model("tutorial")
     model.load_state_dict(tutorial.state_dict(), strict=True)
     model.eval()
     x = torch.randn(2, 3, 32, 32)

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 from scipy import stats as scipy_stats
 
-from resnet_core.config import DataConfig, ModelConfig, RunConfig, apply_overrides, run_id, to_dict
+from resnet_core.config import DataConfig, ModelConfig, RunConfig, apply_overrides, to_dict
+from resnet_core.identity import run_id
 from resnet_core.degradation import PLAIN_REFERENCE_COLUMN, paper_comparison
 from resnet_core.grid_report import build_report, write_report
 from resnet_core.reports import display_table, grid_table, markdown_table, summarize_cells

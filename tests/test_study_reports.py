@@ -17,7 +17,9 @@ from optuna.trial import TrialState, create_trial
 
 from resnet_core import study as sr
 from resnet_core.reports import markdown_table
-from resnet_core.config import RunConfig, apply_overrides, recipe, run_id
+from resnet_core.config import RunConfig, apply_overrides
+from resnet_core.identity import run_id
+from resnet_core.recipes import recipe
 from resnet_core.stats import difference_interval, mean_interval
 
 DISTS = {"lr": FloatDistribution(0.01, 0.5, log=True), "batch_size": CategoricalDistribution([64, 128])}

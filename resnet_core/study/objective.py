@@ -12,7 +12,8 @@ from typing import Any, Callable
 
 import optuna
 
-from resnet_core.config import DataConfig, run_id
+from resnet_core.config import DataConfig
+from resnet_core.identity import run_id
 from resnet_core.data import load_data
 from resnet_core.devices import resolve_device
 from resnet_core.engine import fit as engine_fit

@@ -11,7 +11,9 @@ from typing import Any, Mapping
 import optuna
 
 from resnet_core.budgets import STUDY_BUDGETS, Budget, lookup
-from resnet_core.config import DataConfig, RunConfig, apply_overrides, identity_dict, recipe, run_config_from_dict
+from resnet_core.config import DataConfig, RunConfig, apply_overrides, run_config_from_dict
+from resnet_core.identity import identity_dict
+from resnet_core.recipes import recipe
 from resnet_core.models import resolve_model
 from resnet_core.study.space import SearchSpace, parse_param
 

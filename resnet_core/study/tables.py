@@ -17,7 +17,8 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from resnet_core.config import RunConfig, field_index, recipe
+from resnet_core.config import RunConfig, field_index
+from resnet_core.recipes import recipe
 from resnet_core.models import resolve_model
 from resnet_core.reports import markdown_table
 from resnet_core.stats import difference_interval, mean_interval
