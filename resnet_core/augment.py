@@ -1,4 +1,4 @@
-"""Training-time augmentation on whole uint8 batches, on the training device (DESIGN.md, "Data").
+"""Training-time augmentation on whole uint8 batches, on the training device (docs/DESIGN.md, "Data").
 
 An augmentation maps uint8 images (N, C, H, W) and a ``torch.Generator`` to images in pixel units
 (0..255, uint8 or float) of the same size; a :class:`PixelAffine` then turns them into float32,

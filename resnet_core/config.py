@@ -1,6 +1,6 @@
 """The whole specification of a run: four frozen dataclasses and the helpers that layer them.
 
-Config layers (DESIGN.md, style example 4): dataclass defaults, then a preset or a file, then
+Config layers (docs/DESIGN.md, "Config layers"): dataclass defaults, then a preset or a file, then
 command-line ``field=value`` overrides. Every layer goes through :func:`apply_overrides`, which
 rejects unknown keys and checks types, so a typo is an error and never a silent default.
 """

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 from resnet_core import cache
 from resnet_core.cache import CACHE_ENV_VAR, RawData  # noqa: F401 - CACHE_ENV_VAR: part of this module's API
+from resnet_core.devices import available_cpus
 from resnet_core.splits import split_indices
 
 if TYPE_CHECKING:  # config imports this module (a run's id needs its data's identity)
@@ -474,10 +475,7 @@ def _worker_count() -> int:
     (as in some parallel study workers)."""
     if multiprocessing.current_process().daemon:
         return 1
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    return available_cpus()
 
 
 def _imagefolder_title(root: Path) -> str:

@@ -33,7 +33,7 @@ File format (all keys optional except ``axes`` or ``cells``; see resnet_core/gri
     match = { depth = 110 }
     set = { warmup_iterations = 400 }
 
-Layering of one run (docs/DESIGN.md, style example 4): model preset and recipe (base, then the cell's,
+Layering of one run (docs/DESIGN.md, "Config layers"): model preset and recipe (base, then the cell's,
 then the axes'), then the budget (length, subset, the schedule every cell shares: resnet_core/budgets.py),
 ``fixed``, the cell's settings, the axis values (so an ``epochs`` axis scans the length), ``when``
 rules, the budget's own rules, and last the command-line overrides (data, device).

@@ -1,6 +1,6 @@
 """The CIFAR ResNet family: one factory from a :class:`ModelConfig` (or a preset name) to a module.
 
-Variants are composed, not branched (docs/DESIGN.md, style example 2): the block class is chosen by
+Variants are composed, not branched (docs/DESIGN.md, "Models"): the block class is chosen by
 ``(block, preact)`` from :data:`BLOCKS`, the shortcut by name from :data:`SHORTCUTS` and the norm
 layer from :data:`NORMS`. ``forward()`` holds no flags; the one test left in a block is whether it
 has a shortcut at all (plain nets, He et al. 2015 §4.2, have none, so they pay for no addition).

@@ -1,4 +1,4 @@
-"""Where a result came from: code version, software, hardware and data (DESIGN.md, style example 7)."""
+"""Where a result came from: code version, software, hardware and data (docs/DESIGN.md, "Rules of evidence")."""
 
 from __future__ import annotations
 

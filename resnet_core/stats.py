@@ -1,6 +1,6 @@
 """Summaries over seeds: mean, sample std and a Student-t 95% interval of the mean.
 
-A claim about a variant is a mean over seeds with its spread (DESIGN.md, rules of evidence);
+A claim about a variant is a mean over seeds with its spread (docs/DESIGN.md, rules of evidence);
 with one seed the interval is undefined (NaN) and reports label the number single-seed.
 """
 

@@ -1,6 +1,6 @@
 """The result store: one JSON record per run, written atomically, read back as pandas tables.
 
-Reports read only these records (DESIGN.md), so any table or figure can be rebuilt without
+Reports read only these records (docs/DESIGN.md), so any table or figure can be rebuilt without
 training. Layout under a results directory::
 
     runs/<run_id>.json          one record per run (completed, diverged, failed or stopped)
