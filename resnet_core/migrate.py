@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+import pandas as pd
 import torch
 
 from resnet_core.config import RunConfig, run_config_from_dict, to_dict
@@ -124,6 +125,17 @@ def current_run_ids(run_ids: Iterable[str], runs) -> list[str]:
     column = "provenance.previous_run_id"
     renamed = dict(zip(runs[column], runs["run_id"])) if column in getattr(runs, "columns", ()) else {}
     return [renamed.get(rid, rid) for rid in run_ids]
+
+
+def with_previous_ids(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` (``store.load_runs``) plus, for every migrated record, a copy of its row under its
+    schema-1 id: a study's trials keep the ids they were given, so its reports join on either."""
+    column = "provenance.previous_run_id"
+    if runs.empty or column not in runs.columns:
+        return runs
+    old = runs.loc[runs[column].notna() & (runs[column] != runs["run_id"])].copy()
+    old["run_id"] = old[column]
+    return pd.concat([runs, old], ignore_index=True) if not old.empty else runs
 
 
 def _migrate_record(path: Path, results: Path, mapping: dict[str, str]) -> str:

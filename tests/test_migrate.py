@@ -122,3 +122,16 @@ def test_an_old_record_whose_new_name_is_taken_is_kept_beside_it(tmp_path):
     assert migration.superseded == 1 and len(load_runs(results)) == 1
     assert "1 older duplicate(s) kept as *.json.schema1" in migration.message()
     assert (results / "runs" / f"{old}.json.schema1").exists()
+
+
+def test_study_reports_find_a_migrated_record_under_the_id_its_trial_kept():
+    import pandas as pd
+
+    from resnet_core.migrate import current_run_ids, with_previous_ids
+
+    runs = pd.DataFrame({"run_id": ["new1", "same"], "provenance.previous_run_id": ["old1", None],
+                         "final.test_error": [12.5, 30.0]})
+    both = with_previous_ids(runs)
+    assert both.set_index("run_id").loc["old1", "final.test_error"] == 12.5 and len(both) == 3
+    assert current_run_ids(["old1", "same", "other"], runs) == ["new1", "same", "other"]
+    assert with_previous_ids(runs.drop(columns="provenance.previous_run_id")) is not None

@@ -400,3 +400,16 @@ def test_spawned_workers_get_the_injected_fit(tmp_path, space):
     study = load(tmp_path)
     assert all(t.value == pytest.approx(fake_error(t.params["lr"])) for t in study.trials)
     assert os.getpid() not in {t.user_attrs["pid"] for t in study.trials}  # trained in the spawned workers
+
+
+def test_a_study_created_before_a_new_config_field_goes_on(tmp_path, space):
+    """The study stores its base config; a field added since (at its default) or the tutorial's old
+    name is the same question, so the study continues instead of asking for a new name."""
+    setup, _ = st.plan(tiny_request(tmp_path, space))
+    study, created = st.create_study(setup.spec)
+    assert created
+    old = json.loads(json.dumps(study.user_attrs["base_config"]))
+    del old["train"]["warmup_fraction"]  # as written before that field existed
+    study.set_user_attr("base_config", old)
+    again, created = st.create_study(setup.spec)
+    assert not created and again.study_name == study.study_name

@@ -12,7 +12,8 @@ from optuna.trial import TrialState
 
 from resnet_core.config import RunConfig, apply_overrides, get_field, resolve_field
 from resnet_core.engine import fit as engine_fit
-from resnet_core.store import find_record
+from resnet_core.migrate import current_run_ids
+from resnet_core.store import find_record, load_runs
 from resnet_core.study.common import FINAL_SEED_BASE
 from resnet_core.study.objective import matching_data
 from resnet_core.study.spec import StudySpec, trial_config
@@ -77,8 +78,9 @@ def train_final_seeds(spec: StudySpec, study: optuna.Study, seeds: int, device: 
 def final_table(studies: list[optuna.Study], results: str):
     """One row per final-seed run of a --compare group: value, seed, test and validation error."""
     rows = []
+    runs = load_runs(results)  # ids stored before a run-id migration are mapped to the records' new ids
     for study in studies:
-        for rid in study.user_attrs.get("final_run_ids", []):
+        for rid in current_run_ids(study.user_attrs.get("final_run_ids", []), runs):
             record = find_record(results, rid)
             if record is not None and record.status == "completed":
                 rows.append({"value": study.user_attrs["compare_value"], "seed": record.config["seed"], "run_id": rid,

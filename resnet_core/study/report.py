@@ -13,6 +13,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from resnet_core.migrate import with_previous_ids
 from resnet_core.store import (
     atomic_write_bytes, atomic_write_text, check_name, load_histories, load_runs, misnamed_warning, scan_records,
 )
@@ -93,7 +94,7 @@ def _save_figure(make: Callable[[], Any], path: Path, notes: list[str]) -> str |
 def write_study_report(study: optuna.Study, spec: StudySpec, out_dir: Path, figures: bool = True) -> Path:
     """trials.csv, best.json, report.md and figures of one study into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    runs = load_runs(spec.results)
+    runs = with_previous_ids(load_runs(spec.results))
     table = sr.trials_table(study, runs)
     atomic_write_text(out_dir / "trials.csv", table.to_csv(index=False))
     command = best_command(spec, study)
@@ -130,7 +131,7 @@ def write_compare_report(group: str, studies: list[optuna.Study], storage: str, 
     specs = [spec_from_study(s, storage, results) for s in studies]
     field_name = studies[0].user_attrs["compare_field"]
     values = [s.user_attrs["compare_value"] for s in studies]
-    runs = load_runs(results)
+    runs = with_previous_ids(load_runs(results))
     tables = [sr.trials_table(s, runs).assign(compare_value=v, study=s.study_name) for s, v in zip(studies, values)]
     trials = pd.concat(tables, ignore_index=True)
     atomic_write_text(out_dir / "trials.csv", trials.to_csv(index=False))

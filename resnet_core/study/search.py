@@ -8,6 +8,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from resnet_core.config import run_config_from_dict
+from resnet_core.identity import identity_dict
 from resnet_core.study.common import FINISHED, experimental_ok
 from resnet_core.study.spec import StudySpec
 from resnet_core.study.storage import open_storage
@@ -118,7 +120,11 @@ def create_study(spec: StudySpec, allow_change: bool = False) -> tuple[optuna.St
         study, created = optuna.create_study(direction="minimize", **kwargs), True
     except optuna.exceptions.DuplicatedStudyError:
         study, created = optuna.load_study(**kwargs), False
-    existing = study.user_attrs
+    existing = dict(study.user_attrs)
+    if "base_config" in existing:
+        # Read back through the dataclasses: a field added since (with its default) or an old name is
+        # the same question, not a different base config.
+        existing["base_config"] = identity_dict(run_config_from_dict(existing["base_config"]))
     for key in ("base_config", "space"):
         if key in existing and existing[key] != spec.attrs()[key]:
             changed = _first_difference(existing[key], spec.attrs()[key])
