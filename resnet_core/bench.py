@@ -32,7 +32,7 @@ from resnet_core.config import DataConfig, RunConfig, TrainConfig
 from resnet_core.devices import device_name, needs_grad_scaler, resolve_amp, resolve_device, sync
 from resnet_core.engine import _random_bundle, make_trainer, train_one_epoch
 from resnet_core.models import build_model, resolve_model
-from resnet_core.schedules import Budget
+from resnet_core.schedules import StepPlan
 
 
 def _rate(run_steps: Callable[[int], None], steps: int, batch: int, device: torch.device) -> float:
@@ -52,7 +52,7 @@ def engine_step_fn(run: RunConfig, pool: int) -> tuple[Callable[[int], None], to
     trainer = make_trainer(run, _random_bundle(images, labels, 10))
 
     def run_steps(n: int) -> None:
-        trainer.budget = Budget(steps_per_epoch=min(n, pool // run.train.batch_size), total_iterations=n, epochs=1)
+        trainer.budget = StepPlan(steps_per_epoch=min(n, pool // run.train.batch_size), total_iterations=n, epochs=1)
         trainer.iteration = 0
         while trainer.iteration < n:
             train_one_epoch(trainer)

@@ -28,7 +28,7 @@ from resnet_core.data import DataBundle, load_data
 from resnet_core.devices import configure_backends, needs_grad_scaler, resolve_amp, resolve_device, sync
 from resnet_core.models import build_model, count_macs, count_parameters, stage_parameters
 from resnet_core.provenance import collect_provenance
-from resnet_core.schedules import Budget, build_optimizer, lr_at, make_budget, set_lr
+from resnet_core.schedules import StepPlan, build_optimizer, lr_at, make_budget, set_lr
 from resnet_core.store import (
     FINAL_STATUSES,
     RunRecord,
@@ -60,7 +60,7 @@ class Trainer:
     step_model: nn.Module  # the compiled model when compile=True, else ``model``
     optimizer: torch.optim.Optimizer
     data: DataBundle
-    budget: Budget
+    budget: StepPlan
     amp_dtype: torch.dtype | None
     generator: torch.Generator
     train_transform: Callable

@@ -83,17 +83,19 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 # -------------------------------------------------------------------------------- the budget
 
 @dataclass(frozen=True)
-class Budget:
+class StepPlan:
+    """A run's length in optimizer steps (not a training budget: those are resnet_core/budgets.py)."""
+
     steps_per_epoch: int
     total_iterations: int
     epochs: int
 
 
-def make_budget(cfg: TrainConfig, train_size: int) -> Budget:
+def make_budget(cfg: TrainConfig, train_size: int) -> StepPlan:
     """Steps per epoch drop the last partial batch (a 1-image batch would upset BatchNorm)."""
     if train_size < 1:
         raise ValueError("the training split is empty: lower val_size or raise subset")
     steps = max(1, train_size // cfg.batch_size)
     if cfg.iterations is not None:
-        return Budget(steps, cfg.iterations, math.ceil(cfg.iterations / steps))
-    return Budget(steps, cfg.epochs * steps, cfg.epochs)
+        return StepPlan(steps, cfg.iterations, math.ceil(cfg.iterations / steps))
+    return StepPlan(steps, cfg.epochs * steps, cfg.epochs)

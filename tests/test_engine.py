@@ -15,7 +15,7 @@ from resnet_core.identity import run_id
 from resnet_core.recipes import recipe
 from resnet_core.data import load_data
 from resnet_core.engine import fit
-from resnet_core.schedules import Budget, lr_at, make_budget
+from resnet_core.schedules import StepPlan, lr_at, make_budget
 from resnet_core.store import checkpoint_path, load_histories, load_runs, read_record, record_path
 
 TINY_MODEL = ModelConfig(depth=8)
@@ -176,7 +176,7 @@ def test_schedules_stay_positive_and_peak_at_lr(schedule):
 
 
 def test_budget_drops_the_last_partial_batch():
-    assert make_budget(TrainConfig(epochs=2, batch_size=128), 1000) == Budget(7, 14, 2)
+    assert make_budget(TrainConfig(epochs=2, batch_size=128), 1000) == StepPlan(7, 14, 2)
     with pytest.raises(ValueError, match="training split is empty"):
         make_budget(TrainConfig(epochs=1), 0)
 
