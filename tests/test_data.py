@@ -404,7 +404,7 @@ def test_real_data_second_load_is_a_cache_hit(real_bundle, real_data_dir, monkey
 
 def test_one_imagefolder_by_another_path_is_one_run(tmp_path, monkeypatch):
     from resnet_core.config import RunConfig
-from resnet_core.identity import run_id
+    from resnet_core.identity import run_id
 
     root = make_imagefolder(tmp_path / "set")
     (tmp_path / "link").symlink_to(root)
