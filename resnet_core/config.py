@@ -21,13 +21,17 @@ from typing import Any, Mapping
 # layer can compute; data.py imports this module for type checking only, so this is no cycle.
 from resnet_core.data import DATA_ENV_VAR
 
-SHORTCUTS = ("A", "B", "C", "conv3x3")
-NORMS = ("batch", "none")
-BLOCKS = ("basic", "bottleneck")
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("step", "cosine", "onecycle", "constant")
-AUGMENTS = ("padcrop_flip", "none", "tutorial")
-AMP_MODES = ("auto", "bf16", "off")
+from resnet_core import augment, blocks, schedules  # registries only: none of them imports this module at run time
+
+# The allowed values come from the registries that build them, so a new entry there is a valid
+# config value at once, and no list here can drift from them.
+SHORTCUTS = tuple(blocks.SHORTCUTS)
+NORMS = tuple(blocks.NORMS)
+BLOCKS = tuple(dict.fromkeys(kind for kind, _preact in blocks.BLOCKS))
+OPTIMIZERS = tuple(schedules.OPTIMIZERS)
+SCHEDULES = tuple(schedules.SCHEDULES)
+AUGMENTS = tuple(augment.AUGMENTATIONS)
+AMP_MODES = ("auto", "bf16", "off")  # resolved by devices.resolve_amp (auto: by hardware)
 
 
 # Old names still accepted, with a FutureWarning: "seed" named the tutorial's network, recipe and

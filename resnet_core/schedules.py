@@ -4,12 +4,14 @@ in steps (registries: an unknown name fails in the config, not here)."""
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from resnet_core.config import TrainConfig
+if TYPE_CHECKING:  # config.py validates its choices against this module's registries
+    from resnet_core.config import TrainConfig
 
 
 def _sgd(params, cfg: TrainConfig) -> torch.optim.Optimizer:
