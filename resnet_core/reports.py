@@ -238,9 +238,10 @@ def _precision_text(table: pd.DataFrame) -> str:
     combos = _combos(table, ["provenance.amp", "provenance.grad_scaler", "provenance.tf32_conv", "provenance.channels_last"])
     if not combos:  # records written before the precision facts: autocast dtype and memory format only
         combos = [(amp, None, None, cl) for amp, cl in _combos(table, ["provenance.amp", "provenance.channels_last"])]
-    return _joined([f"{'autocast ' + amp if amp and amp != 'fp32' else 'fp32'}"
-                    f"{' with a gradient scaler' if scaler else ''}{', TF32 convolutions' if tf32 else ''}, "
-                    f"{'channels_last' if cl else 'contiguous (NCHW)'} memory format" for amp, scaler, tf32, cl in combos])
+    texts = [f"{'autocast ' + amp if amp and amp != 'fp32' else 'fp32'}"
+             f"{' with a gradient scaler' if scaler else ''}{', TF32 convolutions' if tf32 else ''}, "
+             f"{'channels_last' if cl else 'contiguous (NCHW)'} memory format" for amp, scaler, tf32, cl in combos]
+    return _joined(list(dict.fromkeys(texts)))  # False and a missing fact read the same: say it once
 
 
 def _plural(n: int, word: str) -> str:

@@ -164,3 +164,14 @@ def test_degradation_report_header_tables_and_figures(store, tmp_path_factory):
         assert size > 10_000 and width >= 400 and height >= 200, name
     written = write_report(report, tmp_path_factory.mktemp("out"))
     assert [p.name for p in written[:2]] == ["summary.csv", "report.md"] and all(p.stat().st_size > 0 for p in written)
+
+
+def test_precision_line_names_each_setting_once():
+    import pandas as pd
+
+    from resnet_core.reports import _precision_text
+
+    # One run recorded tf32_conv False, another (older) left it out: the same precision, said once.
+    table = pd.DataFrame({"provenance.amp": ["fp32", "fp32"], "provenance.grad_scaler": [False, None],
+                          "provenance.tf32_conv": [False, None], "provenance.channels_last": [True, True]})
+    assert _precision_text(table) == "fp32, channels_last memory format"
