@@ -84,9 +84,17 @@ def run_worker(job: WorkerJob, data: Any = None, on_trial: Callable[[optuna.Stud
     Workers that check at the same moment may each start the last trial: at most workers - 1
     trials beyond the target.
     """
-    if job.threads:
-        torch.set_num_threads(job.threads)
-        share_compile_threads(job.threads)
+    previous = torch.get_num_threads()
+    try:
+        if job.threads:
+            torch.set_num_threads(job.threads)
+            share_compile_threads(job.threads)
+        return _run_trials(job, data, on_trial)
+    finally:
+        torch.set_num_threads(previous)  # a worker run in the caller's process gives its setting back
+
+
+def _run_trials(job: WorkerJob, data: Any, on_trial: Callable[[optuna.Study], None] | None) -> int:
     pin_device(resolve_device(job.device))
     spec = job.spec
     storage = open_storage(spec.storage, spec.stale_after)
