@@ -370,8 +370,55 @@ def test_samplers_are_seeded_per_worker_and_on_resume():
         with pytest.raises(ValueError, match="needs the cmaes package"):
             st.make_sampler("cmaes", 0)
     pruner = st.make_pruner("median", 12)
-    assert isinstance(pruner, optuna.pruners.MedianPruner) and pruner._n_warmup_steps == 3
+    assert isinstance(pruner, optuna.pruners.MedianPruner) and pruner._n_warmup_steps == 4  # epochs 1-3 protected
 
+
+
+def _pruned_at(pruner_name: str, epochs: int, bad_from: int) -> int | None:
+    """The epoch at which a trial that turns clearly bad (error 0.99) at epoch ``bad_from`` is
+    pruned (None: it finishes), after five good trials, each trial reported and asked every epoch
+    the way the objective does it (Optuna step = epoch number from 1, never asked at the last)."""
+    study = optuna.create_study(direction="minimize", pruner=st.make_pruner(pruner_name, epochs),
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    for index in range(5):
+        good = study.ask()
+        for epoch in range(1, epochs + 1):
+            good.report(0.5 - 0.01 * index - 0.01 * epoch, epoch)
+            assert epoch == epochs or not good.should_prune()  # also records the rungs halving pruners compare
+        study.tell(good, 0.5 - 0.01 * index - 0.01 * epochs)
+    trial = study.ask()
+    for epoch in range(1, epochs):
+        trial.report(0.99 if epoch >= bad_from else 0.1, epoch)
+        if trial.should_prune():
+            return epoch
+    return None
+
+
+@pytest.mark.parametrize("epochs", [2, 4, 8, 12])
+def test_the_median_pruner_never_prunes_inside_its_stated_warm_up(epochs):
+    warm = max(1, epochs // 4)
+    first = warm + 1
+    # Bad from epoch 1, it survives the warm-up and is cut at the first epoch after it (or finishes).
+    assert _pruned_at("median", epochs, bad_from=1) == (first if first < epochs else None)
+    assert st.prunable_epochs("median", epochs) == list(range(first, epochs))
+    text = st.describe_pruner("median", epochs)
+    assert f"1{f'-{warm}' if warm > 1 else ''} protected as warm-up" in text
+    if first < epochs:
+        assert f"may prune at epoch{'s' * (first < epochs - 1)} {first}" in text
+    else:
+        assert "prunes nothing" in text  # a 2-epoch budget: warm-up epoch 1, the last epoch is never pruned
+
+
+def test_successive_halving_judges_only_after_the_warm_up_at_its_rungs():
+    assert st.prunable_epochs("sha", 20) == [6, 18]  # warm-up epochs 1-5; rungs 6 x 3^k before epoch 20
+    assert _pruned_at("sha", 20, bad_from=1) == 6
+    assert _pruned_at("sha", 20, bad_from=7) == 18  # promoted at 6, judged again only at the next rung
+    assert "epochs 1-5 protected as warm-up; may prune at epochs 6, 18 only" in st.describe_pruner("sha", 20)
+
+
+def test_hyperband_never_prunes_inside_the_warm_up():
+    assert st.prunable_epochs("hyperband", 20) == [6, 18]
+    assert _pruned_at("hyperband", 20, bad_from=1) in (6, 18)  # its bracket decides the first rung
 
 # ---------------------------------------------------------------------------- injected fit
 
