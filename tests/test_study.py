@@ -77,7 +77,7 @@ def test_builtin_spaces_parse_and_validate():
     base = st.base_run("resnet20", st.budget("quick"))
     recipe = st.read_space("recipe")
     assert {p.dotted for p in recipe.params} == {"train.lr", "train.weight_decay", "train.momentum", "train.batch_size",
-                                                 "train.label_smoothing", "train.warmup_iterations"}
+                                                 "train.label_smoothing", "train.warmup_fraction"}
     assert recipe.param("lr").log and recipe.param("batch_size").values() == (64, 128, 256)
     arch = st.read_space("architecture")
     assert {"model.depth", "model.residual", "model.shortcut", "model.norm", "model.preact",
@@ -85,6 +85,23 @@ def test_builtin_spaces_parse_and_validate():
     assert st.validate_space(arch, base) == base
     assert arch.without("residual").param("residual") is None and arch.param("model.residual").values() == (True, False)
 
+
+
+@pytest.mark.parametrize("total", [1, 7, 125, 390, 64000])
+def test_the_recipe_space_warms_up_over_a_fraction_of_any_run_length(total):
+    from resnet_core.config import TrainConfig
+    from resnet_core.schedules import lr_at, warmup_length
+
+    param = st.read_space("recipe").param("warmup_fraction")
+    assert st.read_space("recipe").param("warmup_iterations") is None  # an absolute count outlasted short runs
+    for fraction in (param.low, 0.05, 0.1, param.high):
+        cfg = TrainConfig(schedule="constant", lr=0.1, warmup_fraction=fraction)
+        ramp = warmup_length(cfg, total)
+        assert ramp <= total and (ramp == 0 if fraction == 0 else ramp == max(1, round(fraction * total)))
+        if ramp:  # ramps up to the schedule's lr at the end of the warm-up, never beyond the run
+            assert lr_at(ramp - 1, total, cfg) == pytest.approx(0.1)
+            assert lr_at(0, total, cfg) == pytest.approx(0.1 / ramp)
+    assert warmup_length(TrainConfig(warmup_fraction=param.high), 125) == 25  # the quick budget's 125 iterations
 
 BAD_SPACES = {
     "unknown field": ('[params.learning_rate]\ntype = "float"\nlow = 0.1\nhigh = 0.2', "unknown config field 'learning_rate'"),

@@ -63,10 +63,19 @@ def report_context(spec: StudySpec, runs, run_ids: list[str]) -> dict[str, Any]:
                     f"python {unique('provenance.python')}, "
                     f"commit {unique('provenance.git_commit')}",
         "storage": describe_storage(spec.storage), "budget_epochs": spec.budget_epochs,
+        # for the coupled-parameters section (tables.coupling_lines)
+        "tuned": [p.name for p in spec.space.params], "epochs": base.train.epochs,
+        "iterations": base.train.iterations, "train_size": _train_size(mine),
     }
     if spec.compare:
         context["compare"] = ", ".join(f"{k} {v}" for k, v in spec.compare)
     return context
+
+
+def _train_size(runs) -> int | None:
+    """Training images of the study's trials (one size: they share the data, subset and split)."""
+    sizes = runs["provenance.train_size"].dropna() if "provenance.train_size" in runs else []
+    return int(max(sizes)) if len(sizes) else None
 
 
 def best_command(spec: StudySpec, study: optuna.Study) -> str | None:
