@@ -28,6 +28,8 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("step", "cosine", "onecycle", "constant")
 AUGMENTS = ("padcrop_flip", "none", "tutorial")
 AMP_MODES = ("auto", "bf16", "off")
+# When the test set is evaluated: grids need per-epoch test curves (Fig. 6); a study trial never uses it.
+TEST_EVALS = ("every_epoch", "end", "never")
 
 
 # Old names still accepted, with a FutureWarning: "seed" named the tutorial's network, recipe and
@@ -171,6 +173,9 @@ class TrainConfig:
     ``warmup_lr`` for that many iterations, then the schedule: He et al. 2015 §4.2, ResNet-110);
     ``warmup_fraction`` is a gradual one (the schedule's lr ramped linearly from near 0 over that
     fraction of the run: Goyal et al. 2017 §2.2), which keeps its meaning whatever the run's length.
+
+    ``test_eval`` says when the test set is measured: after ``every_epoch``, only at the ``end`` of
+    a run that trains its whole budget, or ``never`` (then a record holds no test error at all).
     """
 
     epochs: int | None = 10
@@ -195,6 +200,7 @@ class TrainConfig:
     compile: bool = False
     eval_batch_size: int = 1000
     checkpoint: bool = True
+    test_eval: str = "every_epoch"
 
     def __post_init__(self) -> None:
         if (self.epochs is None) == (self.iterations is None):
@@ -212,6 +218,7 @@ class TrainConfig:
         object.__setattr__(self, "augment", current_name(self.augment, "augment"))
         _check_choice("augment", self.augment, AUGMENTS)
         _check_choice("amp", self.amp, AMP_MODES)
+        _check_choice("test_eval", self.test_eval, TEST_EVALS)
         _check_positive("lr", self.lr)
         _check_positive("warmup_lr", self.warmup_lr)
         _check_positive("weight_decay", self.weight_decay, allow_zero=True)

@@ -150,6 +150,9 @@ def test_three_trial_study_then_reruns_run_only_the_difference(tmp_path, space, 
     for trial in study.trials:  # the objective is the final epoch's validation error of the linked run
         record = runs.loc[trial.user_attrs["run_id"]]
         assert trial.value == pytest.approx(record["final.val_error"])
+        stored = find_record(tmp_path, trial.user_attrs["run_id"])  # a trial never measures the test set
+        assert stored.config["train"]["test_eval"] == "never" and "test_error" not in stored.final
+        assert all("test_error" not in epoch and "test_loss" not in epoch for epoch in stored.history)
         assert sorted(trial.intermediate_values) == [1, 2] and record["seed"] == 0
     assert run_driver.main(args + ["--trials", "3"]) == 0
     assert len(load(tmp_path).trials) == 3  # the target is met: nothing new runs
