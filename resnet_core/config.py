@@ -20,6 +20,7 @@ from typing import Any, Mapping
 # The run id needs the data's identity (a directory's content fingerprint), which only the data
 # layer can compute; data.py imports this module for type checking only, so this is no cycle.
 from resnet_core.data import DATA_ENV_VAR
+from resnet_core.splits import DEFAULT_VAL_SIZE
 
 SHORTCUTS = ("A", "B", "C", "conv3x3")
 NORMS = ("batch", "none")
@@ -147,7 +148,7 @@ class DataConfig:
 
     source: str = "cifar10"
     root: str = "./data"
-    val_size: int = 5000
+    val_size: int = DEFAULT_VAL_SIZE  # on data with no more training images: 10% (splits.effective_val_size)
     subset: int | None = None
     split_seed: int = 0
     resize: bool = False  # resize non-32x32 images to 32x32 (only when asked)

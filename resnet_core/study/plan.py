@@ -12,7 +12,7 @@ import optuna
 import torch
 
 from resnet_core.config import apply_overrides, resolve_field
-from resnet_core.data import load_data
+from resnet_core.data import load_data, pool_size
 from resnet_core.engine import estimate_seconds, measure_step_rate
 from resnet_core.runner import check_writable
 from resnet_core.schedules import make_budget
@@ -32,6 +32,7 @@ class Setup:
     train_size: int
     eval_size: int
     data_description: str
+    val_size: int | None = None  # validation images of a trial (the default adapts to small data)
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,9 @@ def plan(request: StudyRequest) -> tuple[Setup, Any]:
         raise ValueError(f"--stale-after {r.stale_after}: expected a number of seconds > 0")
     base = base_run(r.model, plan_budget, epochs=r.epochs, data=r.data, subset=r.subset, val_size=r.val_size,
                     seed=r.seed, overrides=dict(r.overrides))
+    if r.subset is None and base.data.subset is not None and pool_size(base.data) < base.data.subset:
+        # The budget's subset is a ceiling (as a grid's is): smaller data train on all they have.
+        base = apply_overrides(base, {"subset": None})
     search = read_space(r.space, r.spaces_dir)
     validate_space(search, base)
     if r.compare is not None:
@@ -92,7 +96,7 @@ def plan(request: StudyRequest) -> tuple[Setup, Any]:
                      sampler=r.sampler, pruner=r.pruner, seed=r.seed, results=str(r.results),
                      stale_after=r.stale_after)
     tested = len(bundle.test_y) if TRIAL_TEST_EVAL != "never" else 0  # what one trial evaluates each epoch
-    return Setup(spec, len(bundle.train_y), len(bundle.val_y) + tested, bundle.description), bundle
+    return Setup(spec, len(bundle.train_y), len(bundle.val_y) + tested, bundle.description, len(bundle.val_y)), bundle
 
 
 def current_counts(spec: StudySpec) -> dict[str, int]:
@@ -115,7 +119,7 @@ def plan_lines(setup: Setup, spec: StudySpec, target: int, done: int, devices: l
         f"space    {spec.space.describe()}",
         f"model    {spec.model}; budget {spec.budget}: {length} of recipe {spec.recipe} "
         f"on {setup.train_size} training images",
-        f"data     {setup.data_description}; validation {base.data.val_size} images (the objective); "
+        f"data     {setup.data_description}; validation {setup.val_size or base.data.val_size} images (the objective); "
         "trials never evaluate the test set",
         f"search   sampler {describe_sampler(spec.sampler, spec.seed)}; "
         f"pruner {describe_pruner(spec.pruner, spec.budget_epochs)}",

@@ -52,7 +52,7 @@ def report_context(spec: StudySpec, runs, run_ids: list[str]) -> dict[str, Any]:
     context = {
         "objective": "validation error (%) of the final epoch, minimised (the test set never chooses)",
         "data": unique("provenance.data_description") or base.data.source,
-        "split": f"train {unique('provenance.train_size') or '?'} / validation {base.data.val_size} / test "
+        "split": f"train {unique('provenance.train_size') or '?'} / validation {unique('provenance.val_size') or base.data.val_size} / test "
                  f"{unique('provenance.test_size') or '?'} (validation carved with split_seed {base.data.split_seed})",
         "budget": f"{spec.budget}: {length}, recipe {spec.recipe} ({spec.budget_epochs} epochs per full trial)",
         "model": spec.model, "space": spec.space.describe(),
