@@ -20,6 +20,7 @@ from typing import Any, Mapping
 # The run id needs the data's identity (a directory's content fingerprint), which only the data
 # layer can compute; data.py imports this module for type checking only, so this is no cycle.
 from resnet_core.data import DATA_ENV_VAR
+from resnet_core.splits import DEFAULT_VAL_SIZE
 
 from resnet_core import augment, blocks, schedules  # registries only: none of them imports this module at run time
 
@@ -32,6 +33,8 @@ OPTIMIZERS = tuple(schedules.OPTIMIZERS)
 SCHEDULES = tuple(schedules.SCHEDULES)
 AUGMENTS = tuple(augment.AUGMENTATIONS)
 AMP_MODES = ("auto", "bf16", "off")  # resolved by devices.resolve_amp (auto: by hardware)
+# When the test set is evaluated: grids need per-epoch test curves (Fig. 6); a study trial never uses it.
+TEST_EVALS = ("every_epoch", "end", "never")
 
 
 # Old names still accepted, with a FutureWarning: "seed" named the tutorial's network, recipe and
@@ -149,7 +152,7 @@ class DataConfig:
 
     source: str = "cifar10"
     root: str = "./data"
-    val_size: int = 5000
+    val_size: int = DEFAULT_VAL_SIZE  # on data with no more training images: 10% (splits.effective_val_size)
     subset: int | None = None
     split_seed: int = 0
     resize: bool = False  # resize non-32x32 images to 32x32 (only when asked)
@@ -175,6 +178,9 @@ class TrainConfig:
     ``warmup_lr`` for that many iterations, then the schedule: He et al. 2015 §4.2, ResNet-110);
     ``warmup_fraction`` is a gradual one (the schedule's lr ramped linearly from near 0 over that
     fraction of the run: Goyal et al. 2017 §2.2), which keeps its meaning whatever the run's length.
+
+    ``test_eval`` says when the test set is measured: after ``every_epoch``, only at the ``end`` of
+    a run that trains its whole budget, or ``never`` (then a record holds no test error at all).
     """
 
     epochs: int | None = 10
@@ -199,6 +205,7 @@ class TrainConfig:
     compile: bool = False
     eval_batch_size: int = 1000
     checkpoint: bool = True
+    test_eval: str = "every_epoch"
 
     def __post_init__(self) -> None:
         if (self.epochs is None) == (self.iterations is None):
@@ -216,6 +223,7 @@ class TrainConfig:
         object.__setattr__(self, "augment", current_name(self.augment, "augment"))
         _check_choice("augment", self.augment, AUGMENTS)
         _check_choice("amp", self.amp, AMP_MODES)
+        _check_choice("test_eval", self.test_eval, TEST_EVALS)
         _check_positive("lr", self.lr)
         _check_positive("warmup_lr", self.warmup_lr)
         _check_positive("weight_decay", self.weight_decay, allow_zero=True)

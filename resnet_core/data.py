@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from resnet_core import cache
 from resnet_core.cache import CACHE_ENV_VAR, RawData  # noqa: F401 - CACHE_ENV_VAR: part of this module's API
 from resnet_core.devices import available_cpus
-from resnet_core.splits import split_indices
+from resnet_core.splits import effective_val_size, split_indices
 
 if TYPE_CHECKING:  # config imports this module (a run's id needs its data's identity)
     from resnet_core.config import DataConfig
@@ -134,7 +134,8 @@ def load_data(cfg: DataConfig, device: torch.device | str = "cpu") -> DataBundle
     """Decode (or load from the cache) the source of ``cfg``, split it, and put it on ``device``."""
     source = resolve_source(cfg)
     raw = LOADERS[source.kind](source, cfg)
-    train_idx, val_idx, pool_idx = split_indices(raw.train_y, cfg.val_size, cfg.subset, cfg.split_seed)
+    val_size = effective_val_size(cfg.val_size, len(raw.train_y))
+    train_idx, val_idx, pool_idx = split_indices(raw.train_y, val_size, cfg.subset, cfg.split_seed)
     mean, std = channel_stats(raw.train_x[pool_idx])
     bundle = DataBundle(
         train_x=raw.train_x[train_idx], train_y=raw.train_y[train_idx],
@@ -144,6 +145,12 @@ def load_data(cfg: DataConfig, device: torch.device | str = "cpu") -> DataBundle
         fingerprint=raw.fingerprint, description=describe(source, cfg, raw), config=cfg,
     )
     return bundle.to(device)
+
+
+def pool_size(cfg: DataConfig) -> int:
+    """Training images left after the validation split of ``cfg`` (what a ``subset`` draws from)."""
+    raw = LOADERS[resolve_source(cfg).kind](resolve_source(cfg), cfg)
+    return len(raw.train_y) - effective_val_size(cfg.val_size, len(raw.train_y))
 
 
 def resolve_source(cfg: DataConfig) -> Source:

@@ -243,22 +243,31 @@ def evaluate(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor) -> tu
 
 
 def run_epoch(trainer: Trainer, bar=None) -> dict[str, Any]:
-    """Train one epoch, then measure validation and test: one history entry."""
+    """Train one epoch, then measure validation, and test when ``test_eval`` asks: one history entry
+    (without test_loss and test_error when the test set was not measured)."""
     metrics = {"epoch": len(trainer.history) + 1, **train_one_epoch(trainer, bar)}
     metrics["val_loss"], metrics["val_error"] = evaluate(trainer, trainer.data.val_x, trainer.data.val_y)
-    metrics["test_loss"], metrics["test_error"] = evaluate(trainer, trainer.data.test_x, trainer.data.test_y)
+    if _measures_test(trainer):
+        metrics["test_loss"], metrics["test_error"] = evaluate(trainer, trainer.data.test_x, trainer.data.test_y)
     return metrics
+
+
+def _measures_test(trainer: Trainer) -> bool:
+    """Whether this epoch measures the test set: every epoch, only the run's last, or never."""
+    when = trainer.run.train.test_eval
+    return when == "every_epoch" or (when == "end" and trainer.iteration >= trainer.budget.total_iterations)
 
 
 # ------------------------------------------------------------------------------------ fit
 
 def _final_metrics(history: list[dict[str, Any]], trainer: Trainer | None) -> dict[str, Any]:
-    """Final-epoch numbers (docs/DESIGN.md: report the final epoch, not the best)."""
+    """Final-epoch numbers (docs/DESIGN.md: report the final epoch, not the best); test_loss and
+    test_error only when the last epoch measured the test set (``TrainConfig.test_eval``)."""
     if not history:
         return {}
     last = history[-1]
     keys = ("train_loss", "train_error", "val_loss", "val_error", "test_loss", "test_error")
-    final = {k: last[k] for k in keys}
+    final = {k: last[k] for k in keys if k in last}
     final.update(epochs=last["epoch"], iterations=last["iteration"])
     return final
 
@@ -292,8 +301,9 @@ def _progress_bar(trainer: Trainer, enabled: bool):
 
 def _epoch_line(m: dict[str, Any]) -> str:
     return (f"epoch {m['epoch']:>3}  it {m['iteration']:>6}  lr {m['lr']:.4g}  train loss {m['train_loss']:.3f}"
-            f"  train err {m['train_error']:5.2f}%  val err {m['val_error']:5.2f}%  test err {m['test_error']:5.2f}%"
-            f"  {m['images_per_s']:.0f} img/s  {m['seconds']:.1f} s")
+            f"  train err {m['train_error']:5.2f}%  val err {m['val_error']:5.2f}%"
+            + (f"  test err {m['test_error']:5.2f}%" if "test_error" in m else "")
+            + f"  {m['images_per_s']:.0f} img/s  {m['seconds']:.1f} s")
 
 
 def _train_loop(trainer: Trainer, callbacks: Iterable[Callback], ckpt: Path, progress: bool) -> str | None:

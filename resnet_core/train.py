@@ -106,7 +106,8 @@ def summary_line(record, model_name: str, path: Path) -> str:
         parts.append(f"epochs {final['epochs']} ({final['iterations']} it)")
         parts.append(f"train err {final['train_error']:.2f}%")
         parts.append(f"val err {final['val_error']:.2f}%")
-        parts.append(f"test err {final['test_error']:.2f}%")
+        if final.get("test_error") is not None:  # absent when the run's test_eval never reached it
+            parts.append(f"test err {final['test_error']:.2f}%")
     parts.append(f"{record.wall_seconds:.0f} s")
     if record.error:
         parts.append(f"error: {record.error}")

@@ -28,6 +28,7 @@ from resnet_core.recipes import recipe
         (lambda: TrainConfig(lr=-1), r"lr=-1"),
         (lambda: TrainConfig(milestones=(0.75, 0.5)), r"milestones"),
         (lambda: DataConfig(val_size=-5), r"val_size=-5"),
+        (lambda: TrainConfig(test_eval="sometimes"), r"test_eval='sometimes' .*every_epoch, end, never"),
         (lambda: RunConfig(device="gpu"), r"device='gpu'"),
     ],
 )

@@ -115,8 +115,8 @@ def test_val_size_or_subset_too_big_is_a_one_line_error():
     with pytest.raises(ValueError, match="subset=91 is larger than the 90") as exc:
         split_indices(labels, 10, 91, 0)
     one_line(exc)
-    with pytest.raises(ValueError, match="val_size=5000") as exc:  # synthetic has 2,000 training images
-        load_data(DataConfig(source="synthetic", val_size=5000))
+    with pytest.raises(ValueError, match="val_size=2000") as exc:  # synthetic has 2,000 training images
+        load_data(DataConfig(source="synthetic", val_size=2000))  # (the default 5000 adapts: test_small_data.py)
     one_line(exc)
 
 

@@ -54,6 +54,25 @@ def test_completed_run_writes_a_full_record(tmp_path):
     assert not checkpoint_path(tmp_path, record.run_id).exists()  # a finished run keeps no checkpoint
 
 
+@pytest.mark.parametrize("when", ["end", "never"])
+def test_the_test_set_is_measured_only_when_test_eval_says(tmp_path, when):
+    assert run_id(tiny_run(test_eval="every_epoch")) == run_id(tiny_run())  # the default: ids unchanged
+    record = fit(tiny_run(test_eval=when), results_dir=tmp_path)
+    assert record.status == "completed", record.error
+    first, last = record.history
+    assert "test_error" not in first and "test_loss" not in first and "val_error" in first
+    assert ("test_error" in last) == ("test_error" in record.final) == (when == "end")
+    if when == "end":
+        assert record.final["test_error"] == last["test_error"] < 100
+    row = load_runs(tmp_path).iloc[0]  # tables cope with a run that has no test error
+    assert (when == "never") == (pd_isna(row.get("final.test_error")))
+    assert "test err" not in engine._epoch_line(first) and "val err" in engine._epoch_line(first)
+
+
+def pd_isna(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def test_training_learns_synthetic_data(tmp_path):
     record = fit(tiny_run(epochs=3), results_dir=tmp_path)
     errors = [h["val_error"] for h in record.history]

@@ -77,7 +77,7 @@ def test_builtin_spaces_parse_and_validate():
     base = st.base_run("resnet20", st.budget("quick"))
     recipe = st.read_space("recipe")
     assert {p.dotted for p in recipe.params} == {"train.lr", "train.weight_decay", "train.momentum", "train.batch_size",
-                                                 "train.label_smoothing", "train.warmup_iterations"}
+                                                 "train.label_smoothing", "train.warmup_fraction"}
     assert recipe.param("lr").log and recipe.param("batch_size").values() == (64, 128, 256)
     arch = st.read_space("architecture")
     assert {"model.depth", "model.residual", "model.shortcut", "model.norm", "model.preact",
@@ -85,6 +85,23 @@ def test_builtin_spaces_parse_and_validate():
     assert st.validate_space(arch, base) == base
     assert arch.without("residual").param("residual") is None and arch.param("model.residual").values() == (True, False)
 
+
+
+@pytest.mark.parametrize("total", [1, 7, 125, 390, 64000])
+def test_the_recipe_space_warms_up_over_a_fraction_of_any_run_length(total):
+    from resnet_core.config import TrainConfig
+    from resnet_core.schedules import lr_at, warmup_length
+
+    param = st.read_space("recipe").param("warmup_fraction")
+    assert st.read_space("recipe").param("warmup_iterations") is None  # an absolute count outlasted short runs
+    for fraction in (param.low, 0.05, 0.1, param.high):
+        cfg = TrainConfig(schedule="constant", lr=0.1, warmup_fraction=fraction)
+        ramp = warmup_length(cfg, total)
+        assert ramp <= total and (ramp == 0 if fraction == 0 else ramp == max(1, round(fraction * total)))
+        if ramp:  # ramps up to the schedule's lr at the end of the warm-up, never beyond the run
+            assert lr_at(ramp - 1, total, cfg) == pytest.approx(0.1)
+            assert lr_at(0, total, cfg) == pytest.approx(0.1 / ramp)
+    assert warmup_length(TrainConfig(warmup_fraction=param.high), 125) == 25  # the quick budget's 125 iterations
 
 BAD_SPACES = {
     "unknown field": ('[params.learning_rate]\ntype = "float"\nlow = 0.1\nhigh = 0.2', "unknown config field 'learning_rate'"),
@@ -133,6 +150,9 @@ def test_three_trial_study_then_reruns_run_only_the_difference(tmp_path, space, 
     for trial in study.trials:  # the objective is the final epoch's validation error of the linked run
         record = runs.loc[trial.user_attrs["run_id"]]
         assert trial.value == pytest.approx(record["final.val_error"])
+        stored = find_record(tmp_path, trial.user_attrs["run_id"])  # a trial never measures the test set
+        assert stored.config["train"]["test_eval"] == "never" and "test_error" not in stored.final
+        assert all("test_error" not in epoch and "test_loss" not in epoch for epoch in stored.history)
         assert sorted(trial.intermediate_values) == [1, 2] and record["seed"] == 0
     assert run_driver.main(args + ["--trials", "3"]) == 0
     assert len(load(tmp_path).trials) == 3  # the target is met: nothing new runs
@@ -370,8 +390,56 @@ def test_samplers_are_seeded_per_worker_and_on_resume():
         with pytest.raises(ValueError, match="needs the cmaes package"):
             st.make_sampler("cmaes", 0)
     pruner = st.make_pruner("median", 12)
-    assert isinstance(pruner, optuna.pruners.MedianPruner) and pruner._n_warmup_steps == 3
+    assert isinstance(pruner, optuna.pruners.MedianPruner) and pruner._n_warmup_steps == 4  # epochs 1-3 protected
 
+
+
+def _pruned_at(pruner_name: str, epochs: int, bad_from: int) -> int | None:
+    """The epoch at which a trial that turns clearly bad (error 0.99) at epoch ``bad_from`` is
+    pruned (None: it finishes), after nine good trials, each trial reported and asked every epoch
+    the way the objective does it (Optuna step = epoch number from 1, never asked at the last)."""
+    # A fixed name: Hyperband puts a trial in a bracket by a hash of the study name and trial number.
+    study = optuna.create_study(study_name="warm-up", direction="minimize", sampler=optuna.samplers.RandomSampler(0),
+                                pruner=st.make_pruner(pruner_name, epochs))
+    for index in range(9):
+        good = study.ask()
+        for epoch in range(1, epochs + 1):
+            good.report(0.5 - 0.01 * index - 0.01 * epoch, epoch)
+            assert epoch == epochs or not good.should_prune()  # also records the rungs halving pruners compare
+        study.tell(good, 0.5 - 0.01 * index - 0.01 * epochs)
+    trial = study.ask()
+    for epoch in range(1, epochs):
+        trial.report(0.99 if epoch >= bad_from else 0.1, epoch)
+        if trial.should_prune():
+            return epoch
+    return None
+
+
+@pytest.mark.parametrize("epochs", [2, 4, 8, 12])
+def test_the_median_pruner_never_prunes_inside_its_stated_warm_up(epochs):
+    warm = max(1, epochs // 4)
+    first = warm + 1
+    # Bad from epoch 1, it survives the warm-up and is cut at the first epoch after it (or finishes).
+    assert _pruned_at("median", epochs, bad_from=1) == (first if first < epochs else None)
+    assert st.prunable_epochs("median", epochs) == list(range(first, epochs))
+    text = st.describe_pruner("median", epochs)
+    assert f"1{f'-{warm}' if warm > 1 else ''} protected as warm-up" in text
+    if first < epochs:
+        assert f"may prune at epoch{'s' * (first < epochs - 1)} {first}" in text
+    else:
+        assert "prunes nothing" in text  # a 2-epoch budget: warm-up epoch 1, the last epoch is never pruned
+
+
+def test_successive_halving_judges_only_after_the_warm_up_at_its_rungs():
+    assert st.prunable_epochs("sha", 20) == [6, 18]  # warm-up epochs 1-5; rungs 6 x 3^k before epoch 20
+    assert _pruned_at("sha", 20, bad_from=1) == 6
+    assert _pruned_at("sha", 20, bad_from=7) == 18  # promoted at 6, judged again only at the next rung
+    assert "epochs 1-5 protected as warm-up; may prune at epochs 6, 18 only" in st.describe_pruner("sha", 20)
+
+
+def test_hyperband_never_prunes_inside_the_warm_up():
+    assert st.prunable_epochs("hyperband", 20) == [6, 18]
+    assert _pruned_at("hyperband", 20, bad_from=1) in (6, 18)  # its bracket decides the first rung
 
 # ---------------------------------------------------------------------------- injected fit
 

@@ -142,6 +142,18 @@ def test_markdown_report_states_counts_best_and_savings(study, runs):
     assert "![optimization_history.png](optimization_history.png)" in text
 
 
+
+def test_the_report_names_batch_size_as_coupled_to_steps_and_shows_the_best_batch_sizes(study, runs):
+    context = {"budget_epochs": 4, "tuned": ["lr", "batch_size"], "epochs": 4, "iterations": None, "train_size": 1000}
+    text = sr.study_markdown(study, context, runs)
+    assert "## Coupled parameters" in text and "fixed budget of 4 epochs" in text and "number of optimizer steps" in text
+    section = text.split("## Coupled parameters")[1]
+    # best trials 0-4 alternate batch 64 (4 x 1000 // 64 = 60 steps) and 128 (4 x 7 = 28 steps)
+    assert "| 0 |" in section and "64 |" in section and "60" in section and "128 |" in section and "28" in section
+    assert "Coupled parameters" not in sr.study_markdown(study, {**context, "tuned": ["lr"]}, runs)
+    iterations = sr.study_markdown(study, {**context, "epochs": None, "iterations": 500}, runs)
+    assert "fixed budget of 500 iterations" in iterations and "number of epochs" in iterations
+
 def test_markdown_table_formats_floats():
     text = markdown_table(pd.DataFrame({"a": [1.23456, math.nan], "b": ["x|y", "z"]}), floatfmt=".2f")
     assert text.splitlines()[0] == "| a | b |" and "| 1.23 | x\\|y |" in text and "| nan | z |" in text

@@ -36,7 +36,7 @@ from resnet_core.study.report import (
 )
 from resnet_core.study.search import (
     INDEXED_SAMPLERS, PRUNERS, SAMPLERS, counts, create_study, describe_pruner, describe_sampler, make_pruner,
-    make_sampler, search_history_text,
+    make_sampler, prunable_epochs, search_history_text,
 )
 from resnet_core.study.space import (
     NOT_TUNABLE, SPACES_DIR, Param, SearchSpace, parse_param, read_space, space_path, validate_space,
@@ -64,6 +64,7 @@ __all__ = [
     "interrupt_on_sigterm", "InterruptSafeJournal", "is_rdb_url", "isolation_figure", "learning_curves_figure",
     "make_pruner", "make_sampler", "mask_url", "matching_data", "MAX_CONSECUTIVE_FAILURES", "MAX_RETRIES",
     "NOT_TUNABLE", "Objective", "open_storage", "open_study_or_group", "parallel_figure", "Param", "parse_param",
+    "prunable_epochs",
     "plan", "plan_lines", "PRUNERS", "pruning_savings", "read_space", "recover_stale_trials",
     "RepairingJournalFile", "report_context", "report_warnings", "reproduce_command", "requeue", "resumed_seed",
     "RetryStaleTrial", "run_labels", "run_study", "run_worker", "SAMPLERS", "scrub", "search_history_text",

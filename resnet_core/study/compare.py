@@ -62,7 +62,9 @@ def final_runs(spec: StudySpec, study: optuna.Study, seeds: int) -> list[RunConf
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
         return []
-    best = trial_config(spec, study.best_trial.params, spec.base.device)
+    # The final seeds measure the test set (every epoch, the default: final seeds trained before
+    # test_eval existed keep their run ids, so they are found, not trained again).
+    best = apply_overrides(trial_config(spec, study.best_trial.params, spec.base.device), {"test_eval": "every_epoch"})
     return [dataclasses.replace(best, seed=FINAL_SEED_BASE + i) for i in range(seeds)]
 
 

@@ -12,14 +12,14 @@ import optuna
 import torch
 
 from resnet_core.config import apply_overrides, resolve_field
-from resnet_core.data import load_data
+from resnet_core.data import load_data, pool_size
 from resnet_core.engine import estimate_seconds, measure_step_rate
 from resnet_core.runner import check_writable
 from resnet_core.schedules import make_budget
 from resnet_core.store import check_name
 from resnet_core.study.search import counts, describe_pruner, describe_sampler, make_pruner, make_sampler
 from resnet_core.study.space import SPACES_DIR, read_space, validate_space
-from resnet_core.study.spec import StudySpec, base_run, budget, default_study_name, trial_config
+from resnet_core.study.spec import TRIAL_TEST_EVAL, StudySpec, base_run, budget, default_study_name, trial_config
 from resnet_core.study.storage import check_storage, default_storage, describe_storage, is_rdb_url, open_storage
 from resnet_core.study.workers import worker_threads
 
@@ -32,6 +32,7 @@ class Setup:
     train_size: int
     eval_size: int
     data_description: str
+    val_size: int | None = None  # validation images of a trial (the default adapts to small data)
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,9 @@ def plan(request: StudyRequest) -> tuple[Setup, Any]:
         raise ValueError(f"--stale-after {r.stale_after}: expected a number of seconds > 0")
     base = base_run(r.model, plan_budget, epochs=r.epochs, data=r.data, subset=r.subset, val_size=r.val_size,
                     seed=r.seed, overrides=dict(r.overrides))
+    if r.subset is None and base.data.subset is not None and pool_size(base.data) < base.data.subset:
+        # The budget's subset is a ceiling (as a grid's is): smaller data train on all they have.
+        base = apply_overrides(base, {"subset": None})
     search = read_space(r.space, r.spaces_dir)
     validate_space(search, base)
     if r.compare is not None:
@@ -91,7 +95,8 @@ def plan(request: StudyRequest) -> tuple[Setup, Any]:
                      model=r.model, recipe=plan_budget.recipe, budget=label, budget_epochs=budget_epochs,
                      sampler=r.sampler, pruner=r.pruner, seed=r.seed, results=str(r.results),
                      stale_after=r.stale_after)
-    return Setup(spec, len(bundle.train_y), len(bundle.val_y) + len(bundle.test_y), bundle.description), bundle
+    tested = len(bundle.test_y) if TRIAL_TEST_EVAL != "never" else 0  # what one trial evaluates each epoch
+    return Setup(spec, len(bundle.train_y), len(bundle.val_y) + tested, bundle.description, len(bundle.val_y)), bundle
 
 
 def current_counts(spec: StudySpec) -> dict[str, int]:
@@ -114,8 +119,8 @@ def plan_lines(setup: Setup, spec: StudySpec, target: int, done: int, devices: l
         f"space    {spec.space.describe()}",
         f"model    {spec.model}; budget {spec.budget}: {length} of recipe {spec.recipe} "
         f"on {setup.train_size} training images",
-        f"data     {setup.data_description}; validation {base.data.val_size} images (the objective), "
-        "test evaluated but never used to choose",
+        f"data     {setup.data_description}; validation {setup.val_size or base.data.val_size} images (the objective); "
+        "trials never evaluate the test set",
         f"search   sampler {describe_sampler(spec.sampler, spec.seed)}; "
         f"pruner {describe_pruner(spec.pruner, spec.budget_epochs)}",
         f"trials   target {target} finished (COMPLETE + PRUNED): {done} done, {max(0, target - done)} to run "

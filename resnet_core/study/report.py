@@ -52,7 +52,7 @@ def report_context(spec: StudySpec, runs, run_ids: list[str]) -> dict[str, Any]:
     context = {
         "objective": "validation error (%) of the final epoch, minimised (the test set never chooses)",
         "data": unique("provenance.data_description") or base.data.source,
-        "split": f"train {unique('provenance.train_size') or '?'} / validation {base.data.val_size} / test "
+        "split": f"train {unique('provenance.train_size') or '?'} / validation {unique('provenance.val_size') or base.data.val_size} / test "
                  f"{unique('provenance.test_size') or '?'} (validation carved with split_seed {base.data.split_seed})",
         "budget": f"{spec.budget}: {length}, recipe {spec.recipe} ({spec.budget_epochs} epochs per full trial)",
         "model": spec.model, "space": spec.space.describe(),
@@ -63,10 +63,19 @@ def report_context(spec: StudySpec, runs, run_ids: list[str]) -> dict[str, Any]:
                     f"python {unique('provenance.python')}, "
                     f"commit {unique('provenance.git_commit')}",
         "storage": describe_storage(spec.storage), "budget_epochs": spec.budget_epochs,
+        # for the coupled-parameters section (tables.coupling_lines)
+        "tuned": [p.name for p in spec.space.params], "epochs": base.train.epochs,
+        "iterations": base.train.iterations, "train_size": _train_size(mine),
     }
     if spec.compare:
         context["compare"] = ", ".join(f"{k} {v}" for k, v in spec.compare)
     return context
+
+
+def _train_size(runs) -> int | None:
+    """Training images of the study's trials (one size: they share the data, subset and split)."""
+    sizes = runs["provenance.train_size"].dropna() if "provenance.train_size" in runs else []
+    return int(max(sizes)) if len(sizes) else None
 
 
 def best_command(spec: StudySpec, study: optuna.Study) -> str | None:

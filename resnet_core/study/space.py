@@ -86,6 +86,7 @@ NOT_TUNABLE = {
     "device": "the device is chosen per worker",
     "train.epochs": "the budget is set by --budget/--epochs",
     "train.iterations": "the budget is set by --budget/--epochs",
+    "train.test_eval": "trials never measure the test set; the final stage does",
 }
 
 

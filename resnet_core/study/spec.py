@@ -77,9 +77,16 @@ def default_study_name(space: str, model: str, data_source: str, budget_label: s
     return f"{Path(space).stem}-{model}-{tag}-{budget_label}"
 
 
+# A trial is chosen on validation only, so it never measures the test set (a third of a short trial's
+# time); the final stage measures the chosen config on it. Set per trial, not in the base config, so
+# a study recorded before this field still opens with the same base config.
+TRIAL_TEST_EVAL = "never"
+
+
 def trial_config(spec: StudySpec, params: Mapping[str, Any], device: str = "auto") -> RunConfig:
-    """The run of a trial: the study's base config, the space's fixed fields, then the params."""
-    run = dataclasses.replace(spec.base, device=device)
+    """The run of a trial: the study's base config (test set never measured: ``TRIAL_TEST_EVAL``),
+    the space's fixed fields, then the params."""
+    run = apply_overrides(dataclasses.replace(spec.base, device=device), {"test_eval": TRIAL_TEST_EVAL})
     return apply_overrides(apply_overrides(run, dict(spec.space.fixed)), dict(params))
 
 

@@ -208,6 +208,7 @@ def study_markdown(study: optuna.Study, context: Mapping[str, Any], runs: pd.Dat
               f"Pruner: {savings['pruned']} trials pruned, {savings['epochs_not_trained']} of "
               f"{savings['epochs_full_budget']} epochs not trained{share}", ""]
     lines += _best_lines(study, context, runs)
+    lines += coupling_lines(study, context)
     failed = failed_table(study)
     if not failed.empty:
         lines += ["## Failed trials", "", markdown_table(failed[["number", "fail_reason"]], floatfmt=".2f"), ""]
@@ -235,6 +236,41 @@ def _best_lines(study: optuna.Study, context: Mapping[str, Any], runs: pd.DataFr
     params = pd.DataFrame([{"param": k, "value": v} for k, v in summary["params"].items()])
     lines += ["", markdown_table(params, floatfmt=".4g"), "", "Reproduce:", "", f"    {summary['command']}", ""]
     return lines
+
+
+def coupling_lines(study: optuna.Study, context: Mapping[str, Any], n: int = 5) -> list[str]:
+    """A section naming parameters that move together: under a fixed number of epochs, the batch size
+    also sets the number of optimizer steps (under fixed iterations, the number of epochs), so a best
+    batch size may be a best step count. Shows the best trials' batch sizes. [] if batch_size is fixed.
+
+    ``context``: ``tuned`` (the space's param names, as trials record them), ``epochs`` or
+    ``iterations`` (the trial length) and ``train_size`` (a trial's training images, None if unknown)."""
+    name = next((p for p in context.get("tuned", ()) if p.split(".")[-1] == "batch_size"), None)
+    if name is None:
+        return []
+    epochs, iterations, size = context.get("epochs"), context.get("iterations"), context.get("train_size")
+    if epochs:
+        coupling = (f"Coupled parameters: `batch_size` is tuned under a fixed budget of {epochs} epochs, so it also "
+                    "sets the number of optimizer steps (a smaller batch takes more, smaller steps)"
+                    + (f": {size:,} training images // batch size per epoch." if size else "."))
+    else:
+        coupling = (f"Coupled parameters: `batch_size` is tuned under a fixed budget of {iterations} iterations, "
+                    "so it also sets the number of epochs (images seen) a trial trains.")
+    rows = []
+    for trial in top_trials(study, n):
+        batch = trial.params.get(name)
+        if batch is None:
+            continue
+        row = {"trial": trial.number, "val error": trial.value, "batch_size": batch}
+        if epochs and size:
+            row["steps"] = epochs * max(1, size // int(batch))
+        elif iterations and size:
+            row["epochs"] = round(iterations * int(batch) / size, 1)
+        rows.append(row)
+    if not rows:
+        return ["## Coupled parameters", "", coupling, ""]
+    return ["## Coupled parameters", "", coupling, "", f"Batch sizes of the best {len(rows)} trials:", "",
+            markdown_table(pd.DataFrame(rows), floatfmt=".2f"), ""]
 
 
 def _run_value(runs: pd.DataFrame | None, run_id: str | None, column: str) -> float | None:
