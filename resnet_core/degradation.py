@@ -174,6 +174,7 @@ def budget_where(manifest: Mapping[str, Any], length: str | None = None, value: 
     if length is not None:
         unit = resolve_field(length).split(".")[-1]
         scope = f" of the {budget['name']} budget" if budget.get("name") else ""
+        unit = unit[:-1] if str(value) == "1" and unit.endswith("s") else unit  # "1 epoch", "2 epochs"
         return f"at {value} {unit}{scope}"
     if budget.get("name"):
         return f"at the {budget['name']} budget ({budget.get('length', '')})"

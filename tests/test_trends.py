@@ -184,3 +184,11 @@ def test_report_header_names_no_absolute_path(scan_results):
     assert "Report built by: git " in header
     assert not re.search(r"(^|[\s`(])/[A-Za-z]", header), "an absolute path in the header"
     assert str(scan_results.parents[1]) not in report and os.getcwd() not in report
+
+
+def test_a_scan_length_of_one_is_singular_in_the_verdicts():
+    from resnet_core.degradation import budget_where
+
+    manifest = {"budget": {"name": "quick"}}
+    assert budget_where(manifest, "epochs", 1) == "at 1 epoch of the quick budget"
+    assert budget_where(manifest, "epochs", 2) == "at 2 epochs of the quick budget"
