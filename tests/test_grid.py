@@ -161,8 +161,8 @@ def test_cli_exits_2_with_one_line_before_training(tmp_path, capsys, case):
         (["--grid", "degradation", "--axis", "depth="], "is empty"),
         (["--grid", "degradation", "--axis", "colour=red"], "colour"),
         (["--grid", "degradation", "--axis", "depth=20,33"], "depth=33"),
-        (["--grid", "degradation", "--seeds", "0"], "seeds=0"),
-        (["--grid", "degradation", "--subset", "-5"], "subset=-5"),
+        (["--grid", "degradation", "--seeds", "0"], "--seeds 0"),
+        (["--grid", "degradation", "--subset", "-5"], "--subset -5"),
         (["--grid", "degradation", "--device", "cuda:7"], "cuda"),
     ],
 )
