@@ -173,7 +173,7 @@ def test_a_grid_with_an_epochs_axis_gets_the_budget_scan(scan_results):
     assert list(trends.columns) == ["epochs", *TREND_COLUMNS] and set(trends["epochs"]) == {1, 2}
     assert (scan_results / "budget_scan.png").stat().st_size > 10_000
     report = (scan_results / "report.md").read_text()
-    assert "How long must a run train?" in report and "at 1 epochs of the quick budget" in report
+    assert "How long must a run train?" in report and "at 1 epoch of the quick budget" in report
 
 
 def test_report_header_names_no_absolute_path(scan_results):
