@@ -85,16 +85,16 @@ def main(argv: list[str] | None = None) -> int:
     specs = st.compare_specs(setup.spec, args.compare, _values(args.compare_values)) if args.compare else [setup.spec]
     targets = [_target(args, st.current_counts(s)["finished"]) for s in specs]
     print(f"budget   {budget.name} ({why}): {budget.note}")
-    _print_plan(st, setup, specs, targets, devices, args)
+    _print_plan(setup, specs, targets, devices, args)
     if args.dry_run:
         return 0
     for spec, target in zip(specs, targets):
         st.run_study(spec, target, devices, timeout=args.timeout, data=data if single else None,
                      progress=not args.quiet, threads=args.threads, allow_change=args.allow_change)
     if args.compare:
-        _final_seeds(st, specs, args, devices[0], data if single else None)
+        _final_seeds(specs, args, devices[0], data if single else None)
     out = st.write_reports(setup.spec.name, setup.spec.storage, args.results, figures=not args.no_figures)
-    reached = _print_outcome(st, specs, targets, out)
+    reached = _print_outcome(specs, targets, out)
     for warning in st.report_warnings(setup.spec.storage, args.results):
         print(warning, file=sys.stderr)
     return 0 if reached else 1
@@ -126,7 +126,7 @@ def _target(args: argparse.Namespace, finished: int) -> int:
     return finished + args.add if args.add is not None else args.trials
 
 
-def _print_plan(st, setup, specs, targets, devices, args) -> None:
+def _print_plan(setup, specs, targets, devices, args) -> None:
     done = [st.current_counts(s)["finished"] for s in specs]
     timing = st.estimate(setup.spec, setup.train_size, setup.eval_size, devices[0],
                          sum(max(0, t - d) for t, d in zip(targets, done)), len(devices), args.threads)
@@ -138,7 +138,7 @@ def _print_plan(st, setup, specs, targets, devices, args) -> None:
     sys.stdout.flush()
 
 
-def _final_seeds(st, specs, args, device, data) -> None:
+def _final_seeds(specs, args, device, data) -> None:
     for spec in specs:
         study = optuna.load_study(study_name=spec.name, storage=st.open_storage(spec.storage, spec.stale_after))
         records = st.train_final_seeds(spec, study, args.final_seeds, _data_device(device), data,
@@ -147,7 +147,7 @@ def _final_seeds(st, specs, args, device, data) -> None:
             print(f"{spec.name}: no COMPLETE trial, no final seeds")
 
 
-def _print_outcome(st, specs, targets, out: Path) -> bool:
+def _print_outcome(specs, targets, out: Path) -> bool:
     """One line per (sub-)study; True when every one reached its target of finished trials."""
     reached = True
     for spec, target in zip(specs, targets):
