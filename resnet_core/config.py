@@ -181,6 +181,9 @@ class TrainConfig:
 
     ``test_eval`` says when the test set is measured: after ``every_epoch``, only at the ``end`` of
     a run that trains its whole budget, or ``never`` (then a record holds no test error at all).
+    ``val_epochs`` names the epochs (numbered from 1) after which validation is measured; the run's
+    last epoch always is. ``None`` measures it after every epoch. A study trial lists only the epochs
+    its pruner reads, so it spends no time on numbers nobody uses.
     """
 
     epochs: int | None = 10
@@ -206,6 +209,7 @@ class TrainConfig:
     eval_batch_size: int = 1000
     checkpoint: bool = True
     test_eval: str = "every_epoch"
+    val_epochs: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if (self.epochs is None) == (self.iterations is None):
@@ -224,6 +228,10 @@ class TrainConfig:
         _check_choice("augment", self.augment, AUGMENTS)
         _check_choice("amp", self.amp, AMP_MODES)
         _check_choice("test_eval", self.test_eval, TEST_EVALS)
+        if self.val_epochs is not None and (
+                any(isinstance(e, bool) or not isinstance(e, int) or e < 1 for e in self.val_epochs)
+                or list(self.val_epochs) != sorted(set(self.val_epochs))):
+            _fail("val_epochs", self.val_epochs, "expected increasing epoch numbers >= 1, or None for every epoch")
         _check_positive("lr", self.lr)
         _check_positive("warmup_lr", self.warmup_lr)
         _check_positive("weight_decay", self.weight_decay, allow_zero=True)

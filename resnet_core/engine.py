@@ -243,13 +243,20 @@ def evaluate(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor) -> tu
 
 
 def run_epoch(trainer: Trainer, bar=None) -> dict[str, Any]:
-    """Train one epoch, then measure validation, and test when ``test_eval`` asks: one history entry
-    (without test_loss and test_error when the test set was not measured)."""
+    """Train one epoch, then measure validation when ``val_epochs`` asks and test when ``test_eval``
+    asks: one history entry (without val_* or test_* keys for a set that was not measured)."""
     metrics = {"epoch": len(trainer.history) + 1, **train_one_epoch(trainer, bar)}
-    metrics["val_loss"], metrics["val_error"] = evaluate(trainer, trainer.data.val_x, trainer.data.val_y)
+    if _measures_val(trainer, metrics["epoch"]):
+        metrics["val_loss"], metrics["val_error"] = evaluate(trainer, trainer.data.val_x, trainer.data.val_y)
     if _measures_test(trainer):
         metrics["test_loss"], metrics["test_error"] = evaluate(trainer, trainer.data.test_x, trainer.data.test_y)
     return metrics
+
+
+def _measures_val(trainer: Trainer, epoch: int) -> bool:
+    """Whether this epoch measures validation: a listed epoch or the run's last (every one if unlisted)."""
+    listed = trainer.run.train.val_epochs
+    return listed is None or epoch in listed or trainer.iteration >= trainer.budget.total_iterations
 
 
 def _measures_test(trainer: Trainer) -> bool:
@@ -301,7 +308,8 @@ def _progress_bar(trainer: Trainer, enabled: bool):
 
 def _epoch_line(m: dict[str, Any]) -> str:
     return (f"epoch {m['epoch']:>3}  it {m['iteration']:>6}  lr {m['lr']:.4g}  train loss {m['train_loss']:.3f}"
-            f"  train err {m['train_error']:5.2f}%  val err {m['val_error']:5.2f}%"
+            f"  train err {m['train_error']:5.2f}%"
+            + (f"  val err {m['val_error']:5.2f}%" if "val_error" in m else "")
             + (f"  test err {m['test_error']:5.2f}%" if "test_error" in m else "")
             + f"  {m['images_per_s']:.0f} img/s  {m['seconds']:.1f} s")
 

@@ -105,7 +105,8 @@ def summary_line(record, model_name: str, path: Path) -> str:
     if final:
         parts.append(f"epochs {final['epochs']} ({final['iterations']} it)")
         parts.append(f"train err {final['train_error']:.2f}%")
-        parts.append(f"val err {final['val_error']:.2f}%")
+        if final.get("val_error") is not None:  # absent when a run stopped at an epoch val_epochs skips
+            parts.append(f"val err {final['val_error']:.2f}%")
         if final.get("test_error") is not None:  # absent when the run's test_eval never reached it
             parts.append(f"test err {final['test_error']:.2f}%")
     parts.append(f"{record.wall_seconds:.0f} s")

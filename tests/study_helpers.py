@@ -23,7 +23,7 @@ TINY_SETTINGS = ["depth=8", "widths=4,8,16", "batch_size=50", "eval_batch_size=5
 def tiny_request(results: Path, space: Path, **changes) -> StudyRequest:
     """The request ``studies/run.py`` builds from test_study's ``tiny_args`` (same study, same question)."""
     values = dict(space=str(space), data="synthetic:300", subset=200, val_size=100, epochs=2,
-                  overrides=tuple(parse_assignments(TINY_SETTINGS).items()), sampler="random",
+                  overrides=tuple(parse_assignments(TINY_SETTINGS).items()), sampler="random", pruner="median",
                   results=str(results), study_name="tiny")
     return StudyRequest(**(values | changes))
 

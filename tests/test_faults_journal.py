@@ -58,7 +58,8 @@ def study_args(tmp_path: Path, *extra: str, results: Path | None = None) -> list
     return ["--space", str(space), "--data", "synthetic:300", "--subset", "200", "--val-size", "100",
             "--epochs", "1", "--set", "depth=8", "--set", "widths=4,8,16", "--set", "batch_size=50",
             "--set", "eval_batch_size=500", "--device", "cpu", "--results", str(results or tmp_path / "res"),
-            "--study-name", "tiny", "--quiet", "--no-figures", "--sampler", "random", "--threads", "1", *extra]
+            "--study-name", "tiny", "--quiet", "--no-figures", "--sampler", "random", "--threads", "1",
+            "--pruner", "median", "--final-seeds", "0", *extra]
 
 
 def run_study(args: list[str], wrapper: str | None = None, **env: str) -> subprocess.CompletedProcess:

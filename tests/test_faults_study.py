@@ -42,7 +42,9 @@ def study_args(tmp_path: Path, *extra: str, epochs: int = 2) -> list[str]:
     return ["--space", str(space), "--data", "synthetic:300", "--subset", "200", "--val-size", "100",
             "--epochs", str(epochs), "--set", "depth=8", "--set", "widths=4,8,16", "--set", "batch_size=50",
             "--set", "eval_batch_size=500", "--device", "cpu", "--results", str(tmp_path / "res"),
-            "--study-name", "tiny", "--quiet", "--no-figures", "--sampler", "random", "--threads", "1", *extra]
+            "--study-name", "tiny", "--quiet", "--no-figures", "--sampler", "random", "--threads", "1",
+            "--pruner", "median", "--final-seeds", "0",
+            "--set", f"val_epochs={','.join(map(str, range(1, epochs + 1)))}", *extra]  # a report every epoch
 
 
 def start(args: list[str], **kwargs) -> subprocess.Popen:

@@ -63,7 +63,8 @@ def study_args(tmp_path: Path, url: str, name: str, *extra: str) -> list[str]:
             "--epochs", "2", "--set", "depth=8", "--set", "widths=4,8,16", "--set", "batch_size=50",
             "--set", "eval_batch_size=500", "--device", "cpu", "--results", str(tmp_path / "res"),
             "--storage", url, "--study-name", name, "--quiet", "--no-figures", "--sampler", "random",
-            "--threads", "1", *extra]
+            "--threads", "1", "--pruner", "median", "--final-seeds", "0", "--set", "val_epochs=1,2",
+            *extra]  # validation (and a report to the study) after every epoch
 
 
 def start_host(tmp_path: Path, args: list[str], host: str, log: str, **env: str) -> subprocess.Popen:

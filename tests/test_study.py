@@ -58,7 +58,8 @@ def tiny_args(results: Path, space: Path, *extra: str) -> list[str]:
     return ["--space", str(space), "--data", "synthetic:300", "--subset", "200", "--val-size", "100", "--epochs", "2",
             "--set", "depth=8", "--set", "widths=4,8,16", "--set", "batch_size=50", "--set", "eval_batch_size=500", "--device", "cpu",
             "--results", str(results), "--study-name", "tiny", "--quiet", "--no-figures", "--sampler", "random",
-            "--threads", "1", *extra]  # one thread: two on a busy 2-core machine stall
+            "--threads", "1", "--pruner", "median", "--final-seeds", "0",
+            *extra]  # one thread: two on a busy 2-core machine stall. Median at 2 epochs prunes nothing.
 
 
 def load(results: Path, name: str = "tiny", group: str = "tiny") -> optuna.Study:
@@ -153,7 +154,9 @@ def test_three_trial_study_then_reruns_run_only_the_difference(tmp_path, space, 
         stored = find_record(tmp_path, trial.user_attrs["run_id"])  # a trial never measures the test set
         assert stored.config["train"]["test_eval"] == "never" and "test_error" not in stored.final
         assert all("test_error" not in epoch and "test_loss" not in epoch for epoch in stored.history)
-        assert sorted(trial.intermediate_values) == [1, 2] and record["seed"] == 0
+        # median at 2 epochs judges no epoch, so a trial measures validation only after its last
+        assert sorted(trial.intermediate_values) == [2] and record["seed"] == 0
+        assert [e["epoch"] for e in stored.history if "val_error" in e] == [2]
     assert run_driver.main(args + ["--trials", "3"]) == 0
     assert len(load(tmp_path).trials) == 3  # the target is met: nothing new runs
     assert run_driver.main(args + ["--trials", "5"]) == 0
@@ -180,7 +183,7 @@ def test_pruned_trials_stop_early_and_are_counted(tmp_path, space, monkeypatch):
         def prune(self, study, trial):
             return True
 
-    monkeypatch.setitem(st.PRUNERS, "always", lambda epochs: Always())
+    monkeypatch.setitem(st.PRUNERS, "always", lambda epochs, first_rung, reduction: Always())
     args = tiny_args(tmp_path, space, "--pruner", "always", "--epochs", "3", "--trials", "2")
     assert run_driver.main(args) == 0
     study = load(tmp_path)
@@ -222,13 +225,13 @@ HANGING_WORKER = """
 from pathlib import Path
 from resnet_core import study as st
 from study_helpers import hanging_fit, tiny_request
-setup, data = st.plan(tiny_request(Path({results!r}), Path({space!r})))
+setup, data = st.plan(tiny_request(Path({results!r}), Path({space!r}), pruner="sha"))  # reads epoch 1
 st.run_study(setup.spec, 2, ["cpu"], data=data, progress=False, threads=1, fit=hanging_fit)
 """
 
 
 def test_worker_killed_with_sigkill_is_recovered_and_the_study_completes(tmp_path, space):
-    args = tiny_args(tmp_path, space, "--trials", "2")
+    args = tiny_args(tmp_path, space, "--trials", "2", "--pruner", "sha")
     script = HANGING_WORKER.format(results=str(tmp_path), space=str(space))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], env=env, stdout=subprocess.DEVNULL,
@@ -307,7 +310,8 @@ def test_compare_tunes_each_value_and_compares_final_seeds(tmp_path, space):
 
 def test_compare_on_a_data_field_trains_each_value_on_its_own_data(tmp_path, space):
     # One worker: the driver preloads the base study's data (subset 200); each sub-study must
-    # train on the data its records claim, trials and final seeds alike.
+    # train on the data its records claim, trials and final seeds alike (the final stage keeps the
+    # subset when the subset is what is compared).
     args = tiny_args(tmp_path, space, "--trials", "1", "--compare", "subset", "--compare-values", "100,150",
                      "--final-seeds", "1")
     assert run_driver.main(args) == 0

@@ -1,6 +1,7 @@
 """Run an Optuna study of the ResNet harness (thin driver: flags -> resnet_core.study -> reports).
 
-    resnet-study --trials 50                         # recipe of resnet20, quick budget
+    resnet-study --trials 50                         # recipe of resnet20, quick budget, then a final run
+    resnet-study --trials 50 --final-seeds 3 --final-epochs 10   # the best config re-trained 3 times, 10 epochs
     resnet-study --trials 50 --space architecture --budget standard --workers 4
     resnet-study --trials 20 --space architecture --compare residual --final-seeds 3
     resnet-study --add 10 --study-name NAME          # 10 more finished trials
@@ -9,7 +10,9 @@
 
 --trials N is the number of FINISHED trials (COMPLETE + PRUNED) the study should hold: running
 the same command again after an interruption runs only what is missing. The objective is the
-validation error of the final epoch; the test set is never used to choose.
+validation error of the final epoch; the test set is never used to choose. The final stage then
+re-trains the best config with --final-seeds new seeds on the full training split (validation held
+out) and reports its test error with a 95% interval in best.json and report.md.
 
 Several hosts: start the same command with the same --storage postgresql://... and --study-name
 on each; they share one study and stop together when it holds N finished trials. A host that dies
@@ -48,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--space", default="recipe", help="a built-in space (recipe, architecture: resnet_core/spaces) or a .toml path")
     add("--model", default="resnet20", help="model preset the space starts from (default resnet20)")
     add("--sampler", default="tpe", help="tpe, random, qmc, cmaes or gp (seeded by --seed)")
-    add("--pruner", default="median", help="median, hyperband, sha or none")
+    add("--pruner", default="auto", help="auto (the budget's: successive halving on quick and standard, median on "
+                                         "paper), sha, hyperband, median or none")
     add("--allow-change", action="store_true", help="go on with another --sampler/--pruner than the study used "
                                                     "so far (the report says from which trial)")
     add_flags(parser, "seed", "budget", "epochs", "data", "subset", "val_size", "device", "workers", "workers_per_gpu",
@@ -62,7 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                            "every stale-after/3 s; local dead pids are seen at once)")
     add("--compare", metavar="FIELD", help="fair comparison: one tuned sub-study per value of FIELD")
     add("--compare-values", help="comma-separated values of FIELD (default: the space's choices)")
-    add("--final-seeds", type=int, default=3, help="re-training seeds of each value's best config (default 3)")
+    add("--final-seeds", type=int, help="final stage: seeds re-training the best config on the full training split "
+                                        "(default: the budget's, 1 on quick, 3 on the others; 3 per value with "
+                                        "--compare; 0 skips it)")
+    add("--final-epochs", type=int, help="final stage: epochs of each run (default: the SGD steps of a full trial)")
     add("--no-figures", action="store_true", help="write tables and report.md only")
     return parser
 
@@ -84,15 +91,15 @@ def main(argv: list[str] | None = None) -> int:
     ))
     specs = st.compare_specs(setup.spec, args.compare, _values(args.compare_values)) if args.compare else [setup.spec]
     targets = [_target(args, st.current_counts(s)["finished"]) for s in specs]
+    stage = final_stage(args, budget)
     print(f"budget   {budget.name} ({why}): {budget.note}")
-    _print_plan(setup, specs, targets, devices, args)
+    _print_plan(setup, specs, targets, devices, args, stage)
     if args.dry_run:
         return 0
     for spec, target in zip(specs, targets):
         st.run_study(spec, target, devices, timeout=args.timeout, data=data if single else None,
                      progress=not args.quiet, threads=args.threads, allow_change=args.allow_change)
-    if args.compare:
-        _final_seeds(specs, args, devices[0], data if single else None)
+    _final_stage(specs, stage, devices[0], data if single else None, progress=not args.quiet)
     out = st.write_reports(setup.spec.name, setup.spec.storage, args.results, figures=not args.no_figures)
     reached = _print_outcome(specs, targets, out)
     for warning in st.report_warnings(setup.spec.storage, args.results):
@@ -108,8 +115,10 @@ def _check_numbers(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < 0:
             raise UsageError(f"--{name} {value}: expected an integer >= 0 ({meaning})")
-    if args.final_seeds < 1:
-        raise UsageError(f"--final-seeds {args.final_seeds}: expected an integer >= 1 (re-training seeds)")
+    if args.final_seeds is not None and args.final_seeds < 0:
+        raise UsageError(f"--final-seeds {args.final_seeds}: expected an integer >= 0 (0 skips the final stage)")
+    if args.final_epochs is not None and args.final_epochs < 1:
+        raise UsageError(f"--final-epochs {args.final_epochs}: expected an integer >= 1")
     check_flags(args)
     check_positive_seconds(args, "timeout", "stale_after")
 
@@ -126,7 +135,13 @@ def _target(args: argparse.Namespace, finished: int) -> int:
     return finished + args.add if args.add is not None else args.trials
 
 
-def _print_plan(setup, specs, targets, devices, args) -> None:
+def final_stage(args: argparse.Namespace, budget) -> st.FinalStage:
+    """--final-seeds (default: the budget's; 3 per value with --compare, whose interval needs seeds)."""
+    seeds = args.final_seeds if args.final_seeds is not None else (3 if args.compare else budget.final_seeds)
+    return st.FinalStage(seeds, args.final_epochs)
+
+
+def _print_plan(setup, specs, targets, devices, args, stage: st.FinalStage) -> None:
     done = [st.current_counts(s)["finished"] for s in specs]
     timing = st.estimate(setup.spec, setup.train_size, setup.eval_size, devices[0],
                          sum(max(0, t - d) for t, d in zip(targets, done)), len(devices), args.threads)
@@ -134,17 +149,20 @@ def _print_plan(setup, specs, targets, devices, args) -> None:
         print(line)
     if args.compare:
         print(f"compare  {args.compare}: {len(specs)} sub-studies ({', '.join(s.name for s in specs)}), "
-              f"{targets[0]} finished trials each, then {args.final_seeds} final seeds per value")
+              f"{targets[0]} finished trials each, then the final stage per value")
+    print(f"final    {stage.describe() if stage.seeds else 'skipped (--final-seeds 0)'}")
     sys.stdout.flush()
 
 
-def _final_seeds(specs, args, device, data) -> None:
+def _final_stage(specs, stage: st.FinalStage, device, data, progress: bool) -> None:
+    """The best config of each (sub-)study re-trained (finished runs are found, not trained again)."""
+    if stage.seeds == 0:
+        return
     for spec in specs:
         study = optuna.load_study(study_name=spec.name, storage=st.open_storage(spec.storage, spec.stale_after))
-        records = st.train_final_seeds(spec, study, args.final_seeds, _data_device(device), data,
-                                       progress=not args.quiet)
+        records = st.train_final(spec, study, stage, _data_device(device), data, progress=progress)
         if not records:
-            print(f"{spec.name}: no COMPLETE trial, no final seeds")
+            print(f"{spec.name}: no COMPLETE trial, no final stage")
 
 
 def _print_outcome(specs, targets, out: Path) -> bool:

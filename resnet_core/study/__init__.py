@@ -19,7 +19,10 @@ checking stores; ``spec`` the study spec; ``search`` samplers, pruners, creating
 from resnet_core.study.common import (
     FINAL_SEED_BASE, FINISHED, MAX_CONSECUTIVE_FAILURES, MAX_RETRIES, TrialFailed,
 )
-from resnet_core.study.compare import compare_specs, final_runs, final_table, train_final_seeds
+from resnet_core.study.compare import compare_specs
+from resnet_core.study.final import (
+    FinalStage, final_config, final_interval, final_runs, final_table, train_final,
+)
 from resnet_core.study.figures import (
     history_figure, importance_figure, isolation_figure, learning_curves_figure, parallel_figure, slice_figure,
     top_params,
@@ -34,9 +37,11 @@ from resnet_core.study.report import (
     best_command, open_study_or_group, report_context, report_warnings, write_compare_report, write_reports,
     write_study_report,
 )
+from resnet_core.study.pruners import (
+    PRUNERS, RUNG_PRUNERS, describe_pruner, expected_work, make_pruner, prunable_epochs,
+)
 from resnet_core.study.search import (
-    INDEXED_SAMPLERS, PRUNERS, SAMPLERS, counts, create_study, describe_pruner, describe_sampler, make_pruner,
-    make_sampler, prunable_epochs, search_history_text,
+    INDEXED_SAMPLERS, SAMPLERS, counts, create_study, describe_sampler, make_sampler, search_history_text,
 )
 from resnet_core.study.space import (
     NOT_TUNABLE, SPACES_DIR, Param, SearchSpace, parse_param, read_space, space_path, validate_space,
@@ -64,13 +69,13 @@ __all__ = [
     "interrupt_on_sigterm", "InterruptSafeJournal", "is_rdb_url", "isolation_figure", "learning_curves_figure",
     "make_pruner", "make_sampler", "mask_url", "matching_data", "MAX_CONSECUTIVE_FAILURES", "MAX_RETRIES",
     "NOT_TUNABLE", "Objective", "open_storage", "open_study_or_group", "parallel_figure", "Param", "parse_param",
-    "prunable_epochs",
+    "prunable_epochs", "RUNG_PRUNERS", "expected_work",
     "plan", "plan_lines", "PRUNERS", "pruning_savings", "read_space", "recover_stale_trials",
     "RepairingJournalFile", "report_context", "report_warnings", "reproduce_command", "requeue", "resumed_seed",
     "RetryStaleTrial", "run_labels", "run_study", "run_worker", "SAMPLERS", "scrub", "search_history_text",
     "SearchSpace", "Setup", "slice_figure", "space_path", "SPACES_DIR", "spec_from_study", "stale_reason",
     "state_counts", "storage_error", "study_markdown", "StudyRequest", "StudySpec", "top_params", "top_trials",
-    "train_final_seeds", "trial_config", "TrialFailed", "TrialProgress", "trials_table", "unencoded_at",
+    "train_final", "FinalStage", "final_config", "final_interval", "trial_config", "TrialFailed", "TrialProgress", "trials_table", "unencoded_at",
     "unmarked_reason", "url_passwords", "validate_space", "worker_jobs", "worker_sampler", "worker_threads",
     "WorkerJob", "write_compare_report", "write_reports", "write_study_report",
 ]

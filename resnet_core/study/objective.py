@@ -80,7 +80,7 @@ class Objective:
     def _callback(trial: optuna.Trial, epochs: int) -> Callable[[dict], bool]:
         def report(metrics: dict) -> bool:
             trial.set_user_attr("heartbeat", time.time())
-            value = metrics["val_error"]
+            value = metrics.get("val_error")  # absent at epochs the pruner does not read (val_epochs)
             if value is None or not math.isfinite(value):
                 return False
             trial.report(value, metrics["epoch"])

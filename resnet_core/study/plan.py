@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -11,13 +10,15 @@ from typing import Any, Mapping
 import optuna
 import torch
 
+from resnet_core.budgets import Budget
 from resnet_core.config import apply_overrides, resolve_field
 from resnet_core.data import load_data, pool_size
 from resnet_core.engine import estimate_seconds, measure_step_rate
 from resnet_core.runner import check_writable
 from resnet_core.schedules import make_budget
 from resnet_core.store import check_name
-from resnet_core.study.search import counts, describe_pruner, describe_sampler, make_pruner, make_sampler
+from resnet_core.study.pruners import RUNG_PRUNERS, describe_pruner, expected_work, make_pruner, prunable_epochs
+from resnet_core.study.search import counts, describe_sampler, make_sampler
 from resnet_core.study.space import SPACES_DIR, read_space, validate_space
 from resnet_core.study.spec import TRIAL_TEST_EVAL, StudySpec, base_run, budget, default_study_name, trial_config
 from resnet_core.study.storage import check_storage, default_storage, describe_storage, is_rdb_url, open_storage
@@ -50,7 +51,7 @@ class StudyRequest:
     seed: int = 0  # the sampler's seed and every trial's run seed
     overrides: tuple[tuple[str, Any], ...] = ()  # (field, value) fixed for every trial, as --set gives them
     sampler: str = "tpe"
-    pruner: str = "median"
+    pruner: str = "auto"  # auto: the budget's (successive halving on the quick and standard budgets)
     storage: str | None = None  # default: a journal file under <results>/studies/
     study_name: str | None = None  # default: <space>-<model>-<data>-<budget>
     results: str = "results"
@@ -90,23 +91,43 @@ def plan(request: StudyRequest) -> tuple[Setup, Any]:
     bundle = load_data(base.data, r.data_device)
     fixed = apply_overrides(base, dict(search.fixed))
     budget_epochs = make_budget(fixed.train, len(bundle.train_y)).epochs
-    make_pruner(r.pruner, budget_epochs)
+    pruner, first_rung, reduction = _pruner_choice(r, plan_budget, _recorded(storage, name, r.stale_after))
+    make_pruner(pruner, budget_epochs, first_rung, reduction)
     spec = StudySpec(name=name, storage=storage, space=search, base=base,
                      model=r.model, recipe=plan_budget.recipe, budget=label, budget_epochs=budget_epochs,
-                     sampler=r.sampler, pruner=r.pruner, seed=r.seed, results=str(r.results),
-                     stale_after=r.stale_after)
+                     sampler=r.sampler, pruner=pruner, seed=r.seed, results=str(r.results),
+                     stale_after=r.stale_after, first_rung=first_rung, reduction=reduction)
     tested = len(bundle.test_y) if TRIAL_TEST_EVAL != "never" else 0  # what one trial evaluates each epoch
     return Setup(spec, len(bundle.train_y), len(bundle.val_y) + tested, bundle.description, len(bundle.val_y)), bundle
 
 
+def _pruner_choice(r: StudyRequest, plan_budget: Budget, recorded: optuna.Study | None) -> tuple[str, int | None, int]:
+    """(pruner, first rung, reduction): ``--pruner auto`` is the budget's, or the one an existing
+    study recorded (a study made before a default changed goes on as it began); a named pruner
+    takes the budget's rungs (create_study refuses a change unless --allow-change)."""
+    attrs = recorded.user_attrs if recorded is not None else {}
+    if r.pruner == "auto" and "pruner" in attrs:
+        return attrs["pruner"], attrs.get("pruner_first_rung"), int(attrs.get("pruner_reduction", 3))
+    pruner = plan_budget.pruner if r.pruner == "auto" else r.pruner
+    return pruner, plan_budget.first_rung, plan_budget.reduction
+
+
+def _recorded(storage_url: str, name: str, stale_after: float) -> optuna.Study | None:
+    """The study ``name`` if it exists already (None otherwise); creates nothing."""
+    if not is_rdb_url(storage_url) and not Path(storage_url).exists():
+        return None
+    storage = open_storage(storage_url, stale_after)
+    if name not in optuna.get_all_study_names(storage):
+        return None
+    return optuna.load_study(study_name=name, storage=storage)
+
+
 def current_counts(spec: StudySpec) -> dict[str, int]:
     """Counts of an existing study (all zeros if it does not exist yet); creates nothing."""
-    if not is_rdb_url(spec.storage) and not Path(spec.storage).exists():
+    study = _recorded(spec.storage, spec.name, spec.stale_after)
+    if study is None:
         return {k: 0 for k in ("finished", "running", "waiting", "failed", "complete", "pruned")}
-    storage = open_storage(spec.storage, spec.stale_after)
-    if spec.name not in optuna.get_all_study_names(storage):
-        return {k: 0 for k in ("finished", "running", "waiting", "failed", "complete", "pruned")}
-    return counts(optuna.load_study(study_name=spec.name, storage=storage))
+    return counts(study)
 
 
 def plan_lines(setup: Setup, spec: StudySpec, target: int, done: int, devices: list[str],
@@ -122,15 +143,30 @@ def plan_lines(setup: Setup, spec: StudySpec, target: int, done: int, devices: l
         f"data     {setup.data_description}; validation {setup.val_size or base.data.val_size} images (the objective); "
         "trials never evaluate the test set",
         f"search   sampler {describe_sampler(spec.sampler, spec.seed)}; "
-        f"pruner {describe_pruner(spec.pruner, spec.budget_epochs)}",
+        f"pruner {describe_pruner(*spec.pruner_shape())}",
+        rung_line(spec, max(0, target - done)),
         f"trials   target {target} finished (COMPLETE + PRUNED): {done} done, {max(0, target - done)} to run "
         f"on {len(devices)} worker(s) [{', '.join(devices)}]",
     ]
     if timing:
         lines.append(f"time     measured {timing['images_per_s']:,.0f} training images/s -> "
-                     f"~{timing['per_trial_s']:.0f} s per full trial, at most ~{timing['total_s'] / 60:.1f} min "
-                     "in all (pruning shortens it)")
+                     f"~{timing['per_trial_s']:.0f} s per full trial, ~{timing['total_s'] / 60:.1f} min expected "
+                     f"for the trials to run (~{timing['full_s'] / 60:.1f} min if none were pruned)")
     return lines
+
+
+def rung_line(spec: StudySpec, trials: int) -> str:
+    """How the pruner spends the budget: where trials are judged and the epochs expected in all."""
+    epochs, _ = expected_work(trials, *spec.pruner_shape())
+    full = trials * spec.budget_epochs
+    judged = prunable_epochs(*spec.pruner_shape())
+    if spec.pruner in RUNG_PRUNERS and judged:
+        where = (f"rungs at epoch{'s' * (len(judged) > 1)} {', '.join(map(str, judged))} of {spec.budget_epochs} "
+                 f"(the best 1/{spec.reduction} at a rung go on)")
+    else:
+        where = f"judged at {len(judged)} of {spec.budget_epochs} epochs"
+    return (f"pruning  {where}; ~{epochs:.0f} epochs expected for {trials} trials "
+            f"({epochs / max(1, full):.0%} of {full} without pruning; simulated with the pruner)")
 
 
 def estimate(spec: StudySpec, train_size: int, eval_size: int, device: str, trials: int, workers: int,
@@ -145,6 +181,11 @@ def estimate(spec: StudySpec, train_size: int, eval_size: int, device: str, tria
         rate = measure_step_rate(run, steps=5)
     finally:
         torch.set_num_threads(previous)
-    per_trial = estimate_seconds(run, rate, train_size, eval_size)
-    rounds = math.ceil(max(0, trials) / max(1, workers))
-    return {"images_per_s": rate, "per_trial_s": per_trial, "total_s": per_trial * rounds}
+    per_trial = estimate_seconds(run, rate, train_size, 0)
+    epochs, passes = expected_work(trials, *spec.pruner_shape())
+    per_epoch = per_trial / max(1, spec.budget_epochs)
+    evaluation = eval_size / (3 * rate)  # one validation pass; inference ~3x a training step
+    expected = (epochs * per_epoch + passes * evaluation) / max(1, min(workers, max(1, trials)))
+    full = trials * (per_trial + evaluation * len(set(run.train.val_epochs or ()) | {spec.budget_epochs}))
+    return {"images_per_s": rate, "per_trial_s": per_trial, "total_s": expected,
+            "full_s": full / max(1, min(workers, max(1, trials)))}

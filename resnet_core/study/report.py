@@ -13,15 +13,18 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from resnet_core.config import RunConfig, run_config_from_dict
 from resnet_core.migrate import with_previous_ids
 from resnet_core.store import (
-    atomic_write_bytes, atomic_write_text, check_name, load_histories, load_runs, misnamed_warning, scan_records,
+    atomic_write_bytes, atomic_write_text, check_name, find_record, load_histories, load_runs, misnamed_warning,
+    scan_records,
 )
 from resnet_core.study import figures as sf
 from resnet_core.study import tables as sr
-from resnet_core.study.compare import final_table
+from resnet_core.study.final import final_interval, final_table
 from resnet_core.study.journal import damaged_tail
-from resnet_core.study.search import describe_pruner, describe_sampler, search_history_text
+from resnet_core.study.pruners import describe_pruner
+from resnet_core.study.search import describe_sampler, search_history_text
 from resnet_core.study.spec import StudySpec, spec_from_study, trial_config
 from resnet_core.study.storage import describe_storage, is_rdb_url, open_storage
 from resnet_core.study.urls import mask_url
@@ -57,7 +60,7 @@ def report_context(spec: StudySpec, runs, run_ids: list[str]) -> dict[str, Any]:
         "budget": f"{spec.budget}: {length}, recipe {spec.recipe} ({spec.budget_epochs} epochs per full trial)",
         "model": spec.model, "space": spec.space.describe(),
         "sampler": describe_sampler(spec.sampler, spec.seed),
-        "pruner": describe_pruner(spec.pruner, spec.budget_epochs),
+        "pruner": describe_pruner(*spec.pruner_shape()),
         "hardware": f"{unique('provenance.device_name')}; amp {unique('provenance.amp')}",
         "software": f"optuna {optuna.__version__}, torch {unique('provenance.torch')}, "
                     f"python {unique('provenance.python')}, "
@@ -84,6 +87,33 @@ def best_command(spec: StudySpec, study: optuna.Study) -> str | None:
     return sr.reproduce_command(trial_config(spec, study.best_trial.params), spec.model, spec.recipe)
 
 
+def final_result(spec: StudySpec, study: optuna.Study) -> dict[str, Any] | None:
+    """The final stage of a study (None if it has not run): its runs' test errors, their mean with
+    a 95% interval, and the command that trains the first of them."""
+    final = final_table([study], spec.results)
+    if final.empty:
+        return None
+    sizes = final["test_size"].dropna()
+    interval = final_interval([float(e) for e in final["test_error"]], int(sizes.iloc[0]) if len(sizes) else None)
+    record = find_record(spec.results, final["run_id"].iloc[0])
+    config = run_config_from_dict(record.config) if record is not None else None
+    return {
+        "trial": study.user_attrs.get("final_trial"), "seeds": [int(s) for s in final["seed"]],
+        "test_errors": [float(e) for e in final["test_error"]], "val_errors": [float(e) for e in final["val_error"]],
+        "test_error_mean": interval["mean"], "test_error_ci95": interval["ci95"], "interval": interval["interval"],
+        "training": _final_training(config), "run_ids": list(final["run_id"]),
+        "command": sr.reproduce_command(config, spec.model, spec.recipe) if config is not None else None,
+    }
+
+
+def _final_training(config: RunConfig | None) -> str:
+    if config is None:
+        return "?"
+    length = (f"{config.train.epochs} epochs" if config.train.epochs is not None
+              else f"{config.train.iterations:,} iterations")
+    return f"{length} on the full training split (validation {config.data.val_size:,} images held out)"
+
+
 def _save_figure(make: Callable[[], Any], path: Path, notes: list[str]) -> str | None:
     """Build and save one figure; a figure that cannot be drawn yet becomes a note, not a crash."""
     try:
@@ -107,9 +137,12 @@ def write_study_report(study: optuna.Study, spec: StudySpec, out_dir: Path, figu
     table = sr.trials_table(study, runs)
     atomic_write_text(out_dir / "trials.csv", table.to_csv(index=False))
     command = best_command(spec, study)
-    atomic_write_text(out_dir / "best.json", json.dumps(sr.best_summary(study, command), indent=1, default=str) + "\n")
-    run_ids = [r for r in table.get("user_attrs_run_id", []) if isinstance(r, str)]
-    context = {**report_context(spec, runs, run_ids), "command": command, "changes": search_history_text(study)}
+    final = final_result(spec, study)
+    best = {**sr.best_summary(study, command), **({"final": final} if final else {})}
+    atomic_write_text(out_dir / "best.json", json.dumps(best, indent=1, default=str) + "\n")
+    run_ids = [r for r in table.get("user_attrs_run_id", []) if isinstance(r, str)] + (final or {}).get("run_ids", [])
+    context = {**report_context(spec, runs, run_ids), "command": command, "changes": search_history_text(study),
+               "final": final}
     notes: list[str] = []
     names = []
     if figures:

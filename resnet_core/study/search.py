@@ -11,6 +11,7 @@ from optuna.trial import TrialState
 from resnet_core.config import run_config_from_dict
 from resnet_core.identity import identity_dict
 from resnet_core.study.common import FINISHED, experimental_ok
+from resnet_core.study.pruners import make_pruner
 from resnet_core.study.spec import StudySpec
 from resnet_core.study.storage import open_storage
 
@@ -58,92 +59,10 @@ def make_sampler(name: str, seed: int, worker: int = 0) -> optuna.samplers.BaseS
     return SAMPLERS[name](seed, worker)
 
 
-def _warmup(epochs: int) -> int:
-    """Epochs no trial is judged on: slow starters (deep plain nets, warm-up) are not cut unfairly."""
-    return max(1, epochs // 4)
-
-
-def _first_judged(epochs: int) -> int:
-    """The first epoch a pruner may stop a trial at: the one after the warm-up.
-
-    The objective reports epoch e (numbered from 1) as Optuna step e, and Optuna judges a step s only
-    when s >= n_warmup_steps (MedianPruner) or s >= min_resource x 3^k (successive halving, Hyperband).
-    So the warm-up's epochs 1..w are protected by a threshold of w + 1, not w (w let it prune at w).
-    """
-    return _warmup(epochs) + 1
-
-
-def _median(epochs: int) -> optuna.pruners.BasePruner:
-    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=_first_judged(epochs), interval_steps=1,
-                                       n_min_trials=3)
-
-
-def _hyperband(epochs: int) -> optuna.pruners.BasePruner:
-    first = _first_judged(epochs)
-    return optuna.pruners.HyperbandPruner(min_resource=first, max_resource=max(epochs, first + 1),
-                                          reduction_factor=3)
-
-
-def _sha(epochs: int) -> optuna.pruners.BasePruner:
-    return optuna.pruners.SuccessiveHalvingPruner(min_resource=_first_judged(epochs), reduction_factor=3,
-                                                  min_early_stopping_rate=0)
-
-
-def _no_pruner(epochs: int) -> optuna.pruners.BasePruner:
-    return optuna.pruners.NopPruner()
-
-
-PRUNERS = {"median": _median, "hyperband": _hyperband, "sha": _sha, "none": _no_pruner}
-
-
-def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
-    if name not in PRUNERS:
-        raise ValueError(f"unknown pruner {name!r}: expected one of {', '.join(PRUNERS)}")
-    return PRUNERS[name](epochs)
-
-
 def describe_sampler(name: str, seed: int) -> str:
     details = {"tpe": "multivariate, constant liar, 10 random startup trials", "qmc": "scrambled Sobol",
                "gp": "10 random startup trials", "cmaes": "5 random startup trials", "random": ""}
     return f"{name} (seed {seed}{', ' + details[name] if details.get(name) else ''})"
-
-
-def prunable_epochs(name: str, epochs: int) -> list[int]:
-    """The epochs at which pruner ``name`` may stop a trial of ``epochs`` epochs: after the warm-up,
-    never the last (the objective's callback finishes a trial that reached it), and for successive
-    halving and Hyperband only at their rungs (min_resource x 3^k; Hyperband's brackets start at
-    different k, so together they use the same rungs)."""
-    if name == "none":
-        return []
-    first, last = _first_judged(epochs), epochs - 1
-    if name == "median":
-        return list(range(first, last + 1))
-    rungs, step = [], first
-    while step <= last:
-        rungs.append(step)
-        step *= 3
-    return rungs
-
-
-def _epochs_text(numbers: list[int]) -> str:
-    if not numbers:
-        return ""
-    if len(numbers) > 2 and numbers == list(range(numbers[0], numbers[-1] + 1)):
-        return f"epochs {numbers[0]}-{numbers[-1]}"
-    return ("epoch " if len(numbers) == 1 else "epochs ") + ", ".join(map(str, numbers))
-
-
-def describe_pruner(name: str, epochs: int) -> str:
-    """The pruner and exactly which epochs it may stop a trial at (``prunable_epochs``)."""
-    if name == "none":
-        return "none (every trial trains its full budget)"
-    warm = _warmup(epochs)
-    details = {"median": "5 startup trials, >= 3 trials per epoch", "hyperband": f"max {epochs} epochs, factor 3",
-               "sha": "factor 3"}
-    protected = f"epoch{'s' * (warm != 1)} 1{f'-{warm}' if warm > 1 else ''} protected as warm-up"
-    when = _epochs_text(prunable_epochs(name, epochs))
-    where = f"may prune at {when} only" if when else "prunes nothing: no epoch after the warm-up before the last"
-    return f"{name} ({details.get(name, 'custom')}; {protected}; {where}; the final epoch is never pruned)"
 
 
 def create_study(spec: StudySpec, allow_change: bool = False) -> tuple[optuna.Study, bool]:
@@ -155,7 +74,7 @@ def create_study(spec: StudySpec, allow_change: bool = False) -> tuple[optuna.St
     """
     storage = open_storage(spec.storage, spec.stale_after)
     kwargs = {"study_name": spec.name, "storage": storage, "sampler": make_sampler(spec.sampler, spec.seed),
-              "pruner": make_pruner(spec.pruner, spec.budget_epochs)}
+              "pruner": make_pruner(*spec.pruner_shape())}
     try:
         study, created = optuna.create_study(direction="minimize", **kwargs), True
     except optuna.exceptions.DuplicatedStudyError:

@@ -15,6 +15,7 @@ from resnet_core.config import DataConfig, RunConfig, apply_overrides, run_confi
 from resnet_core.identity import identity_dict
 from resnet_core.recipes import recipe
 from resnet_core.models import resolve_model
+from resnet_core.study.pruners import prunable_epochs
 from resnet_core.study.space import SearchSpace, parse_param
 
 
@@ -36,6 +37,12 @@ class StudySpec:
     results: str = "results"
     stale_after: float = 600.0
     compare: tuple[tuple[str, Any], ...] = ()  # (("group", name), ("field", f), ("value", v)) of a --compare sub-study
+    first_rung: int | None = None  # successive halving / Hyperband: first epoch judged (None: after the warm-up)
+    reduction: int = 3  # successive halving / Hyperband: 1/reduction of the trials at a rung go on
+
+    def pruner_shape(self) -> tuple[str, int, int | None, int]:
+        """(pruner, epochs, first rung, reduction): the arguments of make_pruner and prunable_epochs."""
+        return self.pruner, self.budget_epochs, self.first_rung, self.reduction
 
     def attrs(self) -> dict[str, Any]:
         """What a study records about itself (user attrs), so reports and re-runs need no flags."""
@@ -43,6 +50,7 @@ class StudySpec:
             "base_config": identity_dict(self.base), "space": self.space.to_dict(), "model_preset": self.model,
             "recipe": self.recipe, "budget": self.budget, "budget_epochs": self.budget_epochs,
             "sampler": self.sampler, "pruner": self.pruner, "seed": self.seed,
+            "pruner_first_rung": self.first_rung, "pruner_reduction": self.reduction,
             **{f"compare_{k}": v for k, v in self.compare},
         }
 
@@ -84,9 +92,12 @@ TRIAL_TEST_EVAL = "never"
 
 
 def trial_config(spec: StudySpec, params: Mapping[str, Any], device: str = "auto") -> RunConfig:
-    """The run of a trial: the study's base config (test set never measured: ``TRIAL_TEST_EVAL``),
-    the space's fixed fields, then the params."""
-    run = apply_overrides(dataclasses.replace(spec.base, device=device), {"test_eval": TRIAL_TEST_EVAL})
+    """The run of a trial: the study's base config, the space's fixed fields, then the params. A
+    trial never measures the test set (``TRIAL_TEST_EVAL``) and measures validation only at the
+    epochs its pruner reads, at its last, and at any the base config lists (``val_epochs``)."""
+    read = tuple(sorted(set(prunable_epochs(*spec.pruner_shape())) | set(spec.base.train.val_epochs or ())))
+    run = apply_overrides(dataclasses.replace(spec.base, device=device),
+                          {"test_eval": TRIAL_TEST_EVAL, "val_epochs": read})
     return apply_overrides(apply_overrides(run, dict(spec.space.fixed)), dict(params))
 
 
@@ -102,4 +113,5 @@ def spec_from_study(study: optuna.Study, storage: str, results: str) -> StudySpe
                      base=run_config_from_dict(attrs["base_config"]), model=attrs["model_preset"],
                      recipe=attrs["recipe"], budget=attrs["budget"],
                      budget_epochs=int(attrs["budget_epochs"]), sampler=attrs["sampler"], pruner=attrs["pruner"],
-                     seed=int(attrs["seed"]), results=results, compare=compare)
+                     seed=int(attrs["seed"]), results=results, compare=compare,
+                     first_rung=attrs.get("pruner_first_rung"), reduction=int(attrs.get("pruner_reduction", 3)))

@@ -208,6 +208,7 @@ def study_markdown(study: optuna.Study, context: Mapping[str, Any], runs: pd.Dat
               f"Pruner: {savings['pruned']} trials pruned, {savings['epochs_not_trained']} of "
               f"{savings['epochs_full_budget']} epochs not trained{share}", ""]
     lines += _best_lines(study, context, runs)
+    lines += final_lines(context.get("final"))
     lines += coupling_lines(study, context)
     failed = failed_table(study)
     if not failed.empty:
@@ -236,6 +237,22 @@ def _best_lines(study: optuna.Study, context: Mapping[str, Any], runs: pd.DataFr
     params = pd.DataFrame([{"param": k, "value": v} for k, v in summary["params"].items()])
     lines += ["", markdown_table(params, floatfmt=".4g"), "", "Reproduce:", "", f"    {summary['command']}", ""]
     return lines
+
+
+def final_lines(final: Mapping[str, Any] | None) -> list[str]:
+    """The final stage: the best config re-trained with new seeds, its TEST error and 95% interval."""
+    if not final:
+        return ["## Final stage", "", "Not run (--final-seeds 0, or no COMPLETE trial): this study reports no test "
+                "error.", ""]
+    errors = ", ".join(f"{e:.2f}%" for e in final["test_errors"])
+    low_high = (f"95% interval {final['test_error_ci95'][0]:.2f} to {final['test_error_ci95'][1]:.2f}"
+                if final.get("test_error_ci95") else "no interval")
+    seeds = len(final["seeds"])
+    return ["## Final stage (test error)", "",
+            f"The best trial (trial {final.get('trial')}) re-trained with {seeds} new seed{'s' * (seeds != 1)} "
+            f"({', '.join(map(str, final['seeds']))}), {final['training']}.", "",
+            f"Test error {final['test_error_mean']:.2f}% ({low_high}; {final['interval']}); per seed: {errors}.", "",
+            "Reproduce (first seed):", "", f"    {final['command']}", ""]
 
 
 def coupling_lines(study: optuna.Study, context: Mapping[str, Any], n: int = 5) -> list[str]:

@@ -23,7 +23,8 @@ from resnet_core.engine import fit as engine_fit
 from resnet_core.study.common import MAX_CONSECUTIVE_FAILURES, TrialFailed, say
 from resnet_core.study.objective import Objective
 from resnet_core.study.recovery import heartbeat_settings, recover_stale_trials, requeue
-from resnet_core.study.search import INDEXED_SAMPLERS, counts, create_study, make_pruner, make_sampler
+from resnet_core.study.pruners import make_pruner
+from resnet_core.study.search import INDEXED_SAMPLERS, counts, create_study, make_sampler
 from resnet_core.study.spec import StudySpec
 from resnet_core.study.storage import open_storage
 
@@ -99,7 +100,7 @@ def _run_trials(job: WorkerJob, data: Any, on_trial: Callable[[optuna.Study], No
     spec = job.spec
     storage = open_storage(spec.storage, spec.stale_after)
     study = optuna.load_study(study_name=spec.name, storage=storage, sampler=optuna.samplers.RandomSampler(),
-                              pruner=make_pruner(spec.pruner, spec.budget_epochs))
+                              pruner=make_pruner(*spec.pruner_shape()))
     study.sampler = worker_sampler(spec, job, len(study.trials))
     objective = Objective(spec, job.device, data, fit=job.fit)
     poll_s = min(2.0, heartbeat_settings(spec.stale_after)[0])

@@ -1,0 +1,118 @@
+"""The final stage: a study's best configuration re-trained with new seeds on the full training split
+(validation still held out) and measured once on the test set. Trials never see the test set, so these
+runs are where a study's test error comes from; ``--compare`` runs the same stage once per value."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from resnet_core.config import RunConfig, apply_overrides, resolve_field
+from resnet_core.engine import fit as engine_fit
+from resnet_core.migrate import current_run_ids
+from resnet_core.store import find_record, load_runs
+from resnet_core.schedules import make_budget
+from resnet_core.study.common import FINAL_SEED_BASE
+from resnet_core.study.objective import matching_data
+from resnet_core.study.spec import StudySpec, trial_config
+
+
+@dataclass(frozen=True)
+class FinalStage:
+    """How the best configuration is re-trained: ``seeds`` runs (seeds FINAL_SEED_BASE + i), each
+    ``epochs`` long, or (``None``) as many SGD steps as a full trial took, so the tuned schedule and
+    warm-up keep their length in steps while the run sees the whole training split."""
+
+    seeds: int
+    epochs: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 0:
+            raise ValueError(f"--final-seeds {self.seeds}: expected an integer >= 0 (0 skips the final stage)")
+        if self.epochs is not None and (isinstance(self.epochs, bool) or not isinstance(self.epochs, int)
+                                        or self.epochs < 1):
+            raise ValueError(f"--final-epochs {self.epochs}: expected an integer >= 1")
+
+    def describe(self) -> str:
+        length = f"{self.epochs} epochs" if self.epochs else "the SGD steps of a full trial"
+        return (f"{self.seeds} seed{'s' * (self.seeds != 1)} of the best config on the full training split "
+                f"(validation held out), {length}; test error with a 95% interval")
+
+
+def final_config(spec: StudySpec, params: dict[str, Any], stage: FinalStage, device: str = "auto") -> RunConfig:
+    """The best trial's config on the full training split, measured on the test set at its end."""
+    trial = trial_config(spec, params, device)
+    changes: dict[str, Any] = {"test_eval": "end", "val_epochs": None}
+    compared = dict(spec.compare).get("field")
+    if compared is None or resolve_field(compared) != "data.subset":  # a compared subset stays as it is
+        changes["subset"] = None
+    if stage.epochs is not None:
+        changes["epochs"] = stage.epochs
+    elif trial.data.subset is not None and "subset" in changes:
+        # A trial on a subset: keep its number of steps (its lr schedule was tuned for that many).
+        changes["iterations"] = make_budget(trial.train, trial.data.subset).total_iterations
+    return apply_overrides(trial, changes)
+
+
+def final_runs(spec: StudySpec, study: optuna.Study, stage: FinalStage) -> list[RunConfig]:
+    """The final stage's runs of the study's best COMPLETE trial ([] if it has none)."""
+    if stage.seeds == 0 or not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return []
+    best = final_config(spec, study.best_trial.params, stage, spec.base.device)
+    return [dataclasses.replace(best, seed=FINAL_SEED_BASE + i) for i in range(stage.seeds)]
+
+
+def train_final(spec: StudySpec, study: optuna.Study, stage: FinalStage, device: str, data: Any = None,
+                progress: bool = True, fit: Callable[..., Any] = engine_fit) -> list:
+    """Train (or find: a finished run is not trained again) the final runs with ``fit``; the study
+    records their run ids, so its report finds them."""
+    runs = [dataclasses.replace(r, device=device) for r in final_runs(spec, study, stage)]
+    records = [fit(run, results_dir=spec.results, data=matching_data(data, run.data), progress=progress) for run in runs]
+    if records:
+        study.set_user_attr("final_run_ids", [r.run_id for r in records])
+        study.set_user_attr("final_trial", study.best_trial.number)
+    return records
+
+
+def final_interval(errors: list[float], test_images: int | None) -> dict[str, Any]:
+    """Mean test error (%) of the final runs and its 95% interval: Student's t over seeds when there
+    are two or more; with one seed, the Wilson interval of its error count on ``test_images`` (how
+    much the test set's sampling alone could move it: seed-to-seed spread is not in it)."""
+    n = len(errors)
+    if n == 0:
+        return {"n": 0, "mean": None, "ci95": None, "interval": "no final run"}
+    mean = sum(errors) / n
+    if n >= 2:
+        from scipy import stats
+
+        sd = math.sqrt(sum((e - mean) ** 2 for e in errors) / (n - 1))
+        half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+        return {"n": n, "mean": mean, "ci95": [mean - half, mean + half], "interval": f"t over {n} seeds"}
+    if not test_images:
+        return {"n": 1, "mean": mean, "ci95": None, "interval": "one seed; test set size unknown"}
+    from statsmodels.stats.proportion import proportion_confint
+
+    low, high = proportion_confint(round(mean / 100 * test_images), test_images, alpha=0.05, method="wilson")
+    return {"n": 1, "mean": mean, "ci95": [100 * low, 100 * high],
+            "interval": f"Wilson, test-set sampling of {test_images:,} images only (one seed)"}
+
+
+def final_table(studies: list[optuna.Study], results: str):
+    """One row per final run of the studies (a --compare group's sub-studies, or one study):
+    value (the compared value; None for a plain study), seed, test and validation error."""
+    rows = []
+    runs = load_runs(results)  # ids stored before a run-id migration are mapped to the records' new ids
+    for study in studies:
+        for rid in current_run_ids(study.user_attrs.get("final_run_ids", []), runs):
+            record = find_record(results, rid)
+            if record is not None and record.status == "completed":
+                rows.append({"value": study.user_attrs.get("compare_value"), "seed": record.config["seed"], "run_id": rid,
+                             "test_error": record.final.get("test_error"), "val_error": record.final.get("val_error"),
+                             "test_size": (record.provenance or {}).get("test_size")})
+    return pd.DataFrame(rows, columns=["value", "seed", "run_id", "test_error", "val_error", "test_size"])

@@ -1,0 +1,195 @@
+"""Multi-fidelity studies by default and the final stage, on tiny synthetic data: successive halving
+on the quick budget, validation measured only where the pruner reads it, the test set only by the
+final stage, which re-trains the best config on the full training split and reports an interval."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from scipy import stats
+from statsmodels.stats.proportion import proportion_confint
+
+from resnet_core import study as st
+from resnet_core.budgets import STUDY_BUDGETS
+from resnet_core.cli import run_cli
+from resnet_core.commands import study as run_driver
+from resnet_core.schedules import make_budget
+from resnet_core.store import find_record, load_runs
+from study_helpers import tiny_request
+
+SPACE = """
+description = "tiny test space"
+[params.lr]
+type = "float"
+low = 0.01
+high = 0.2
+log = true
+"""
+
+
+@pytest.fixture(autouse=True)
+def _quiet_env(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("RESNET_CORE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.fixture()
+def space(tmp_path) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(SPACE)
+    return path
+
+
+def test_the_quick_and_standard_budgets_search_with_successive_halving_by_default(tmp_path, space):
+    setup, _ = st.plan(tiny_request(tmp_path, space, pruner="auto", epochs=None))
+    spec = setup.spec
+    quick = STUDY_BUDGETS["quick"]
+    assert (spec.pruner, spec.first_rung, spec.reduction) == ("sha", quick.first_rung, quick.reduction) == ("sha", 1, 4)
+    assert spec.budget_epochs == quick.epochs == 12 and st.prunable_epochs(*spec.pruner_shape()) == [1, 4]
+    run = st.trial_config(spec, {"lr": 0.1})
+    assert run.train.val_epochs == (1, 4) and run.train.test_eval == "never"
+    assert STUDY_BUDGETS["standard"].pruner == "sha" and STUDY_BUDGETS["paper"].pruner == "median"
+    explicit, _ = st.plan(tiny_request(tmp_path, space, pruner="median", epochs=None))
+    assert explicit.spec.pruner == "median"  # --pruner still chooses
+
+
+def _judged_at(epochs: int, first_rung: int, reduction: int, bad_from: int) -> int | None:
+    """The epoch at which a trial that turns bad at ``bad_from`` is pruned, after nine good trials."""
+    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.RandomSampler(0),
+                                pruner=st.make_pruner("sha", epochs, first_rung, reduction))
+    for index in range(9):
+        good = study.ask()
+        for epoch in range(1, epochs + 1):
+            good.report(0.5 - 0.01 * index - 0.01 * epoch, epoch)
+            assert epoch == epochs or epoch == 1 or not good.should_prune()
+        study.tell(good, 0.5 - 0.01 * index - 0.01 * epochs)
+    trial = study.ask()
+    for epoch in range(1, epochs):
+        trial.report(0.99 if epoch >= bad_from else 0.0, epoch)
+        if trial.should_prune():
+            return epoch
+    return None
+
+
+def test_a_budgets_first_rung_is_where_successive_halving_first_judges():
+    assert _judged_at(12, 1, 4, bad_from=1) == 1  # the short first rung most trials stop at
+    assert _judged_at(12, 1, 4, bad_from=2) == 4  # promoted at 1, judged again only at the next rung
+    assert _judged_at(12, 1, 4, bad_from=5) is None  # no rung after 4 before the last epoch
+    assert st.prunable_epochs("sha", 12, 1, 4) == [1, 4] and st.prunable_epochs("hyperband", 30, 3, 3) == [3, 9, 27]
+    text = st.describe_pruner("sha", 12, 1, 4)
+    assert "no warm-up; may prune at epochs 1, 4 only" in text and "best 1/4" in text
+    with pytest.raises(ValueError, match="reduction factor 1"):
+        st.make_pruner("sha", 12, 1, 1)
+
+
+def test_expected_work_comes_from_simulating_the_pruner():
+    assert st.expected_work(5, "none", 3) == (15.0, 5.0)
+    assert st.expected_work(20, "median", 2) == (40.0, 20.0)  # warm-up epoch 1, last never pruned: nothing
+    epochs, passes = st.expected_work(50, "sha", 12, 1, 4)
+    assert 50 < epochs < 0.4 * 50 * 12  # every trial trains its first rung; most stop there
+    assert 50 <= passes < epochs  # validation at rungs and last epochs only
+
+
+def tiny_args(results: Path, space: Path, *extra: str) -> list[str]:
+    return ["--space", str(space), "--data", "synthetic:300", "--subset", "100", "--val-size", "100", "--epochs", "4",
+            "--set", "depth=8", "--set", "widths=4,8,16", "--set", "batch_size=50", "--set", "eval_batch_size=500",
+            "--device", "cpu", "--results", str(results), "--study-name", "tiny", "--quiet", "--no-figures",
+            "--sampler", "random", "--threads", "1", *extra]
+
+
+def test_a_default_study_reads_validation_at_rungs_and_its_final_stage_measures_test(tmp_path, space, capsys):
+    code = run_cli(run_driver.main, tiny_args(tmp_path, space, "--trials", "3", "--final-seeds", "2",
+                                              "--final-epochs", "2"))
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "rungs at epoch 1 of 4" in out and "epochs expected for 3 trials" in out
+    assert "final    2 seeds of the best config on the full training split" in out
+    study = optuna.load_study(study_name="tiny", storage=st.open_storage(str(tmp_path / "studies" / "tiny.log"), 600))
+    assert study.user_attrs["pruner"] == "sha" and study.user_attrs["pruner_first_rung"] == 1
+    for trial in study.trials:  # validation at the rung (1) and the last epoch (4) only; never the test set
+        record = find_record(tmp_path, trial.user_attrs["run_id"])
+        assert record.config["data"]["subset"] == 100
+        measured = [e["epoch"] for e in record.history if "val_error" in e]
+        assert measured == [e for e in (1, 4) if e <= len(record.history)]
+        assert all("test_error" not in e for e in record.history) and "test_error" not in record.final
+    best = json.loads((tmp_path / "studies" / "tiny" / "best.json").read_text())
+    final = best["final"]
+    assert final["trial"] == study.best_trial.number and final["seeds"] == [st.FINAL_SEED_BASE, st.FINAL_SEED_BASE + 1]
+    records = [find_record(tmp_path, rid) for rid in final["run_ids"]]
+    for record in records:  # the full training split (200 images), 2 epochs, test measured once, at the end
+        assert record.config["data"]["subset"] is None and record.provenance["train_size"] == 200
+        assert [("test_error" in e) for e in record.history] == [False, True]
+        assert record.config["train"]["lr"] == pytest.approx(study.best_trial.params["lr"])
+    errors = [r.final["test_error"] for r in records]
+    mean = sum(errors) / 2
+    half = stats.t.ppf(0.975, 1) * stats.tstd(errors) / math.sqrt(2)
+    assert final["test_errors"] == pytest.approx(errors) and final["test_error_mean"] == pytest.approx(mean)
+    assert final["test_error_ci95"] == pytest.approx([mean - half, mean + half])
+    assert "--epochs 2" in final["command"] and "--subset" not in final["command"]
+    report = (tmp_path / "studies" / "tiny" / "report.md").read_text()
+    assert "## Final stage (test error)" in report and f"Test error {mean:.2f}%" in report
+    assert len(load_runs(tmp_path)) == len(study.trials) + 2
+
+
+def test_the_final_stage_keeps_a_full_trials_steps_on_the_full_split(tmp_path, space):
+    setup, _ = st.plan(tiny_request(tmp_path, space, subset=100, epochs=3))
+    trial = st.trial_config(setup.spec, {"lr": 0.05})
+    run = st.final_config(setup.spec, {"lr": 0.05}, st.FinalStage(1))
+    assert run.data.subset is None and run.train.epochs is None and run.train.test_eval == "end"
+    assert run.train.iterations == make_budget(trial.train, 100).total_iterations == 3 * 2  # 100 images, batch 50
+    assert run.train.val_epochs is None and run.train.lr == 0.05
+    assert st.final_config(setup.spec, {"lr": 0.05}, st.FinalStage(1, epochs=5)).train.epochs == 5
+    with pytest.raises(ValueError, match="--final-seeds -1"):
+        st.FinalStage(-1)
+
+
+def test_final_intervals():
+    one = st.final_interval([40.0], 10000)  # one seed: the test set's sampling only
+    low, high = proportion_confint(4000, 10000, alpha=0.05, method="wilson")
+    assert one["ci95"] == pytest.approx([100 * low, 100 * high]) and "Wilson" in one["interval"]
+    assert one["ci95"][0] < 40 < one["ci95"][1] and one["ci95"][1] - one["ci95"][0] < 2
+    three = st.final_interval([40.0, 42.0, 44.0], 10000)
+    assert three["ci95"] == pytest.approx([42 - stats.t.ppf(0.975, 2) * 2 / math.sqrt(3),
+                                           42 + stats.t.ppf(0.975, 2) * 2 / math.sqrt(3)])
+    assert st.final_interval([], 10000)["mean"] is None
+
+
+def test_final_stage_flags_are_checked_before_any_work(tmp_path, space, capsys):
+    for flag, value in (("--final-seeds", "-1"), ("--final-epochs", "0")):
+        assert run_cli(run_driver.main, tiny_args(tmp_path, space, "--trials", "1", flag, value)) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {flag} {value}") and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_auto_goes_on_with_the_pruner_a_study_began_with(tmp_path, space, capsys):
+    args = tiny_args(tmp_path, space, "--final-seeds", "0")
+    assert run_cli(run_driver.main, args + ["--trials", "1", "--pruner", "median"]) == 0
+    assert run_cli(run_driver.main, args + ["--trials", "2"]) == 0  # --pruner auto: not refused as a change
+    assert "pruner median" in capsys.readouterr().out
+    study = optuna.load_study(study_name="tiny", storage=st.open_storage(str(tmp_path / "studies" / "tiny.log"), 600))
+    assert study.user_attrs["pruner"] == "median" and "search_history" not in study.user_attrs
+    assert len(study.trials) == 2
+    assert run_cli(run_driver.main, args + ["--trials", "3", "--pruner", "sha"]) == 2  # a named change is refused
+    assert "--pruner median in the study, sha now" in capsys.readouterr().err
+
+
+def test_the_handwritten_baseline_runs_on_a_small_imagefolder(tmp_path):
+    from test_small_data import imagefolder_1500
+
+    root = imagefolder_1500(tmp_path / "folder")
+    out = tmp_path / "handwritten.json"
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(repo / "benchmarks" / "handwritten_study.py"), "--data", str(root),
+                           "--trials", "2", "--epochs", "1", "--subset", "200", "--val-size", "100", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(repo)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["trials"] == 2 and 0 <= result["best_val_error"] <= 100 and result["wall_seconds"] > 0
