@@ -398,13 +398,14 @@ def test_samplers_are_seeded_per_worker_and_on_resume():
 
 
 
-def _pruned_at(pruner_name: str, epochs: int, bad_from: int) -> int | None:
+def _pruned_at(pruner_name: str, epochs: int, bad_from: int, first_rung: int | None = None,
+               reduction: int = 3) -> int | None:
     """The epoch at which a trial that turns clearly bad (error 0.99) at epoch ``bad_from`` is
     pruned (None: it finishes), after nine good trials, each trial reported and asked every epoch
     the way the objective does it (Optuna step = epoch number from 1, never asked at the last)."""
     # A fixed name: Hyperband puts a trial in a bracket by a hash of the study name and trial number.
     study = optuna.create_study(study_name="warm-up", direction="minimize", sampler=optuna.samplers.RandomSampler(0),
-                                pruner=st.make_pruner(pruner_name, epochs))
+                                pruner=st.make_pruner(pruner_name, epochs, first_rung, reduction))
     for index in range(9):
         good = study.ask()
         for epoch in range(1, epochs + 1):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -24,27 +25,9 @@ from resnet_core.schedules import make_budget
 from resnet_core.store import find_record, load_runs
 from study_helpers import tiny_request
 
-SPACE = """
-description = "tiny test space"
-[params.lr]
-type = "float"
-low = 0.01
-high = 0.2
-log = true
-"""
-
-
-@pytest.fixture(autouse=True)
-def _quiet_env(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("RESNET_CORE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-@pytest.fixture()
-def space(tmp_path) -> Path:
-    path = tmp_path / "tiny.toml"
-    path.write_text(SPACE)
-    return path
+from test_study import _quiet_env, space  # noqa: F401  (fixtures: the tiny space, a per-session cache)
+from test_study import _pruned_at
+from test_study import tiny_args as study_args
 
 
 def test_the_quick_and_standard_budgets_search_with_successive_halving_by_default(tmp_path, space):
@@ -61,21 +44,8 @@ def test_the_quick_and_standard_budgets_search_with_successive_halving_by_defaul
 
 
 def _judged_at(epochs: int, first_rung: int, reduction: int, bad_from: int) -> int | None:
-    """The epoch at which a trial that turns bad at ``bad_from`` is pruned, after nine good trials."""
-    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.RandomSampler(0),
-                                pruner=st.make_pruner("sha", epochs, first_rung, reduction))
-    for index in range(9):
-        good = study.ask()
-        for epoch in range(1, epochs + 1):
-            good.report(0.5 - 0.01 * index - 0.01 * epoch, epoch)
-            assert epoch == epochs or epoch == 1 or not good.should_prune()
-        study.tell(good, 0.5 - 0.01 * index - 0.01 * epochs)
-    trial = study.ask()
-    for epoch in range(1, epochs):
-        trial.report(0.99 if epoch >= bad_from else 0.0, epoch)
-        if trial.should_prune():
-            return epoch
-    return None
+    """test_study's constructed study (nine good trials, then one bad from ``bad_from``) under SHA."""
+    return _pruned_at("sha", epochs, bad_from, first_rung, reduction)
 
 
 def test_a_budgets_first_rung_is_where_successive_halving_first_judges():
@@ -98,10 +68,8 @@ def test_expected_work_comes_from_simulating_the_pruner():
 
 
 def tiny_args(results: Path, space: Path, *extra: str) -> list[str]:
-    return ["--space", str(space), "--data", "synthetic:300", "--subset", "100", "--val-size", "100", "--epochs", "4",
-            "--set", "depth=8", "--set", "widths=4,8,16", "--set", "batch_size=50", "--set", "eval_batch_size=500",
-            "--device", "cpu", "--results", str(results), "--study-name", "tiny", "--quiet", "--no-figures",
-            "--sampler", "random", "--threads", "1", *extra]
+    """test_study's tiny study, 4 epochs on a 100-image subset, with the budget's own pruner."""
+    return study_args(results, space, "--epochs", "4", "--subset", "100", "--pruner", "auto", *extra)
 
 
 def test_a_default_study_reads_validation_at_rungs_and_its_final_stage_measures_test(tmp_path, space, capsys):
@@ -129,7 +97,7 @@ def test_a_default_study_reads_validation_at_rungs_and_its_final_stage_measures_
         assert record.config["train"]["lr"] == pytest.approx(study.best_trial.params["lr"])
     errors = [r.final["test_error"] for r in records]
     mean = sum(errors) / 2
-    half = stats.t.ppf(0.975, 1) * stats.tstd(errors) / math.sqrt(2)
+    half = stats.t.ppf(0.975, 1) * statistics.stdev(errors) / math.sqrt(2)
     assert final["test_errors"] == pytest.approx(errors) and final["test_error_mean"] == pytest.approx(mean)
     assert final["test_error_ci95"] == pytest.approx([mean - half, mean + half])
     assert "--epochs 2" in final["command"] and "--subset" not in final["command"]
