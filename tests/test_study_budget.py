@@ -103,6 +103,7 @@ def test_a_default_study_reads_validation_at_rungs_and_its_final_stage_measures_
     assert "--epochs 2" in final["command"] and "--subset" not in final["command"]
     report = (tmp_path / "studies" / "tiny" / "report.md").read_text()
     assert "## Final stage (test error)" in report and f"Test error {mean:.2f}%" in report
+    assert "| split | train 100 / validation 100 /" in report  # the trials' split; the final runs say theirs
     assert len(load_runs(tmp_path)) == len(study.trials) + 2
 
 

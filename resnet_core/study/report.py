@@ -140,7 +140,9 @@ def write_study_report(study: optuna.Study, spec: StudySpec, out_dir: Path, figu
     final = final_result(spec, study)
     best = {**sr.best_summary(study, command), **({"final": final} if final else {})}
     atomic_write_text(out_dir / "best.json", json.dumps(best, indent=1, default=str) + "\n")
-    run_ids = [r for r in table.get("user_attrs_run_id", []) if isinstance(r, str)] + (final or {}).get("run_ids", [])
+    # The header (split, hardware, software) and the coupling section describe the trials; the final
+    # stage's runs (full training split) are described in their own section.
+    run_ids = [r for r in table.get("user_attrs_run_id", []) if isinstance(r, str)]
     context = {**report_context(spec, runs, run_ids), "command": command, "changes": search_history_text(study),
                "final": final}
     notes: list[str] = []
