@@ -104,12 +104,17 @@ GRID_BUDGETS: dict[str, Budget] = {
 # halving): most trials stop after a short first rung, the best 1/reduction of each rung go on, so the
 # few best train many times longer than the rest (Li et al. 2020, asynchronous successive halving).
 STUDY_BUDGETS: dict[str, Budget] = {
-    # Sized for a 2-core CPU: `resnet-study --trials 50` is expected to train ~131 epochs of 4,000
-    # images (resnet_core.study.expected_work) and measure validation ~70 times, about the work of
-    # the earlier default (50 trials x 2 epochs, each epoch also measuring 5,000 validation and
-    # 10,000 test images), while its best trials see 48,000 training images instead of 8,000.
+    # Sized for a 2-core CPU: `resnet-study --trials 50` trains ~89 epochs of 4,000 images when trial
+    # quality is random (resnet_core.study.expected_work) and more under TPE, whose later trials keep
+    # beating the rung's earlier ones: replaying the 2026-11-29 study's rung values, 155 epochs with
+    # the first 4 trials at a rung stopping there, 217 without. That is at most the time of the
+    # earlier default (50 trials x 2 epochs, each epoch also measuring 5,000 validation and 10,000
+    # test images) while its best trials see 48,000 training images instead of 8,000.
+    # Its evaluation batch is 128: on this 2-core CPU resnet20 infers 1.8x faster in batches of 128 than
+    # of 1,000 (1,725 vs 948 images/s, `python benchmarks/eval_batch.py --threads 2`; 1,000 overflows the
+    # caches), and a batch's size changes no result in eval mode.
     "quick": Budget("quick", epochs=12, subset=4000, recipe="quick", pruner="sha", first_rung=1, reduction=4,
-                    final_seeds=1,
+                    final_seeds=1, train=(("eval_batch_size", 128),),
                     note="CPU-sized: up to 12 one-cycle epochs on 4,000 images; successive halving keeps "
                          "the best 1/4 at epochs 1 and 4"),
     "standard": Budget("standard", epochs=30, recipe="paper", pruner="sha", first_rung=3, reduction=3,

@@ -35,6 +35,9 @@ def test_the_quick_and_standard_budgets_search_with_successive_halving_by_defaul
     spec = setup.spec
     quick = STUDY_BUDGETS["quick"]
     assert (spec.pruner, spec.first_rung, spec.reduction) == ("sha", quick.first_rung, quick.reduction) == ("sha", 1, 4)
+    assert spec.bootstrap == 0  # the request names no trials
+    assert st.base_run("resnet20", quick).train.eval_batch_size == 128  # the budget's setting, CPU-sized
+    assert st.plan(tiny_request(tmp_path, space, pruner="auto", epochs=None, trials=50))[0].spec.bootstrap == 4
     assert spec.budget_epochs == quick.epochs == 12 and st.prunable_epochs(*spec.pruner_shape()) == [1, 4]
     run = st.trial_config(spec, {"lr": 0.1})
     assert run.train.val_epochs == (1, 4) and run.train.test_eval == "never"
@@ -57,6 +60,30 @@ def test_a_budgets_first_rung_is_where_successive_halving_first_judges():
     assert "no warm-up; may prune at epochs 1, 4 only" in text and "best 1/4" in text
     with pytest.raises(ValueError, match="reduction factor 1"):
         st.make_pruner("sha", 12, 1, 1)
+
+
+def test_no_trial_goes_on_from_a_rung_before_reduction_trials_have_reached_it():
+    # Each trial is the best so far at epoch 1: without a bootstrap Optuna promotes all of the first three.
+    study = optuna.create_study(direction="minimize", pruner=st.make_pruner("sha", 12, 1, 4, bootstrap=4))
+    stopped = []
+    for index in range(6):
+        trial = study.ask()
+        trial.report(0.9 - 0.1 * index, 1)
+        stopped.append(trial.should_prune())
+        if stopped[-1]:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, 0.9 - 0.1 * index)
+    assert stopped == [True, True, True, True, False, False]  # the 5th is the best 1/4 of 5, the 6th of 6
+    assert "the first 4 trials at a rung stop there" in st.describe_pruner("sha", 12, 1, 4, 4)
+
+
+def test_the_hold_back_grows_with_the_study_so_small_studies_still_complete_trials():
+    # Rungs 1 and 4 (factor 4): the first trial completes after ~(4 + 1) x 4 = 20; held back from 40 trials.
+    assert st.bootstrap_for(40, "sha", 12, 1, 4) == 4 and st.bootstrap_for(39, "sha", 12, 1, 4) == 0
+    assert st.bootstrap_for(3, "sha", 4, 1, 4) == 0  # one rung: from 2 x 5 = 10 trials
+    assert st.bootstrap_for(40, "sha", 30, 3, 3) == 0 and st.bootstrap_for(72, "sha", 30, 3, 3) == 3  # rungs 3, 9, 27
+    assert st.bootstrap_for(500, "median", 12) == 0 and st.bootstrap_for(72, "hyperband", 30, 3, 3) == 3
 
 
 def test_expected_work_comes_from_simulating_the_pruner():

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         data=args.data or default_data_source(), subset=args.subset, val_size=args.val_size, seed=args.seed or 0,
         overrides=tuple(parse_assignments(args.set).items()), sampler=args.sampler, pruner=args.pruner,
         storage=args.storage, study_name=args.study_name, results=args.results, stale_after=args.stale_after,
-        compare=args.compare, data_device=data_device,
+        compare=args.compare, data_device=data_device, trials=args.add if args.add is not None else args.trials,
     ))
     specs = st.compare_specs(setup.spec, args.compare, _values(args.compare_values)) if args.compare else [setup.spec]
     targets = [_target(args, st.current_counts(s)["finished"]) for s in specs]

@@ -38,7 +38,7 @@ from resnet_core.study.report import (
     write_study_report,
 )
 from resnet_core.study.pruners import (
-    PRUNERS, RUNG_PRUNERS, describe_pruner, expected_work, make_pruner, prunable_epochs,
+    PRUNERS, RUNG_PRUNERS, bootstrap_for, describe_pruner, expected_work, make_pruner, prunable_epochs,
 )
 from resnet_core.study.search import (
     INDEXED_SAMPLERS, SAMPLERS, counts, create_study, describe_sampler, make_sampler, search_history_text,
@@ -69,7 +69,7 @@ __all__ = [
     "interrupt_on_sigterm", "InterruptSafeJournal", "is_rdb_url", "isolation_figure", "learning_curves_figure",
     "make_pruner", "make_sampler", "mask_url", "matching_data", "MAX_CONSECUTIVE_FAILURES", "MAX_RETRIES",
     "NOT_TUNABLE", "Objective", "open_storage", "open_study_or_group", "parallel_figure", "Param", "parse_param",
-    "prunable_epochs", "RUNG_PRUNERS", "expected_work",
+    "prunable_epochs", "RUNG_PRUNERS", "expected_work", "bootstrap_for",
     "plan", "plan_lines", "PRUNERS", "pruning_savings", "read_space", "recover_stale_trials",
     "RepairingJournalFile", "report_context", "report_warnings", "reproduce_command", "requeue", "resumed_seed",
     "RetryStaleTrial", "run_labels", "run_study", "run_worker", "SAMPLERS", "scrub", "search_history_text",

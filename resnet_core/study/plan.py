@@ -17,7 +17,8 @@ from resnet_core.engine import estimate_seconds, measure_step_rate
 from resnet_core.runner import check_writable
 from resnet_core.schedules import make_budget
 from resnet_core.store import check_name
-from resnet_core.study.pruners import RUNG_PRUNERS, describe_pruner, expected_work, make_pruner, prunable_epochs
+from resnet_core.study.pruners import (RUNG_PRUNERS, bootstrap_for, describe_pruner, expected_work, make_pruner,
+                                      prunable_epochs, rung_rule)
 from resnet_core.study.search import counts, describe_sampler, make_sampler
 from resnet_core.study.space import SPACES_DIR, read_space, validate_space
 from resnet_core.study.spec import TRIAL_TEST_EVAL, StudySpec, base_run, budget, default_study_name, trial_config
@@ -57,6 +58,7 @@ class StudyRequest:
     results: str = "results"
     stale_after: float = 600.0
     compare: str | None = None  # the field of a --compare group
+    trials: int = 0  # the trials a run adds: a rung holds back its first ones only in a study this big
     spaces_dir: Path = SPACES_DIR
     data_device: str = "cpu"  # where the returned DataBundle lives
 
@@ -92,11 +94,12 @@ def plan(request: StudyRequest) -> tuple[Setup, Any]:
     fixed = apply_overrides(base, dict(search.fixed))
     budget_epochs = make_budget(fixed.train, len(bundle.train_y)).epochs
     pruner, first_rung, reduction = _pruner_choice(r, plan_budget, _recorded(storage, name, r.stale_after))
-    make_pruner(pruner, budget_epochs, first_rung, reduction)
+    bootstrap = bootstrap_for(r.trials, pruner, budget_epochs, first_rung, reduction)
+    make_pruner(pruner, budget_epochs, first_rung, reduction, bootstrap)
     spec = StudySpec(name=name, storage=storage, space=search, base=base,
                      model=r.model, recipe=plan_budget.recipe, budget=label, budget_epochs=budget_epochs,
                      sampler=r.sampler, pruner=pruner, seed=r.seed, results=str(r.results),
-                     stale_after=r.stale_after, first_rung=first_rung, reduction=reduction)
+                     stale_after=r.stale_after, first_rung=first_rung, reduction=reduction, bootstrap=bootstrap)
     tested = len(bundle.test_y) if TRIAL_TEST_EVAL != "never" else 0  # what one trial evaluates each epoch
     return Setup(spec, len(bundle.train_y), len(bundle.val_y) + tested, bundle.description, len(bundle.val_y)), bundle
 
@@ -162,11 +165,12 @@ def rung_line(spec: StudySpec, trials: int) -> str:
     judged = prunable_epochs(*spec.pruner_shape())
     if spec.pruner in RUNG_PRUNERS and judged:
         where = (f"rungs at epoch{'s' * (len(judged) > 1)} {', '.join(map(str, judged))} of {spec.budget_epochs} "
-                 f"(the best 1/{spec.reduction} at a rung go on)")
+                 f"({rung_rule(spec.reduction, spec.bootstrap)})")
     else:
         where = f"judged at {len(judged)} of {spec.budget_epochs} epochs"
     return (f"pruning  {where}; ~{epochs:.0f} epochs expected for {trials} trials "
-            f"({epochs / max(1, full):.0%} of {full} without pruning; simulated with the pruner)")
+            f"({epochs / max(1, full):.0%} of {full} without pruning), simulated with trials of random quality: "
+            f"a sampler that keeps finding better trials trains more")
 
 
 def estimate(spec: StudySpec, train_size: int, eval_size: int, device: str, trials: int, workers: int,

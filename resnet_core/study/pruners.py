@@ -30,25 +30,26 @@ def _first_rung(epochs: int, first_rung: int | None) -> int:
     return first_rung if first_rung is not None else _first_judged(epochs)
 
 
-def _median(epochs: int, first_rung: int | None, reduction: int) -> optuna.pruners.BasePruner:
+def _median(epochs: int, first_rung: int | None, reduction: int, bootstrap: int) -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=_first_judged(epochs), interval_steps=1,
                                        n_min_trials=3)
 
 
-def _hyperband(epochs: int, first_rung: int | None, reduction: int) -> optuna.pruners.BasePruner:
+def _hyperband(epochs: int, first_rung: int | None, reduction: int, bootstrap: int) -> optuna.pruners.BasePruner:
     first = _first_rung(epochs, first_rung)
     return optuna.pruners.HyperbandPruner(min_resource=first, max_resource=max(epochs, first + 1),
-                                          reduction_factor=reduction)
+                                          reduction_factor=reduction, bootstrap_count=bootstrap)
 
 
-def _sha(epochs: int, first_rung: int | None, reduction: int) -> optuna.pruners.BasePruner:
+def _sha(epochs: int, first_rung: int | None, reduction: int, bootstrap: int) -> optuna.pruners.BasePruner:
     # Asynchronous successive halving (Li et al. 2020): at rung k (epoch first x reduction^k) a trial
     # goes on only if it is in the best 1/reduction of the trials that reached that rung so far.
     return optuna.pruners.SuccessiveHalvingPruner(min_resource=_first_rung(epochs, first_rung),
-                                                  reduction_factor=reduction, min_early_stopping_rate=0)
+                                                  reduction_factor=reduction, min_early_stopping_rate=0,
+                                                  bootstrap_count=bootstrap)
 
 
-def _no_pruner(epochs: int, first_rung: int | None, reduction: int) -> optuna.pruners.BasePruner:
+def _no_pruner(epochs: int, first_rung: int | None, reduction: int, bootstrap: int) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
@@ -56,17 +57,21 @@ PRUNERS = {"median": _median, "hyperband": _hyperband, "sha": _sha, "none": _no_
 RUNG_PRUNERS = frozenset({"sha", "hyperband"})  # judged at rungs first x reduction^k, not after every epoch
 
 
-def make_pruner(name: str, epochs: int, first_rung: int | None = None, reduction: int = 3) -> optuna.pruners.BasePruner:
+def make_pruner(name: str, epochs: int, first_rung: int | None = None, reduction: int = 3,
+                bootstrap: int = 0) -> optuna.pruners.BasePruner:
     if name not in PRUNERS:
         raise ValueError(f"unknown pruner {name!r}: expected one of {', '.join(PRUNERS)}")
     if first_rung is not None and not 1 <= first_rung:
         raise ValueError(f"first rung {first_rung}: expected an epoch >= 1")
     if reduction < 2:
         raise ValueError(f"pruner reduction factor {reduction}: expected an integer >= 2")
-    return PRUNERS[name](epochs, first_rung, reduction)
+    if bootstrap < 0:
+        raise ValueError(f"pruner bootstrap {bootstrap}: expected an integer >= 0")
+    return PRUNERS[name](epochs, first_rung, reduction, bootstrap)
 
 
-def prunable_epochs(name: str, epochs: int, first_rung: int | None = None, reduction: int = 3) -> list[int]:
+def prunable_epochs(name: str, epochs: int, first_rung: int | None = None, reduction: int = 3,
+                    bootstrap: int = 0) -> list[int]:
     """The epochs at which pruner ``name`` may stop a trial of ``epochs`` epochs: after the warm-up,
     never the last (the objective's callback finishes a trial that reached it), and for successive
     halving and Hyperband only at their rungs (first x reduction^k; Hyperband's brackets start at
@@ -86,6 +91,25 @@ def prunable_epochs(name: str, epochs: int, first_rung: int | None = None, reduc
     return rungs
 
 
+def bootstrap_for(trials: int, name: str, epochs: int, first_rung: int | None = None, reduction: int = 3) -> int:
+    """How many trials stop at each rung of successive halving or Hyperband before any goes on from it.
+
+    Optuna promotes each of the first reduction - 1 trials at a rung that is the best so far there
+    (it cannot pause a trial until the rung fills), so every early record goes on: in a 50-trial quick
+    study TPE kept beating its own rung records and 13 of 21 trials at epoch 4 trained all 12 epochs,
+    not the 1/4 the budget names. Holding the first ``reduction`` back (Optuna's ``bootstrap_count``)
+    makes a trial go on only as the best 1/reduction of at least reduction + 1. The hold-back repeats
+    at every rung: about (reduction + 1) x reduction^(rungs - 1) trials pass before the first one
+    completes, so a study holds back only when it has at least twice that many (small studies still
+    complete trials).
+    """
+    if name not in RUNG_PRUNERS:
+        return 0
+    rungs = len(prunable_epochs(name, epochs, first_rung, reduction))
+    first_complete = (reduction + 1) * reduction ** max(0, rungs - 1)
+    return reduction if rungs and trials >= 2 * first_complete else 0
+
+
 def _epochs_text(numbers: list[int]) -> str:
     if not numbers:
         return ""
@@ -94,15 +118,22 @@ def _epochs_text(numbers: list[int]) -> str:
     return ("epoch " if len(numbers) == 1 else "epochs ") + ", ".join(map(str, numbers))
 
 
-def describe_pruner(name: str, epochs: int, first_rung: int | None = None, reduction: int = 3) -> str:
+def rung_rule(reduction: int, bootstrap: int = 0) -> str:
+    """Who goes on from a rung of successive halving or Hyperband (``bootstrap_for``)."""
+    held = f"the first {bootstrap} trial{'s' * (bootstrap != 1)} at a rung stop there, then " if bootstrap else ""
+    return f"{held}the best 1/{reduction} of the trials at a rung go on"
+
+
+def describe_pruner(name: str, epochs: int, first_rung: int | None = None, reduction: int = 3,
+                    bootstrap: int = 0) -> str:
     """The pruner and exactly which epochs it may stop a trial at (``prunable_epochs``)."""
     if name == "none":
         return "none (every trial trains its full budget)"
     first = _first_rung(epochs, first_rung) if name in RUNG_PRUNERS else _first_judged(epochs)
     warm = first - 1
     details = {"median": "5 startup trials, >= 3 trials per epoch",
-               "hyperband": f"max {epochs} epochs, factor {reduction}",
-               "sha": f"the best 1/{reduction} of the trials at a rung go on"}
+               "hyperband": f"max {epochs} epochs, factor {reduction}; {rung_rule(reduction, bootstrap)}",
+               "sha": rung_rule(reduction, bootstrap)}
     protected = (f"epoch{'s' * (warm != 1)} 1{f'-{warm}' if warm > 1 else ''} protected as warm-up" if warm
                  else "no warm-up")
     when = _epochs_text(prunable_epochs(name, epochs, first_rung, reduction))
@@ -111,7 +142,7 @@ def describe_pruner(name: str, epochs: int, first_rung: int | None = None, reduc
 
 
 def expected_work(trials: int, name: str, epochs: int, first_rung: int | None = None, reduction: int = 3,
-                  repeats: int = 10) -> tuple[float, float]:
+                  bootstrap: int = 0, repeats: int = 10) -> tuple[float, float]:
     """(epochs trained, validation passes) a study of ``trials`` trials is expected to need under
     this pruner: the mean of ``repeats`` simulations with Optuna's own pruner on an in-memory study
     (each trial a random quality that keeps its rank at every epoch, one worker; a trial measures
@@ -122,17 +153,16 @@ def expected_work(trials: int, name: str, epochs: int, first_rung: int | None = 
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # each simulated study would log its creation
     try:
-        runs = [_simulated(name, epochs, trials, first_rung, reduction, seed) for seed in range(repeats)]
+        runs = [_simulated(name, epochs, trials, (first_rung, reduction, bootstrap), seed) for seed in range(repeats)]
     finally:
         optuna.logging.set_verbosity(verbosity)
     return sum(r[0] for r in runs) / repeats, sum(r[1] for r in runs) / repeats
 
 
-def _simulated(name: str, epochs: int, trials: int, first_rung: int | None, reduction: int,
-               seed: int) -> tuple[int, int]:
-    read = set(prunable_epochs(name, epochs, first_rung, reduction)) | {epochs}
+def _simulated(name: str, epochs: int, trials: int, rungs: tuple[int | None, int, int], seed: int) -> tuple[int, int]:
+    read = set(prunable_epochs(name, epochs, *rungs)) | {epochs}
     draw = random.Random(seed)
-    sim = optuna.create_study(pruner=make_pruner(name, epochs, first_rung, reduction),
+    sim = optuna.create_study(pruner=make_pruner(name, epochs, *rungs),
                               sampler=optuna.samplers.RandomSampler(seed=seed))
     trained = measured = 0
     for _ in range(trials):
