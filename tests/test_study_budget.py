@@ -38,7 +38,7 @@ def test_the_quick_and_standard_budgets_search_with_successive_halving_by_defaul
     assert spec.bootstrap == 0  # the request names no trials
     assert st.base_run("resnet20", quick).train.eval_batch_size == 128  # the budget's setting, CPU-sized
     assert st.plan(tiny_request(tmp_path, space, pruner="auto", epochs=None, trials=50))[0].spec.bootstrap == 4
-    assert spec.budget_epochs == quick.epochs == 16 and st.prunable_epochs(*spec.pruner_shape()) == [1, 4]
+    assert spec.budget_epochs == quick.epochs == 14 and st.prunable_epochs(*spec.pruner_shape()) == [1, 4]
     run = st.trial_config(spec, {"lr": 0.1})
     assert run.train.val_epochs == (1, 4) and run.train.test_eval == "never"
     assert STUDY_BUDGETS["standard"].pruner == "sha" and STUDY_BUDGETS["paper"].pruner == "median"
