@@ -437,12 +437,13 @@ def _timed_steps(run: RunConfig, steps: int, warmup: int) -> float:
     data = _random_bundle(images, labels, run.model.num_classes or 10)
     trainer = make_trainer(run, data)
     trainer.step_model.train()
+    x, y = trainer.data.train_x, trainer.data.train_y  # the trainer's copy on the device, not the host tensors
     for i in range(warmup):
-        train_step(trainer, data.train_x[i * batch:(i + 1) * batch], data.train_y[i * batch:(i + 1) * batch])
+        train_step(trainer, x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch])
     sync(device)
     start = time.perf_counter()
     for i in range(warmup, warmup + steps):
-        train_step(trainer, data.train_x[i * batch:(i + 1) * batch], data.train_y[i * batch:(i + 1) * batch])
+        train_step(trainer, x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch])
     sync(device)
     return steps * batch / (time.perf_counter() - start)
 

@@ -13,7 +13,7 @@ from resnet_core import checkpoints, engine
 from resnet_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from resnet_core.identity import run_id
 from resnet_core.recipes import recipe
-from resnet_core.data import load_data
+from resnet_core.data import DataBundle, load_data
 from resnet_core.engine import fit
 from resnet_core.schedules import StepPlan, lr_at, make_budget
 from resnet_core.store import checkpoint_path, load_histories, load_runs, read_record, record_path
@@ -367,6 +367,26 @@ def test_memory_is_released_after_the_trainer_is_gone(tmp_path, monkeypatch):
     assert fit(tiny_run(epochs=1), results_dir=tmp_path).status == "completed"
     engine.measure_step_rate(tiny_run(), steps=1, warmup=1)  # the driver's estimate, before its workers start
     assert alive_at_release == [False, False]
+
+
+def test_the_step_rate_trains_on_the_trainers_device_copy(monkeypatch):
+    # On a GPU, make_trainer moves the data to the device; the rate measurement must step on that
+    # copy (stepping on the host tensors failed on CUDA: "Input type (torch.FloatTensor) and weight
+    # type (CUDABFloat16Type) should be the same"). On the CPU the move is a no-op, so copy instead.
+    def moved_copy(bundle, device):
+        return dataclasses.replace(bundle, train_x=bundle.train_x.clone(), train_y=bundle.train_y.clone())
+
+    monkeypatch.setattr(DataBundle, "to", moved_copy)
+    real_step = engine.train_step
+    fed_the_copy = []
+
+    def spy(trainer, images, labels):
+        fed_the_copy.append(images.untyped_storage().data_ptr() == trainer.data.train_x.untyped_storage().data_ptr())
+        return real_step(trainer, images, labels)
+
+    monkeypatch.setattr(engine, "train_step", spy)
+    assert engine.measure_step_rate(tiny_run(), steps=1, warmup=1) > 0
+    assert fed_the_copy == [True, True]
 
 
 def test_each_compiled_run_starts_from_reset_dynamo_caches(monkeypatch):

