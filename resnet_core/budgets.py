@@ -105,13 +105,14 @@ GRID_BUDGETS: dict[str, Budget] = {
 # few best train many times longer than the rest (Li et al. 2020, asynchronous successive halving).
 STUDY_BUDGETS: dict[str, Budget] = {
     # Sized for a 2-core CPU: `resnet-study --trials 50` should take no longer than the earlier default
-    # (50 trials x 2 epochs, each epoch also measuring 5,000 validation and 10,000 test images: 2,245 s
-    # on 2026-11-29) while its best trials reach 60% validation accuracy. Rungs at epochs 1 and 4 (successive
-    # halving's 1 x 4^k geometry), full length 14. Measured on 2026-11-29: with 12-epoch full trials the
-    # default took 1,926 s but its four complete trials ended at 40.9-41.5% validation error; with 16 the
-    # four complete trials ended at 35.0-37.1% but the study (50 trials, then the final stage) took about
-    # 2,380 s, over the earlier default's time. Under TPE more trials go on than when quality is random
-    # (expected_work), because later trials keep beating a rung's earlier ones.
+    # (50 trials x 2 epochs, each epoch also measuring 5,000 validation and 10,000 test images) while its
+    # best trials reach 60% validation accuracy. Rungs at epochs 1 and 4 (successive halving's 1 x 4^k
+    # geometry), full length 14. Measured on 2026-11-29: 12-epoch full trials ended at 40.9-41.5%
+    # validation error (too short), 16-epoch ones at 35.0-37.1% but that study took ~2,380 s against the
+    # earlier default's 2,245 s; with 14, timed right after the earlier default (2,292 s) on the same
+    # machine, the study took 1,968 s and its best trial reached 36.58% (the committed reference study).
+    # Under TPE more trials go on than when quality is random (expected_work), because later trials keep
+    # beating a rung's earlier ones.
     # Its evaluation batch is 128: on this 2-core CPU resnet20 infers 1.8x faster in batches of 128 than
     # of 1,000 (1,725 vs 948 images/s, `python benchmarks/eval_batch.py --threads 2`; 1,000 overflows the
     # caches), and a batch's size changes no result in eval mode.
