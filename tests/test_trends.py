@@ -149,8 +149,10 @@ epochs = [1, 2]
 """
 
 
-@pytest.fixture
-def scan_results(tmp_path):
+@pytest.fixture(scope="module")
+def scan_results(tmp_path_factory):
+    """One 16-run grid (~18 s) read by every test here: they only read its tables and report."""
+    tmp_path = tmp_path_factory.mktemp("scan")
     grid = tmp_path / "scan.toml"
     grid.write_text(SCAN_GRID)
     results = tmp_path / "results"
