@@ -34,14 +34,14 @@ MEAN, STD = (0.4913, 0.4821, 0.4465), (0.2452, 0.2428, 0.2606)  # the JPEG copy'
 
 
 def loaders(root: Path, subset: int, val_size: int, batch_size: int, split_seed: int = 0) -> tuple[DataLoader, DataLoader]:
-    """Training and validation loaders from one shuffled split of the training folder."""
+    """Training and validation loaders over the harness's split of the training folder (``split_indices``)."""
     normalize = transforms.Normalize(MEAN, STD)
     augment = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
                                   transforms.ToTensor(), normalize])
     plain = transforms.Compose([transforms.ToTensor(), normalize])
     train_set = datasets.ImageFolder(str(root / "train"), transform=augment)
     val_set = datasets.ImageFolder(str(root / "train"), transform=plain)
-    # The harness's own split (the same 2,000 validation and 8,000 training images as `resnet-study`):
+    # The harness's own split (the same validation and training images as `resnet-study`):
     # both studies' best errors are then measured on the same images. On two independent random
     # splits a 2,000-image validation error near 50% differs by about 1.6 points (two binomial
     # standard errors of 1.1 combined) without any difference in method.
