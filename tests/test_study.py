@@ -88,6 +88,47 @@ def test_builtin_spaces_parse_and_validate():
 
 
 
+def test_the_recipe_space_sets_warm_up_aside_under_one_cycle_only():
+    recipe = st.read_space("recipe")
+    quick = recipe.applicable_to(st.base_run("resnet20", st.budget("quick")))  # one-cycle ramps up by itself
+    assert [p.name for p in quick.params] == ["lr", "weight_decay", "momentum", "batch_size", "label_smoothing"]
+    assert [name for name, _ in quick.inactive] == ["warmup_fraction"]
+    assert "not searched: warmup_fraction (searched only when schedule is one of" in quick.describe()
+    assert "here schedule = 'onecycle', so warmup_fraction stays 0.0" in quick.describe()
+    standard = recipe.applicable_to(st.base_run("resnet20", st.budget("standard")))  # the paper's step schedule
+    assert standard.params == recipe.params and standard.inactive == ()
+
+
+TINY_WARMUP_SPACE = TINY_SPACE + """
+[params.warmup_fraction]
+type = "float"
+low = 0.0
+high = 0.2
+when = { schedule = ["step", "cosine"] }
+"""
+
+
+def test_a_parameter_outside_its_when_is_not_searched_and_the_plan_and_report_say_so(tmp_path, capsys):
+    path = tmp_path / "warm.toml"
+    path.write_text(TINY_WARMUP_SPACE)
+    args = [a for a in tiny_args(tmp_path, path, "--trials", "2") if a != "--quiet"]
+    assert run_driver.main(args) == 0  # the quick budget's one-cycle schedule
+    out = capsys.readouterr().out
+    assert "not searched: warmup_fraction (searched only when schedule is one of ['step', 'cosine']" in out
+    assert all(set(t.params) == {"lr", "momentum"} for t in load(tmp_path).trials)
+    assert all(find_record(tmp_path, t.user_attrs["run_id"]).config["train"]["warmup_fraction"] == 0.0
+               for t in load(tmp_path).trials)
+    out_dir = tmp_path / "rebuilt"  # the report rebuilt from the study alone still names it
+    assert report_driver.main(["--study-name", "tiny", "--results", str(tmp_path), "--out", str(out_dir),
+                               "--no-figures"]) == 0
+    assert "not searched: warmup_fraction" in (out_dir / "report.md").read_text()
+
+    assert run_driver.main(tiny_args(tmp_path, path, "--trials", "2", "--set", "schedule=cosine",
+                                     "--study-name", "cosine")) == 0
+    cosine = load(tmp_path, "cosine", "cosine")
+    assert all(set(t.params) == {"lr", "momentum", "warmup_fraction"} for t in cosine.trials)
+
+
 @pytest.mark.parametrize("total", [1, 7, 125, 390, 64000])
 def test_the_recipe_space_warms_up_over_a_fraction_of_any_run_length(total):
     from resnet_core.config import TrainConfig
@@ -115,6 +156,13 @@ BAD_SPACES = {
     "unknown key": ('[params.lr]\ntype = "float"\nlow = 0.1\nhigh = 0.2\nlogg = true', "unknown key(s) ['logg']"),
     "seed not tunable": ('[params.seed]\ntype = "int"\nlow = 0\nhigh = 3', "cannot be searched"),
     "bad toml": ("[params.lr\n", "invalid TOML"),
+    "when not a table": ('[params.lr]\ntype = "float"\nlow = 0.1\nhigh = 0.2\nwhen = "step"', "when must be a table"),
+    "when unknown field": ('[params.lr]\ntype = "float"\nlow = 0.1\nhigh = 0.2\nwhen = { schedul = ["step"] }',
+                           "when: unknown config field 'schedul'"),
+    "when misspelt value": ('[params.lr]\ntype = "float"\nlow = 0.1\nhigh = 0.2\nwhen = { schedule = ["stepp"] }',
+                            "when: schedule='stepp' is invalid"),
+    "nothing applies": ('[params.lr]\ntype = "float"\nlow = 0.1\nhigh = 0.2\nwhen = { schedule = ["step"] }',
+                        "no parameter applies to this study"),
 }
 
 

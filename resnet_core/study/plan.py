@@ -80,7 +80,9 @@ def plan(request: StudyRequest) -> tuple[Setup, Any]:
         # The budget's subset is a ceiling (as a grid's is): smaller data train on all they have.
         base = apply_overrides(base, {"subset": None})
     search = read_space(r.space, r.spaces_dir)
-    validate_space(search, base)
+    search = search.applicable_to(validate_space(search, base))
+    if not search.params:
+        raise ValueError(f"space {search.source}: no parameter applies to this study ({search.describe()})")
     if r.compare is not None:
         resolve_field(r.compare)
     label = f"e{r.epochs}" if r.epochs else plan_budget.name

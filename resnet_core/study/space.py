@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 
 import optuna
 
-from resnet_core.config import SECTIONS, RunConfig, apply_overrides, canonical_settings, resolve_field
+from resnet_core.config import SECTIONS, RunConfig, apply_overrides, canonical_settings, get_field, resolve_field
 
 SPACES_DIR = Path(__file__).resolve().parents[1] / "spaces"  # built-in spaces ship inside the package
 
@@ -30,10 +30,22 @@ class Param:
     log: bool = False
     step: float | int | None = None
     choices: tuple = ()
+    # (field, values): searched only in studies whose config has one of these values there; in the
+    # others the field keeps the config's value (``when = { schedule = ["step"] }`` in the TOML).
+    when: tuple[tuple[str, tuple], ...] = ()
 
     @property
     def dotted(self) -> str:
         return resolve_field(self.name)
+
+    def inapplicable(self, base: RunConfig) -> str | None:
+        """Why this parameter is not searched in a study of runs like ``base``; None when it is."""
+        for field_name, allowed in self.when:
+            value = get_field(base, resolve_field(field_name))
+            if value not in allowed:
+                return (f"searched only when {field_name} is one of {list(allowed)}; "
+                        f"here {field_name} = {value!r}, so {self.name} stays {get_field(base, self.dotted)!r}")
+        return None
 
     def suggest(self, trial: optuna.Trial) -> Any:
         return SUGGESTERS[self.kind](trial, self)
@@ -58,9 +70,13 @@ class Param:
 
     def to_dict(self) -> dict[str, Any]:
         if self.kind == "categorical":
-            return {"type": self.kind, "choices": list(self.choices)}
+            return {"type": self.kind, "choices": list(self.choices)} | self._when_dict()
         out = {"type": self.kind, "low": self.low, "high": self.high, "log": self.log}
-        return out | ({"step": self.step} if self.step is not None else {})
+        out |= {"step": self.step} if self.step is not None else {}
+        return out | self._when_dict()
+
+    def _when_dict(self) -> dict[str, Any]:
+        return {"when": {field_name: list(values) for field_name, values in self.when}} if self.when else {}
 
 
 def _suggest_float(trial: optuna.Trial, p: Param) -> float:
@@ -80,6 +96,7 @@ SUGGESTERS: dict[str, Callable[[optuna.Trial, Param], Any]] = {
 }
 RANGE_KEYS = {"low", "high", "log", "step"}
 PARAM_KEYS = {"float": RANGE_KEYS, "int": RANGE_KEYS, "categorical": {"choices"}}
+COMMON_KEYS = {"type", "when"}
 # Fields a study must not tune: they would change the question, not the answer.
 NOT_TUNABLE = {
     "seed": "every trial uses the study's --seed, so trials differ only in hyperparameters",
@@ -99,6 +116,7 @@ class SearchSpace:
     description: str = ""
     params: tuple[Param, ...] = ()
     fixed: tuple[tuple[str, Any], ...] = ()
+    inactive: tuple[tuple[str, str], ...] = ()  # (param, why not searched): set by :meth:`applicable_to`
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
         return {p.name: p.suggest(trial) for p in self.params}
@@ -112,13 +130,24 @@ class SearchSpace:
         dotted = resolve_field(name)
         return dataclasses.replace(self, params=tuple(p for p in self.params if p.dotted != dotted))
 
+    def applicable_to(self, base: RunConfig) -> "SearchSpace":
+        """The space a study of runs like ``base`` searches: parameters whose ``when`` does not hold
+        there are set aside (kept in ``inactive`` with the reason, which the plan and report print)."""
+        reasons = {p.name: p.inapplicable(base) for p in self.params}
+        return dataclasses.replace(
+            self, params=tuple(p for p in self.params if reasons[p.name] is None),
+            inactive=self.inactive + tuple((name, why) for name, why in reasons.items() if why is not None))
+
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "params": {p.name: p.to_dict() for p in self.params},
-                "fixed": {k: list(v) if isinstance(v, tuple) else v for k, v in self.fixed}}
+        out = {"name": self.name, "params": {p.name: p.to_dict() for p in self.params},
+               "fixed": {k: list(v) if isinstance(v, tuple) else v for k, v in self.fixed}}
+        return out | ({"not_searched": dict(self.inactive)} if self.inactive else {})
 
     def describe(self) -> str:
         fixed = f"; fixed {dict(self.fixed)}" if self.fixed else ""
-        return f"{self.name} ({len(self.params)} params: " + "; ".join(p.describe() for p in self.params) + ")" + fixed
+        unused = "".join(f"; not searched: {name} ({why})" for name, why in self.inactive)
+        return (f"{self.name} ({len(self.params)} params: " + "; ".join(p.describe() for p in self.params) + ")"
+                + fixed + unused)
 
 
 def _space_error(where: str, message: str) -> ValueError:
@@ -169,11 +198,25 @@ def parse_param(name: str, spec: Any, where: str) -> Param:
     if kind not in PARSERS:
         raise _space_error(where, f"params.{name}: unknown distribution type {kind!r}: "
                                   "expected float, int or categorical")
-    unknown = sorted(set(spec) - PARAM_KEYS[kind] - {"type"})
+    unknown = sorted(set(spec) - PARAM_KEYS[kind] - COMMON_KEYS)
     if unknown:
         raise _space_error(where, f"params.{name}: unknown key(s) {unknown} for type {kind}: "
-                                  f"expected {sorted(PARAM_KEYS[kind])}")
-    return PARSERS[kind](name, spec, where, kind)
+                                  f"expected {sorted(PARAM_KEYS[kind] | {'when'})}")
+    param = PARSERS[kind](name, spec, where, kind)
+    return dataclasses.replace(param, when=_parse_when(name, spec.get("when", {}), where))
+
+
+def _parse_when(name: str, when: Any, where: str) -> tuple[tuple[str, tuple], ...]:
+    """``when = { schedule = ["step", "cosine"] }``: config fields and the values they must have."""
+    if not isinstance(when, Mapping) or any(not isinstance(v, list) or not v for v in when.values()):
+        raise _space_error(where, f'params.{name}: when must be a table of field = [values], '
+                                  f'such as {{ schedule = ["step", "cosine"] }} (got {when!r})')
+    for field_name in when:
+        try:
+            resolve_field(field_name)
+        except ValueError as exc:
+            raise _space_error(where, f"params.{name}: when: {exc}") from None
+    return tuple((field_name, tuple(values)) for field_name, values in when.items())
 
 
 def space_path(spec: str, spaces_dir: Path = SPACES_DIR) -> Path:
@@ -239,6 +282,12 @@ def _check_param(param: Param, base: RunConfig, where: str) -> None:
             apply_overrides(base, {param.name: value})
         except ValueError as exc:
             raise _space_error(where, f"params.{param.name}: {exc}") from None
+    for field_name, values in param.when:  # a misspelt value would silently switch the parameter off
+        for value in values:
+            try:
+                apply_overrides(base, {field_name: value})
+            except ValueError as exc:
+                raise _space_error(where, f"params.{param.name}: when: {exc}") from None
 
 
 def validate_space(space: SearchSpace, base: RunConfig) -> RunConfig:

@@ -110,7 +110,8 @@ def spec_from_study(study: optuna.Study, storage: str, results: str) -> StudySpe
     recorded = attrs["space"]
     space = SearchSpace(name=recorded["name"], source="(from the study)",
                         params=tuple(parse_param(k, v, "(from the study)") for k, v in recorded["params"].items()),
-                        fixed=tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in recorded["fixed"].items()))
+                        fixed=tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in recorded["fixed"].items()),
+                        inactive=tuple(recorded.get("not_searched", {}).items()))
     compare = tuple((k, attrs[f"compare_{k}"]) for k in ("group", "field", "value") if f"compare_{k}" in attrs)
     return StudySpec(name=study.study_name, storage=storage, space=space,
                      base=run_config_from_dict(attrs["base_config"]), model=attrs["model_preset"],
