@@ -110,7 +110,10 @@ STUDY_BUDGETS: dict[str, Budget] = {
     # geometry), full length 14. Measured on 2026-11-29: 12-epoch full trials ended at 40.9-41.5%
     # validation error (too short), 16-epoch ones at 35.0-37.1% but that study took ~2,380 s against the
     # earlier default's 2,245 s; with 14, timed right after the earlier default (2,292 s) on the same
-    # machine, the study took 1,968 s and its best trial reached 36.58% (the committed reference study).
+    # machine, the study took 1,968 s and its best trial reached 36.58%. On 2026-11-30, with the recipe
+    # space's warm-up no longer searched under one-cycle, 2,112 s against the earlier default's 2,042 s
+    # timed right after it (the CPU measured 293 vs 329 images/s at their starts), best 37.76% (the
+    # committed reference study): the margin is thin on this machine's moving speed.
     # Under TPE more trials go on than when quality is random (expected_work), because later trials keep
     # beating a rung's earlier ones.
     # Its evaluation batch is 128: on this 2-core CPU resnet20 infers 1.8x faster in batches of 128 than
