@@ -80,7 +80,8 @@ def plan(request: StudyRequest) -> tuple[Setup, Any]:
         # The budget's subset is a ceiling (as a grid's is): smaller data train on all they have.
         base = apply_overrides(base, {"subset": None})
     search = read_space(r.space, r.spaces_dir)
-    search = search.applicable_to(validate_space(search, base))
+    fixed = validate_space(search, base)  # base with the space's [fixed] fields set
+    search = search.applicable_to(fixed)
     if not search.params:
         raise ValueError(f"space {search.source}: no parameter applies to this study ({search.describe()})")
     if r.compare is not None:
@@ -93,7 +94,6 @@ def plan(request: StudyRequest) -> tuple[Setup, Any]:
     check_writable(r.results, "results directory")  # run records, checkpoints and reports go there
     check_storage(storage, r.stale_after)  # an unreachable server fails now, not after the data are loaded
     bundle = load_data(base.data, r.data_device)
-    fixed = apply_overrides(base, dict(search.fixed))
     budget_epochs = make_budget(fixed.train, len(bundle.train_y)).epochs
     pruner, first_rung, reduction = _pruner_choice(r, plan_budget, _recorded(storage, name, r.stale_after))
     bootstrap = bootstrap_for(r.trials, pruner, budget_epochs, first_rung, reduction)
