@@ -179,6 +179,11 @@ class TrainConfig:
     ``warmup_fraction`` is a gradual one (the schedule's lr ramped linearly from near 0 over that
     fraction of the run: Goyal et al. 2017 §2.2), which keeps its meaning whatever the run's length.
 
+    ``cycle_momentum`` (SGD) moves the momentum against the schedule's lr: 0.85 at the lr's peak, toward
+    0.95 as it falls; under one-cycle 0.95 -> 0.85 -> 0.95 (Smith 2018, "A disciplined approach to neural
+    network hyper-parameters", §4.3; torch's ``OneCycleLR`` does the same by default). ``momentum`` is
+    then not used.
+
     ``test_eval`` says when the test set is measured: after ``every_epoch``, only at the ``end`` of
     a run that trains its whole budget, or ``never`` (then a record holds no test error at all).
     ``val_epochs`` names the epochs (numbered from 1) after which validation is measured; the run's
@@ -193,6 +198,7 @@ class TrainConfig:
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = False
+    cycle_momentum: bool = False
     weight_decay: float = 1e-4
     schedule: str = "step"
     milestones: tuple[float, ...] = (0.5, 0.75)
@@ -244,6 +250,9 @@ class TrainConfig:
                   f"set one warm-up: warmup_iterations={self.warmup_iterations} is set too")
         if not 0 <= self.momentum < 1:
             _fail("momentum", self.momentum, "expected 0 <= momentum < 1")
+        if self.cycle_momentum and self.optimizer != "sgd":
+            _fail("cycle_momentum", self.cycle_momentum,
+                  f"it cycles SGD's momentum and optimizer={self.optimizer!r}: set cycle_momentum=false or optimizer=sgd")
         if not 0 <= self.label_smoothing < 1:
             _fail("label_smoothing", self.label_smoothing, "expected 0 <= label_smoothing < 1")
         if not 0 < self.gamma <= 1:

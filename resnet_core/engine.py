@@ -28,7 +28,7 @@ from resnet_core.data import DataBundle, load_data
 from resnet_core.devices import configure_backends, needs_grad_scaler, resolve_amp, resolve_device, sync
 from resnet_core.models import build_model, count_macs, count_parameters, stage_parameters
 from resnet_core.provenance import collect_provenance
-from resnet_core.schedules import StepPlan, build_optimizer, lr_at, make_budget, set_lr
+from resnet_core.schedules import StepPlan, build_optimizer, lr_at, make_budget, momentum_at, set_lr, set_momentum
 from resnet_core.store import (
     FINAL_STATUSES,
     RunRecord,
@@ -191,6 +191,8 @@ def train_one_epoch(trainer: Trainer, bar=None) -> dict[str, Any]:
     for step in range(steps):
         lr = lr_at(trainer.iteration, budget.total_iterations, trainer.run.train)
         set_lr(trainer.optimizer, lr)
+        if trainer.run.train.cycle_momentum:
+            set_momentum(trainer.optimizer, momentum_at(trainer.iteration, budget.total_iterations, trainer.run.train))
         index = order[step * batch:(step + 1) * batch]
         step_loss, step_correct = train_step(trainer, data.train_x[index], data.train_y[index])
         seen += len(index)

@@ -77,9 +77,29 @@ def warmup_length(cfg: TrainConfig, total_iterations: int) -> int:
     return max(1, round(cfg.warmup_fraction * total_iterations)) if cfg.warmup_fraction else 0
 
 
+# Smith 2018 ("A disciplined approach to neural network hyper-parameters", §4.3): decrease the momentum
+# while the lr rises and increase it while the lr falls, 0.95 down to 0.85; torch's OneCycleLR default.
+CYCLE_MOMENTUM_HIGH, CYCLE_MOMENTUM_LOW = 0.95, 0.85
+
+
+def momentum_at(iteration: int, total_iterations: int, cfg: TrainConfig) -> float:
+    """SGD momentum of step ``iteration``: ``cfg.momentum``, or under ``cycle_momentum`` the mirror of the
+    schedule's lr factor: 0.85 where the lr is at its peak, toward 0.95 as it falls to 0 (under one-cycle
+    0.95 -> 0.85 at the peak -> 0.95 at the end; a warm-up's ramp is not mirrored)."""
+    if not cfg.cycle_momentum:
+        return cfg.momentum
+    factor = SCHEDULES[cfg.schedule](iteration / total_iterations, cfg)
+    return CYCLE_MOMENTUM_HIGH - (CYCLE_MOMENTUM_HIGH - CYCLE_MOMENTUM_LOW) * factor
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+def set_momentum(optimizer: torch.optim.Optimizer, momentum: float) -> None:
+    for group in optimizer.param_groups:
+        group["momentum"] = momentum
 
 
 # -------------------------------------------------------------------------------- the budget

@@ -17,7 +17,7 @@ from resnet_core.engine import fit
 from resnet_core.store import RunRecord
 from resnet_core.study import StudyRequest
 
-TINY_SETTINGS = ["depth=8", "widths=4,8,16", "batch_size=50", "eval_batch_size=500"]
+TINY_SETTINGS = ["depth=8", "widths=4,8,16", "batch_size=50", "eval_batch_size=500", "cycle_momentum=false"]
 
 
 def tiny_request(results: Path, space: Path, **changes) -> StudyRequest:

@@ -15,7 +15,7 @@ from resnet_core.identity import run_id
 from resnet_core.recipes import recipe
 from resnet_core.data import DataBundle, load_data
 from resnet_core.engine import fit
-from resnet_core.schedules import StepPlan, lr_at, make_budget
+from resnet_core.schedules import StepPlan, lr_at, make_budget, momentum_at
 from resnet_core.store import checkpoint_path, load_histories, load_runs, read_record, record_path
 
 TINY_MODEL = ModelConfig(depth=8)
@@ -192,6 +192,33 @@ def test_schedules_stay_positive_and_peak_at_lr(schedule):
     assert max(lrs) == pytest.approx(cfg.lr, rel=1e-2)
     if schedule != "constant":
         assert lrs[-1] < 0.05 * cfg.lr
+
+
+def test_cycle_momentum_mirrors_the_lr_and_needs_sgd():
+    cfg = TrainConfig(epochs=1, schedule="onecycle", cycle_momentum=True)
+    lrs = [lr_at(i, 1000, cfg) for i in range(1000)]
+    moms = [momentum_at(i, 1000, cfg) for i in range(1000)]
+    peak = lrs.index(max(lrs))
+    assert peak == 300 and moms.index(min(moms)) == peak  # Smith 2018: lowest momentum at the lr's peak
+    assert moms[0] == pytest.approx(0.95, abs=0.005) and moms[peak] == pytest.approx(0.85)
+    assert moms[-1] == pytest.approx(0.95, abs=1e-4)
+    assert all(a >= b for a, b in zip(moms[:peak], moms[1:peak + 1]))  # falls while the lr rises
+    assert all(a <= b for a, b in zip(moms[peak:], moms[peak + 1:]))  # rises while the lr anneals
+    cosine = dataclasses.replace(cfg, schedule="cosine")  # any schedule: the momentum rises as the lr falls
+    assert momentum_at(0, 1000, cosine) == pytest.approx(0.85) and momentum_at(999, 1000, cosine) == pytest.approx(0.95)
+    assert momentum_at(500, 1000, dataclasses.replace(cfg, cycle_momentum=False)) == cfg.momentum
+    with pytest.raises(ValueError, match="cycle_momentum=True is invalid: it cycles SGD's momentum and optimizer='adam'"):
+        dataclasses.replace(cfg, optimizer="adam")
+
+
+def test_a_run_with_cycle_momentum_sets_the_optimizers_momentum_each_step():
+    run = tiny_run(epochs=1, schedule="onecycle", cycle_momentum=True)
+    trainer = engine.make_trainer(run, load_data(run.data))
+    plan = trainer.budget
+    engine.train_one_epoch(trainer)
+    last = momentum_at(plan.total_iterations - 1, plan.total_iterations, run.train)
+    assert [g["momentum"] for g in trainer.optimizer.param_groups] == [last] * len(trainer.optimizer.param_groups)
+    assert last != run.train.momentum
 
 
 def test_budget_drops_the_last_partial_batch():

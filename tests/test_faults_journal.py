@@ -251,13 +251,13 @@ def test_a_study_remembers_its_sampler_and_pruner(results, tmp_path, capsys):
 
 def test_dotted_keys_in_a_space_fixed_table_are_accepted_and_a_clash_is_refused(tmp_path):
     space = tmp_path / "fixed.toml"
-    space.write_text(SPACE + "[fixed]\ntrain.momentum = 0.5\n\"model.depth\" = 8\n")
+    space.write_text(SPACE + "[fixed]\ntrain.weight_decay = 0.5\n\"model.depth\" = 8\n")
     read = st.read_space(str(space))
-    assert dict(read.fixed) == {"momentum": 0.5, "depth": 8}
+    assert dict(read.fixed) == {"weight_decay": 0.5, "depth": 8}
     base = st.validate_space(read, st.base_run("resnet20", st.budget("quick")))
-    assert base.train.momentum == 0.5 and base.model.depth == 8
-    space.write_text(SPACE + "[fixed]\ntrain.momentum = 0.5\nmomentum = 0.6\n")
-    with pytest.raises(ValueError, match=r"'train.momentum' and 'momentum' name the same field \(train.momentum\)"):
+    assert base.train.weight_decay == 0.5 and base.model.depth == 8
+    space.write_text(SPACE + "[fixed]\ntrain.weight_decay = 0.5\nweight_decay = 0.6\n")
+    with pytest.raises(ValueError, match=r"'train.weight_decay' and 'weight_decay' name the same field \(train.weight_decay\)"):
         st.read_space(str(space))
 
 

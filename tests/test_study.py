@@ -4,6 +4,7 @@ parallel workers on the default journal store, --compare, reports and bad spaces
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from optuna.trial import TrialState
 
 from resnet_core import study as st
 from resnet_core.cli import run_cli
+from resnet_core.config import apply_overrides
 from resnet_core.store import RunRecord, checkpoint_path, find_record, load_runs
 from study_helpers import fake_error, fake_fit, tiny_request
 
@@ -58,8 +60,9 @@ def tiny_args(results: Path, space: Path, *extra: str) -> list[str]:
     return ["--space", str(space), "--data", "synthetic:300", "--subset", "200", "--val-size", "100", "--epochs", "2",
             "--set", "depth=8", "--set", "widths=4,8,16", "--set", "batch_size=50", "--set", "eval_batch_size=500", "--device", "cpu",
             "--results", str(results), "--study-name", "tiny", "--quiet", "--no-figures", "--sampler", "random",
-            "--threads", "1", "--pruner", "median", "--final-seeds", "0",
+            "--threads", "1", "--pruner", "median", "--final-seeds", "0", "--set", "cycle_momentum=false",
             *extra]  # one thread: two on a busy 2-core machine stall. Median at 2 epochs prunes nothing.
+    # (cycle_momentum off: the tiny space searches the momentum, which the quick budget's cycle would set)
 
 
 def load(results: Path, name: str = "tiny", group: str = "tiny") -> optuna.Study:
@@ -88,15 +91,42 @@ def test_builtin_spaces_parse_and_validate():
 
 
 
-def test_the_recipe_space_sets_warm_up_aside_under_one_cycle_only():
+def test_the_recipe_space_sets_warm_up_and_momentum_aside_under_the_quick_budgets_one_cycle_only():
     recipe = st.read_space("recipe")
-    quick = recipe.applicable_to(st.base_run("resnet20", st.budget("quick")))  # one-cycle ramps up by itself
-    assert [p.name for p in quick.params] == ["lr", "weight_decay", "momentum", "batch_size", "label_smoothing"]
-    assert [name for name, _ in quick.inactive] == ["warmup_fraction"]
-    assert "not searched: warmup_fraction (searched only when schedule is one of" in quick.describe()
+    quick_base = st.base_run("resnet20", st.budget("quick"))
+    assert quick_base.train.schedule == "onecycle" and quick_base.train.cycle_momentum
+    quick = recipe.applicable_to(quick_base)  # one-cycle ramps up by itself and cycles the momentum
+    assert [p.name for p in quick.params] == ["lr", "weight_decay", "batch_size", "label_smoothing"]
+    assert [name for name, _ in quick.inactive] == ["momentum", "warmup_fraction"]
+    assert "not searched: momentum (searched only when cycle_momentum is one of [False]" in quick.describe()
     assert "here schedule = 'onecycle', so warmup_fraction stays 0.0" in quick.describe()
     standard = recipe.applicable_to(st.base_run("resnet20", st.budget("standard")))  # the paper's step schedule
     assert standard.params == recipe.params and standard.inactive == ()
+    assert not st.base_run("resnet20", st.budget("standard")).train.cycle_momentum
+
+
+def test_a_when_value_is_checked_on_its_own_not_against_the_studys_other_settings(tmp_path):
+    base = st.base_run("resnet20", st.budget("quick"))  # cycle_momentum: optimizer = "adam" alone is invalid here
+    good = tmp_path / "good.toml"
+    good.write_text('[params.lr]\ntype = "float"\nlow = 0.1\nhigh = 0.2\nwhen = { optimizer = ["sgd", "adam"] }\n')
+    st.validate_space(st.read_space(str(good)), base)
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[params.lr]\ntype = "float"\nlow = 0.1\nhigh = 0.2\nwhen = { cycle_momentum = ["maybe"] }\n')
+    with pytest.raises(ValueError, match="when: cycle_momentum='maybe' is invalid: expected true or false"):
+        st.validate_space(st.read_space(str(bad)), base)
+
+
+def test_a_momentum_the_quick_budgets_cycle_would_override_is_refused(tmp_path):
+    base = st.base_run("resnet20", st.budget("quick"))
+    path = tmp_path / "momentum.toml"
+    for text, where in ((TINY_SPACE, "params.momentum"), ('[params.lr]\ntype = "float"\nlow = 0.1\nhigh = 0.2\n'
+                                                          '[fixed]\nmomentum = 0.5\n', "[fixed] momentum")):
+        path.write_text(text)
+        with pytest.raises(ValueError, match=rf"{re.escape(where)} would not be used: cycle_momentum = true"):
+            st.validate_space(st.read_space(str(path)), base)
+    off = apply_overrides(base, {"cycle_momentum": False})
+    path.write_text(TINY_SPACE)
+    assert st.validate_space(st.read_space(str(path)), off) == off
 
 
 TINY_WARMUP_SPACE = TINY_SPACE + """

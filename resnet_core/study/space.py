@@ -285,9 +285,16 @@ def _check_param(param: Param, base: RunConfig, where: str) -> None:
     for field_name, values in param.when:  # a misspelt value would silently switch the parameter off
         for value in values:
             try:
-                apply_overrides(base, {field_name: value})
+                _check_when_value(field_name, value)
             except ValueError as exc:
                 raise _space_error(where, f"params.{param.name}: when: {exc}") from None
+
+
+def _check_when_value(field_name: str, value: Any) -> None:
+    """A ``when`` value is one its field accepts. It is tried on the default config, not the study's:
+    the study's other settings may rule it out (``optimizer = "adam"`` with the quick budget's
+    cycle_momentum), which only means the parameter is not searched there."""
+    apply_overrides(RunConfig(), {field_name: value})
 
 
 def validate_space(space: SearchSpace, base: RunConfig) -> RunConfig:
@@ -303,4 +310,20 @@ def validate_space(space: SearchSpace, base: RunConfig) -> RunConfig:
             raise _space_error(space.source, f"params.{param.name} and params.{seen[param.dotted]} "
                                              f"set the same field {param.dotted}")
         seen[param.dotted] = param.name
+    _check_momentum_is_used(space, fixed_base)
     return fixed_base
+
+
+def _check_momentum_is_used(space: SearchSpace, base: RunConfig) -> None:
+    """Under cycle_momentum the momentum follows the lr, so a searched or fixed ``momentum`` would be
+    silently unused: a one-line error instead."""
+    if not base.train.cycle_momentum:
+        return
+    fix = ("cycle_momentum = true (the quick budget's) sets the momentum from the lr; "
+           "add --set cycle_momentum=false to use one")
+    if any(resolve_field(name) == "train.momentum" for name, _ in space.fixed):
+        raise _space_error(space.source, f"[fixed] momentum would not be used: {fix}")
+    for param in space.params:
+        if param.dotted == "train.momentum" and param.inapplicable(base) is None:
+            raise _space_error(space.source, f"params.{param.name} would not be used: {fix}, or give the "
+                                             f"parameter when = {{ cycle_momentum = [false] }}")
