@@ -113,7 +113,12 @@ STUDY_BUDGETS: dict[str, Budget] = {
     # machine, the study took 1,968 s and its best trial reached 36.58%. On 2026-11-30, with the recipe
     # space's warm-up no longer searched under one-cycle, 2,112 s against the earlier default's 2,042 s
     # timed right after it (the CPU measured 293 vs 329 images/s at their starts), best 37.76% (the
-    # committed reference study): the margin is thin on this machine's moving speed.
+    # committed reference study): the margin is thin on this machine's moving speed. On 2026-12-03, on a
+    # CPU with native bf16 (amp auto: bf16) and with the momentum cycled (cycle_momentum, 4 parameters
+    # searched), 876 and 882 s against the earlier default's 727 and 750 s, timed alternately; best 38.42%.
+    # The earlier default's per-epoch evaluation of 15,000 images is cheap in bf16, so here the trials'
+    # training dominates both: meeting its time would take ~25% fewer training images (the committed
+    # reference study is this run).
     # Under TPE more trials go on than when quality is random (expected_work), because later trials keep
     # beating a rung's earlier ones.
     # Its evaluation batch is 128: on this 2-core CPU resnet20 infers 1.8x faster in batches of 128 than
