@@ -326,6 +326,16 @@ def canonical_name(name: str) -> str:
     return bare if field_index().get(bare) == dotted else dotted
 
 
+def ignored_fields(run: RunConfig) -> dict[str, str]:
+    """``{dotted field: why}`` for fields whose value ``run`` does not use: a search space may neither
+    search nor fix them, and a plan that sets one aside says it is unused rather than kept."""
+    ignored = {}
+    if run.train.cycle_momentum:
+        ignored["train.momentum"] = ("cycle_momentum = true (the quick budget's) sets the momentum from the lr; "
+                                     "add --set cycle_momentum=false to use one")
+    return ignored
+
+
 def canonical_settings(values: Mapping[str, Any], where: str, extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """``{canonical name: value}`` of settings read from TOML. A nested table is a dotted key
     (``train.lr = 0.05`` parses as ``{"train": {"lr": 0.05}}``); names in ``extra`` (grid axes

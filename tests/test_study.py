@@ -100,6 +100,8 @@ def test_the_recipe_space_sets_warm_up_and_momentum_aside_under_the_quick_budget
     assert [name for name, _ in quick.inactive] == ["momentum", "warmup_fraction"]
     assert "not searched: momentum (searched only when cycle_momentum is one of [False]" in quick.describe()
     assert "here schedule = 'onecycle', so warmup_fraction stays 0.0" in quick.describe()
+    assert "here cycle_momentum = True, so momentum is not used (cycle_momentum = true (the quick budget's) sets " \
+           "the momentum from the lr)" in quick.describe()
     standard = recipe.applicable_to(st.base_run("resnet20", st.budget("standard")))  # the paper's step schedule
     assert standard.params == recipe.params and standard.inactive == ()
     assert not st.base_run("resnet20", st.budget("standard")).train.cycle_momentum

@@ -14,7 +14,8 @@ from typing import Any, Callable, Mapping
 
 import optuna
 
-from resnet_core.config import SECTIONS, RunConfig, apply_overrides, canonical_settings, get_field, resolve_field
+from resnet_core.config import (SECTIONS, RunConfig, apply_overrides, canonical_settings, get_field, ignored_fields,
+                                resolve_field)
 
 SPACES_DIR = Path(__file__).resolve().parents[1] / "spaces"  # built-in spaces ship inside the package
 
@@ -43,8 +44,11 @@ class Param:
         for field_name, allowed in self.when:
             value = get_field(base, resolve_field(field_name))
             if value not in allowed:
+                unused = ignored_fields(base).get(self.dotted)
+                kept = (f"is not used ({unused.split(';')[0]})" if unused
+                        else f"stays {get_field(base, self.dotted)!r}")
                 return (f"searched only when {field_name} is one of {list(allowed)}; "
-                        f"here {field_name} = {value!r}, so {self.name} stays {get_field(base, self.dotted)!r}")
+                        f"here {field_name} = {value!r}, so {self.name} {kept}")
         return None
 
     def suggest(self, trial: optuna.Trial) -> Any:
@@ -310,20 +314,18 @@ def validate_space(space: SearchSpace, base: RunConfig) -> RunConfig:
             raise _space_error(space.source, f"params.{param.name} and params.{seen[param.dotted]} "
                                              f"set the same field {param.dotted}")
         seen[param.dotted] = param.name
-    _check_momentum_is_used(space, fixed_base)
+    _check_no_ignored_field(space, fixed_base)
     return fixed_base
 
 
-def _check_momentum_is_used(space: SearchSpace, base: RunConfig) -> None:
-    """Under cycle_momentum the momentum follows the lr, so a searched or fixed ``momentum`` would be
-    silently unused: a one-line error instead."""
-    if not base.train.cycle_momentum:
-        return
-    fix = ("cycle_momentum = true (the quick budget's) sets the momentum from the lr; "
-           "add --set cycle_momentum=false to use one")
-    if any(resolve_field(name) == "train.momentum" for name, _ in space.fixed):
-        raise _space_error(space.source, f"[fixed] momentum would not be used: {fix}")
+def _check_no_ignored_field(space: SearchSpace, base: RunConfig) -> None:
+    """A searched or fixed field the study's runs do not use (``config.ignored_fields``: the momentum under
+    cycle_momentum) would silently change nothing: a one-line error instead."""
+    ignored = ignored_fields(base)
+    for name, _ in space.fixed:
+        if resolve_field(name) in ignored:
+            raise _space_error(space.source, f"[fixed] {name} would not be used: {ignored[resolve_field(name)]}")
     for param in space.params:
-        if param.dotted == "train.momentum" and param.inapplicable(base) is None:
-            raise _space_error(space.source, f"params.{param.name} would not be used: {fix}, or give the "
-                                             f"parameter when = {{ cycle_momentum = [false] }}")
+        if param.dotted in ignored and param.inapplicable(base) is None:
+            raise _space_error(space.source, f"params.{param.name} would not be used: {ignored[param.dotted]}, "
+                                             f"or set the parameter aside with a when table")

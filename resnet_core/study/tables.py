@@ -286,8 +286,8 @@ def coupling_lines(study: optuna.Study, context: Mapping[str, Any], n: int = 5) 
         rows.append(row)
     if not rows:
         return ["## Coupled parameters", "", coupling, ""]
-    return ["## Coupled parameters", "", coupling, "", f"Batch sizes of the best {len(rows)} trials:", "",
-            markdown_table(pd.DataFrame(rows), floatfmt=".2f"), ""]
+    title = f"Batch sizes of the best {len(rows)} trials:" if len(rows) > 1 else "Batch size of the best trial:"
+    return ["## Coupled parameters", "", coupling, "", title, "", markdown_table(pd.DataFrame(rows), floatfmt=".2f"), ""]
 
 
 def _run_value(runs: pd.DataFrame | None, run_id: str | None, column: str) -> float | None:
