@@ -3,6 +3,7 @@ parallel workers on the default journal store, --compare, reports and bad spaces
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 import os
@@ -459,6 +460,20 @@ def test_stale_reason_tells_dead_from_slow_workers():
     remote = _running_trial(host="elsewhere", pid=1, heartbeat=now - 700)
     assert "no heartbeat" in st.stale_reason(remote, 600, now, host)
     assert st.stale_reason(_running_trial(host="elsewhere", pid=1, heartbeat=now - 100), 600, now, host) is None
+
+
+def test_a_trial_its_worker_never_fully_marked_is_stale_after_a_minute_not_the_epoch_grace():
+    start = datetime.datetime(2026, 12, 3, 10, 0, 0)
+    now = start.timestamp()
+    for attrs in ({}, {"host": "thishost"}):  # killed before marking, or between its host and pid writes
+        trial = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs=attrs)
+        trial.datetime_start = start
+        assert st.unmarked_reason(trial, 600, now + 30) is None
+        assert "its worker never started it (61 s old, grace 60 s)" == st.unmarked_reason(trial, 600, now + 61)
+        assert st.unmarked_reason(trial, 20, now + 21) is not None  # a shorter --stale-after still rules
+    marked = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs={"host": "thishost", "pid": 1})
+    marked.datetime_start = start
+    assert st.unmarked_reason(marked, 600, now + 10_000) is None  # the pid and heartbeat rules judge it
 
 
 def test_samplers_are_seeded_per_worker_and_on_resume():

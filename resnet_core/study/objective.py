@@ -43,8 +43,8 @@ class Objective:
             raise
 
     def _run(self, trial: optuna.Trial) -> float:
+        self._mark(trial)  # first: until it is marked, a killed worker's trial waits out UNMARKED_GRACE_S
         params = self.spec.space.suggest(trial)
-        self._mark(trial)
         try:
             run = trial_config(self.spec, params, self.device)
         except ValueError as exc:  # a combination the config rejects (e.g. depth 8 with bottlenecks)

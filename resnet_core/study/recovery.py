@@ -96,11 +96,19 @@ def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
     return True
 
 
+# A worker marks its trial (host, pid, heartbeat) right after asking for it, which takes milliseconds;
+# one killed in between leaves a RUNNING trial nothing else can judge, so it is given this long, not the
+# per-epoch grace (600 s by default: a study killed at start-up would wait ten minutes for it).
+UNMARKED_GRACE_S = 60.0
+
+
 def unmarked_reason(trial: optuna.trial.FrozenTrial, grace_s: float, now: float | None = None) -> str | None:
-    """A RUNNING trial its worker never marked (host, pid) within ``grace_s``: the worker died
-    between asking for the trial and starting it (marking takes milliseconds)."""
-    if "host" in trial.user_attrs or trial.datetime_start is None:
+    """A RUNNING trial its worker never fully marked (host and pid) within ``min(grace_s, 60 s)``: the
+    worker died between asking for the trial and starting it."""
+    attrs = trial.user_attrs
+    if ("host" in attrs and "pid" in attrs) or trial.datetime_start is None:
         return None
+    grace_s = min(grace_s, UNMARKED_GRACE_S)
     age = (time.time() if now is None else now) - trial.datetime_start.timestamp()
     return f"its worker never started it ({age:.0f} s old, grace {grace_s:.0f} s)" if age > grace_s else None
 
