@@ -326,12 +326,12 @@ def canonical_name(name: str) -> str:
     return bare if field_index().get(bare) == dotted else dotted
 
 
-def ignored_fields(run: RunConfig) -> dict[str, str]:
-    """``{dotted field: why}`` for fields whose value ``run`` does not use: a search space may neither
-    search nor fix them, and a plan that sets one aside says it is unused rather than kept."""
+def ignored_fields(run: RunConfig) -> dict[str, tuple[str, str]]:
+    """``{dotted field: (why, how to use it)}`` for fields whose value ``run`` does not use: a search space
+    may neither search nor fix them, and a plan that sets one aside says it is unused rather than kept."""
     ignored = {}
     if run.train.cycle_momentum:
-        ignored["train.momentum"] = ("cycle_momentum = true (the quick budget's) sets the momentum from the lr; "
+        ignored["train.momentum"] = ("cycle_momentum = true (the quick budget's) sets the momentum from the lr",
                                      "add --set cycle_momentum=false to use one")
     return ignored
 

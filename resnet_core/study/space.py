@@ -45,8 +45,7 @@ class Param:
             value = get_field(base, resolve_field(field_name))
             if value not in allowed:
                 unused = ignored_fields(base).get(self.dotted)
-                kept = (f"is not used ({unused.split(';')[0]})" if unused
-                        else f"stays {get_field(base, self.dotted)!r}")
+                kept = f"is not used ({unused[0]})" if unused else f"stays {get_field(base, self.dotted)!r}"
                 return (f"searched only when {field_name} is one of {list(allowed)}; "
                         f"here {field_name} = {value!r}, so {self.name} {kept}")
         return None
@@ -321,10 +320,10 @@ def validate_space(space: SearchSpace, base: RunConfig) -> RunConfig:
 def _check_no_ignored_field(space: SearchSpace, base: RunConfig) -> None:
     """A searched or fixed field the study's runs do not use (``config.ignored_fields``: the momentum under
     cycle_momentum) would silently change nothing: a one-line error instead."""
-    ignored = ignored_fields(base)
+    ignored = {dotted: f"{why}; {fix}" for dotted, (why, fix) in ignored_fields(base).items()}
     for name, _ in space.fixed:
-        if resolve_field(name) in ignored:
-            raise _space_error(space.source, f"[fixed] {name} would not be used: {ignored[resolve_field(name)]}")
+        if (dotted := resolve_field(name)) in ignored:
+            raise _space_error(space.source, f"[fixed] {name} would not be used: {ignored[dotted]}")
     for param in space.params:
         if param.dotted in ignored and param.inapplicable(base) is None:
             raise _space_error(space.source, f"params.{param.name} would not be used: {ignored[param.dotted]}, "
