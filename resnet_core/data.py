@@ -147,10 +147,15 @@ def load_data(cfg: DataConfig, device: torch.device | str = "cpu") -> DataBundle
     return bundle.to(device)
 
 
-def pool_size(cfg: DataConfig) -> int:
-    """Training images left after the validation split of ``cfg`` (what a ``subset`` draws from)."""
-    raw = LOADERS[resolve_source(cfg).kind](resolve_source(cfg), cfg)
-    return len(raw.train_y) - effective_val_size(cfg.val_size, len(raw.train_y))
+def training_images(cfg: DataConfig) -> int:
+    """Images of the source's training set before any split (validation is carved from them)."""
+    return len(LOADERS[resolve_source(cfg).kind](resolve_source(cfg), cfg).train_y)
+
+
+def pool_size(cfg: DataConfig, images: int | None = None) -> int:
+    """Training images left after the validation split of ``cfg`` (what a ``subset`` draws from);
+    ``images``: ``training_images(cfg)`` when the caller has read it already."""
+    return (images := images or training_images(cfg)) - effective_val_size(cfg.val_size, images)
 
 
 def resolve_source(cfg: DataConfig) -> Source:

@@ -22,6 +22,12 @@ def default_val_size(n: int) -> int:
     return min(DEFAULT_VAL_SIZE, max(n // 10, min(100, n // 2)))
 
 
+def capped_val_size(ceiling: int, n: int) -> int:
+    """A validation size chosen as a ceiling (a study budget's): ``ceiling``, or less on data whose
+    default split (``default_val_size``) is smaller, so small data work with it as with the default."""
+    return min(ceiling, default_val_size(n))
+
+
 def effective_val_size(requested: int, n: int) -> int:
     """The validation images a run carves from ``n`` training images: as requested, except that the
     default (DEFAULT_VAL_SIZE) on data with no more images than it becomes ``default_val_size(n)``.

@@ -38,12 +38,27 @@ def test_the_quick_and_standard_budgets_search_with_successive_halving_by_defaul
     assert spec.bootstrap == 0  # the request names no trials
     assert st.base_run("resnet20", quick).train.eval_batch_size == 128  # the budget's setting, CPU-sized
     assert st.plan(tiny_request(tmp_path, space, pruner="auto", epochs=None, trials=50))[0].spec.bootstrap == 4
-    assert spec.budget_epochs == quick.epochs == 14 and st.prunable_epochs(*spec.pruner_shape()) == [1, 4]
+    assert spec.budget_epochs == quick.epochs == 16 and st.prunable_epochs(*spec.pruner_shape()) == [1, 4]
     run = st.trial_config(spec, {"lr": 0.1})
     assert run.train.val_epochs == (1, 4) and run.train.test_eval == "never"
     assert STUDY_BUDGETS["standard"].pruner == "sha" and STUDY_BUDGETS["paper"].pruner == "median"
     explicit, _ = st.plan(tiny_request(tmp_path, space, pruner="median", epochs=None))
     assert explicit.spec.pruner == "median"  # --pruner still chooses
+
+
+def test_the_quick_budgets_validation_size_is_a_ceiling_and_a_flag_replaces_it(tmp_path, space):
+    quick = STUDY_BUDGETS["quick"]
+    sizes = dict(val_size=None, epochs=None)
+
+    def validation(**changes) -> tuple[int, int]:
+        setup, bundle = st.plan(tiny_request(tmp_path, space, **(sizes | changes)))
+        return setup.spec.base.data.val_size, len(bundle.val_y)
+
+    # 30,000 images: the default split would hold 3,000 out; the quick budget judges trials on 2,000
+    assert validation(data="synthetic:30000") == (quick.val_size, quick.val_size) == (2000, 2000)
+    assert validation(data="synthetic:3000") == (300, 300)  # data whose default split is smaller keep it
+    assert validation(data="synthetic:30000", val_size=2500) == (2500, 2500)  # --val-size is kept as given
+    assert st.base_run("resnet20", st.budget("standard")).data.val_size == 5000  # a budget without one: the default
 
 
 def _judged_at(epochs: int, first_rung: int, reduction: int, bad_from: int) -> int | None:

@@ -11,11 +11,12 @@ import optuna
 import torch
 
 from resnet_core.budgets import Budget
-from resnet_core.config import apply_overrides, resolve_field
-from resnet_core.data import load_data, pool_size
+from resnet_core.config import RunConfig, apply_overrides, resolve_field
+from resnet_core.data import load_data, pool_size, training_images
 from resnet_core.engine import estimate_seconds, measure_step_rate
 from resnet_core.runner import check_writable
 from resnet_core.schedules import make_budget
+from resnet_core.splits import capped_val_size
 from resnet_core.store import check_name
 from resnet_core.study.pruners import (RUNG_PRUNERS, bootstrap_for, describe_pruner, expected_work, make_pruner,
                                       prunable_epochs, rung_rule)
@@ -76,9 +77,7 @@ def plan(request: StudyRequest) -> tuple[Setup, Any]:
         raise ValueError(f"--stale-after {r.stale_after}: expected a number of seconds > 0")
     base = base_run(r.model, plan_budget, epochs=r.epochs, data=r.data, subset=r.subset, val_size=r.val_size,
                     seed=r.seed, overrides=dict(r.overrides))
-    if r.subset is None and base.data.subset is not None and pool_size(base.data) < base.data.subset:
-        # The budget's subset is a ceiling (as a grid's is): smaller data train on all they have.
-        base = apply_overrides(base, {"subset": None})
+    base = _fit_budget_sizes(base, r, plan_budget)
     search = read_space(r.space, r.spaces_dir)
     fixed = validate_space(search, base)  # base with the space's [fixed] fields set
     search = search.applicable_to(fixed)
@@ -104,6 +103,22 @@ def plan(request: StudyRequest) -> tuple[Setup, Any]:
                      stale_after=r.stale_after, first_rung=first_rung, reduction=reduction, bootstrap=bootstrap)
     tested = len(bundle.test_y) if TRIAL_TEST_EVAL != "never" else 0  # what one trial evaluates each epoch
     return Setup(spec, len(bundle.train_y), len(bundle.val_y) + tested, bundle.description, len(bundle.val_y)), bundle
+
+
+def _fit_budget_sizes(base: RunConfig, r: StudyRequest, plan_budget: Budget) -> RunConfig:
+    """The budget's validation size and subset are ceilings (as a grid's subset is): data too small
+    for them keep their default validation split and train on all the images left. A size given by
+    a flag is kept as given."""
+    budget_val = r.val_size is None and plan_budget.val_size is not None
+    budget_subset = r.subset is None and base.data.subset is not None
+    if not (budget_val or budget_subset):
+        return base
+    images = training_images(base.data)
+    if budget_val:
+        base = apply_overrides(base, {"val_size": capped_val_size(plan_budget.val_size, images)})
+    if budget_subset and pool_size(base.data, images) < base.data.subset:
+        base = apply_overrides(base, {"subset": None})
+    return base
 
 
 def _pruner_choice(r: StudyRequest, plan_budget: Budget, recorded: optuna.Study | None) -> tuple[str, int | None, int]:
