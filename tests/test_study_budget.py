@@ -58,6 +58,8 @@ def test_the_quick_budgets_validation_size_is_a_ceiling_and_a_flag_replaces_it(t
     assert validation(data="synthetic:30000") == (quick.val_size, quick.val_size) == (2000, 2000)
     assert validation(data="synthetic:3000") == (300, 300)  # data whose default split is smaller keep it
     assert validation(data="synthetic:30000", val_size=2500) == (2500, 2500)  # --val-size is kept as given
+    settings = tiny_request(tmp_path, space).overrides + (("val_size", 2500),)
+    assert validation(data="synthetic:30000", overrides=settings) == (2500, 2500)  # and so is --set val_size=
     assert st.base_run("resnet20", st.budget("standard")).data.val_size == 5000  # a budget without one: the default
 
 

@@ -108,8 +108,9 @@ def plan(request: StudyRequest) -> tuple[Setup, Any]:
 def _fit_budget_sizes(base: RunConfig, r: StudyRequest, plan_budget: Budget) -> RunConfig:
     """The budget's validation size and subset are ceilings (as a grid's subset is): data too small
     for them keep their default validation split and train on all the images left. A size given by
-    a flag is kept as given."""
-    budget_val = r.val_size is None and plan_budget.val_size is not None
+    a flag (``--val-size``, ``--set val_size=``) is kept as given."""
+    set_val = any(resolve_field(name) == "data.val_size" for name, _ in r.overrides)
+    budget_val = r.val_size is None and not set_val and plan_budget.val_size is not None
     budget_subset = r.subset is None and base.data.subset is not None
     if not (budget_val or budget_subset):
         return base
