@@ -153,9 +153,9 @@ def training_images(cfg: DataConfig) -> int:
 
 
 def pool_size(cfg: DataConfig, images: int | None = None) -> int:
-    """Training images left after the validation split of ``cfg`` (what a ``subset`` draws from);
-    ``images``: ``training_images(cfg)`` when the caller has read it already."""
-    return (images := images or training_images(cfg)) - effective_val_size(cfg.val_size, images)
+    """Training images left after the validation split (what a ``subset`` draws from); ``images``: if read already."""
+    images = training_images(cfg) if images is None else images
+    return images - effective_val_size(cfg.val_size, images)
 
 
 def resolve_source(cfg: DataConfig) -> Source:
