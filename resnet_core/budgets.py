@@ -108,34 +108,18 @@ GRID_BUDGETS: dict[str, Budget] = {
 # halving): most trials stop after a short first rung, the best 1/reduction of each rung go on, so the
 # few best train many times longer than the rest (Li et al. 2020, asynchronous successive halving).
 STUDY_BUDGETS: dict[str, Budget] = {
-    # Sized for a 2-core CPU: `resnet-study --trials 50` should take no longer than the earlier default
-    # (50 trials x 2 epochs, each epoch also measuring 5,000 validation and 10,000 test images) while its
-    # best trials reach 60% validation accuracy. Rungs at epochs 1 and 4 (successive halving's 1 x 4^k
-    # geometry), full length 14. Measured on 2026-11-29: 12-epoch full trials ended at 40.9-41.5%
-    # validation error (too short), 16-epoch ones at 35.0-37.1% but that study took ~2,380 s against the
-    # earlier default's 2,245 s; with 14, timed right after the earlier default (2,292 s) on the same
-    # machine, the study took 1,968 s and its best trial reached 36.58%. On 2026-11-30, with the recipe
-    # space's warm-up no longer searched under one-cycle, 2,112 s against the earlier default's 2,042 s
-    # timed right after it (the CPU measured 293 vs 329 images/s at their starts), best 37.76% (the
-    # committed reference study): the margin is thin on this machine's moving speed. On 2026-12-03, on a
-    # CPU with native bf16 (amp auto: bf16) and with the momentum cycled (cycle_momentum, 4 parameters
-    # searched), 876 and 882 s against the earlier default's 727 and 750 s, timed alternately; best 38.42%.
-    # The earlier default's per-epoch evaluation of 15,000 images is cheap in bf16, so here the trials'
-    # training dominates both. What a study spends is about (2 x trials) epochs of the subset at the rungs
-    # plus twice a full trial (the complete one and the final stage), and a validation pass per rung
-    # reached: so the subset and the validation size set its time, and epochs x subset (the images a full
-    # trial sees) its accuracy. The best config of that study trained alone (seed 0, then 1; validation
-    # error): 4,000 images x 14 epochs 38.42%; 3,000 x 16 41.76 / 39.32; 3,000 x 19 39.60; 3,500 x 16
-    # 37.80 / 38.02; on 2,000 validation images 3,250 x 16 39.05 / 37.25 and 3,500 x 16 36.75. Hence 16
-    # epochs (the longest with rungs 1 and 4 only) on 3,250 images, judged on 2,000 validation images
-    # (a ceiling: smaller data keep their default split) instead of 5,000, which cost ~2 s of each trial.
-    # Timed alternately with the earlier default on that CPU: 632 and 577 s against 842 and 740 s, the two
-    # runs the same study trial for trial, best 36.90% validation error (the committed reference study).
-    # Under TPE more trials go on than when quality is random (expected_work), because later trials keep
-    # beating a rung's earlier ones.
-    # Its evaluation batch is 128: on this 2-core CPU resnet20 infers 1.8x faster in batches of 128 than
-    # of 1,000 (1,725 vs 948 images/s, `python benchmarks/eval_batch.py --threads 2`; 1,000 overflows the
-    # caches), and a batch's size changes no result in eval mode.
+    # Sized for a 2-core CPU: a 50-trial study should finish in minutes while its best trials reach
+    # about 60% validation accuracy. Rungs at epochs 1 and 4 (successive halving's 1 x 4^k geometry) and
+    # a full length of 16 epochs, the longest with those two rungs only. A study spends about
+    # (2 x trials) epochs of the subset at the rungs, plus twice a full trial (the complete one and the
+    # final stage), plus a validation pass per rung reached: the subset and the validation size set its
+    # time, epochs x subset (the images a full trial sees) its accuracy. Hence 3,250 images, judged on
+    # 2,000 validation images (a ceiling: smaller data keep their default split), since measuring 5,000
+    # was a large share of a rung-1 trial. Under TPE more trials go on than when quality is random
+    # (expected_work), because later trials keep beating a rung's earlier ones.
+    # Its evaluation batch is 128: on a 2-core CPU resnet20 infers faster in batches of 128 than of
+    # 1,000 (which overflows the caches; `python benchmarks/eval_batch.py`), and a batch's size changes
+    # no result in eval mode.
     "quick": Budget("quick", epochs=16, subset=3250, recipe="quick", pruner="sha", first_rung=1, reduction=4,
                     final_seeds=1, val_size=2000, train=(("eval_batch_size", 128), ("cycle_momentum", True)),
                     note="CPU-sized: up to 16 one-cycle epochs (momentum cycling 0.95-0.85-0.95 against the lr) "

@@ -1,10 +1,19 @@
 """The degradation report kind (He et al. 2015, Fig. 6 and Table 6): references, verdicts, figures.
 
 Verdicts come from models fitted on every completed run (resnet_core/trends.py), never from two
-cells: "degradation reproduced" only when the plain nets' training-error slope with depth and the
-interaction (plain slope minus residual slope) both have 95% intervals above 0. Otherwise the
-sentence says which part is not shown and at which budget. A grid with a length axis (``epochs`` or
-``iterations``) is fitted per length and adds the budget scan: the two effect sizes against length.
+cells, and check both halves of the paper's finding. The plain half: "degradation reproduced" only
+when the plain nets' training-error slope with depth and the interaction (plain slope minus residual
+slope) both have 95% intervals above 0; otherwise the sentence says which part is not shown. The
+residual half: "residual nets no worse with depth" when the residual slope's interval reaches 0 or
+below, else "residual nets degrade too" and how much slower than plain nets. A poor straight-line fit
+and diverged runs (refitted at chance error) get a sentence of their own.
+
+A grid with a length axis (``epochs`` or ``iterations``) is fitted per length and adds the budget
+scan: the two effect sizes against length. Nothing pools runs of different lengths: the paper
+comparison and the figures are drawn at the longest length, and say so.
+
+A degradation report compares families and depths only: a grid whose other axes vary (``lr``, say)
+would pool those cells, so such a grid is refused when it is planned (``grid.REPORT_FIELDS``).
 """
 
 from __future__ import annotations
@@ -22,20 +31,24 @@ from resnet_core.config import resolve_field
 from resnet_core.reports import (
     METRIC_LABELS,
     _first,
+    _plural,
     _interval_bars,
     _millions,
     _values,
     format_stat,
     markdown_table,
+    n_label,
     plot_learning_curves,
     summarize,
 )
 from resnet_core.stats import mean_interval
 from resnet_core.trends import (
     INTERACTION,
+    LACK_OF_FIT,
     PLAIN_SLOPE,
     RESIDUAL_SLOPE,
     TREND_COLUMNS,
+    chance_error,
     residual_minus_plain_term,
     scan_table,
     term,
@@ -58,16 +71,16 @@ LENGTH_FIELDS = ("train.epochs", "train.iterations")
 PAPER_NOTE = (
     f"References: ResNet numbers from {TABLE6_SOURCE} (64k iterations, about 182 epochs of 45k images); "
     f"plain-net numbers from {PLAIN_SOURCE}, since the paper gives plain nets only as curves (Fig. 6). "
-    "Numbers from a shorter budget (see Budget above) are not expected to match them, only the direction "
-    "of the effects."
+    "Numbers from a shorter budget (see Budget above) are not expected to match them; the verdicts above say "
+    "which of the paper's directions this budget shows."
 )
 CAPTIONS = {
     "curves": "Train error (dashed) and test error (solid) per epoch, mean over completed seeds (He et al. 2015 Fig. 6).",
     "final_vs_depth": f"Final train and test error vs depth; crosses: {TABLE6_SOURCE} (ResNets).",
     "grad_norms": "L2 norm of each stage's gradient, mean over each epoch's sampled steps, averaged over all epochs, "
                   "mean over seeds (log scale).",
-    "budget_scan": "Degradation effect sizes (training error, points) against training length, each length "
-                   "fitted on its own runs; bars: 95% intervals.",
+    "budget_scan": "Degradation effect sizes (training error, points) against training length, each effect a "
+                   "Welch contrast of its two cells at that length; bars: 95% intervals.",
 }
 
 
@@ -97,32 +110,71 @@ def _above_zero(row: Mapping[str, Any] | None) -> bool:
     return row is not None and bool(np.isfinite(row["ci_low"])) and row["ci_low"] > 0
 
 
-def degradation_sentence(trends: pd.DataFrame, where: str) -> str:
-    """The headline verdict on training error: reproduced, or exactly which part is not shown."""
+def _slope_text(row: Mapping[str, Any]) -> str:
+    return f"{row['estimate']:+.2f} points per 10 layers ({_interval(row)})"
+
+
+def _judgeable(trends: pd.DataFrame, where: str) -> tuple[dict | None, dict | None, dict | None, str | None]:
+    """The three slope rows of the training-error fit, or a sentence saying why they cannot be judged."""
     plain, residual, interaction = (term(trends, "train_error", t) for t in (PLAIN_SLOPE, RESIDUAL_SLOPE, INTERACTION))
     if plain is None or residual is None or interaction is None:
-        return (f"Degradation cannot be judged {where}: the trend model needs completed runs of both families "
-                "at two or more depths each.")
+        return None, None, None, (f"Degradation cannot be judged {where}: the trend model needs completed runs of both "
+                                  "families at two or more depths each.")
     if not np.isfinite(interaction["ci_low"]):
-        return (f"Degradation cannot be judged {where}: {int(plain['n_runs'])} completed runs leave no residual "
-                "degrees of freedom for the 4-parameter trend model; add seeds or depths.")
-    plain_text = f"plain nets' training error {_direction(plain)} with depth, {plain['estimate']:+.2f} points per 10 layers ({_interval(plain)})"
-    residual_text = f"residual nets' {_direction(residual)}, {residual['estimate']:+.2f} per 10 layers ({_interval(residual)})"
-    interaction_text = (f"the difference of the slopes (plain minus residual) is {interaction['estimate']:+.2f} per 10 layers "
-                        f"({_with_p(interaction)})")
+        return None, None, None, (f"Degradation cannot be judged {where}: {int(plain['n_runs'])} completed runs leave no "
+                                  "residual degrees of freedom for the 4-parameter trend model; add seeds or depths.")
+    return plain, residual, interaction, None
+
+
+def degradation_sentence(trends: pd.DataFrame, where: str) -> str:
+    """The plain half of the verdict (He et al. 2015 Fig. 6): plain nets train worse with depth, and
+    faster so than residual nets: both the plain slope and the interaction have intervals above 0."""
+    plain, _, interaction, cannot = _judgeable(trends, where)
+    if cannot:
+        return cannot
+    plain_text = f"plain nets' training error {_direction(plain)} with depth, {_slope_text(plain)}"
+    interaction_text = (f"the difference of the slopes (plain minus residual) is {interaction['estimate']:+.2f} per 10 "
+                        f"layers ({_with_p(interaction)})")
     if _above_zero(plain) and _above_zero(interaction):
-        return f"Degradation reproduced {where}: {plain_text}; {residual_text}; {interaction_text}."
+        return f"Plain half: degradation reproduced {where}: {plain_text}; {interaction_text}."
     missing = []
     if not _above_zero(plain):
         missing.append("the plain nets' slope is not shown to be above 0")
     if not _above_zero(interaction):
         missing.append("plain nets are not shown to degrade faster than residual nets")
-    return f"Degradation not shown {where}: {' and '.join(missing)}: {plain_text}; {residual_text}; {interaction_text}."
+    return f"Plain half: degradation not shown {where}: {' and '.join(missing)}: {plain_text}; {interaction_text}."
+
+
+def residual_sentence(trends: pd.DataFrame, where: str) -> str | None:
+    """The residual half (He et al. 2015 Table 6: deeper ResNets train and test better): "no worse with
+    depth" when the residual slope's interval reaches 0 or below, else "degrade too", and how much slower."""
+    plain, residual, interaction, cannot = _judgeable(trends, where)
+    if cannot:
+        return None
+    text = f"residual nets' training error {_direction(residual)} with depth, {_slope_text(residual)}"
+    if not np.isfinite(residual["ci_low"]) or residual["ci_low"] <= 0:
+        return f"Residual half: residual nets no worse with depth {where}: {text}."
+    if _above_zero(interaction):
+        pace = f"{plain['estimate'] / residual['estimate']:.1f} times slower than plain nets ({plain['estimate']:+.2f})"
+    else:
+        pace = f"not shown to be slower than plain nets ({plain['estimate']:+.2f})"
+    return (f"Residual half: residual nets degrade too {where}, {pace}: {text}; He et al. 2015 (Table 6) "
+            "report the opposite at 64k iterations (8.75% at depth 20, 6.97% at 56).")
+
+
+def lack_of_fit_sentence(trends: pd.DataFrame, metric: str, where: str) -> str | None:
+    """Said only when a straight line in depth fits the cell means poorly (p < 0.05)."""
+    row = term(trends, metric, LACK_OF_FIT)
+    if row is None or not np.isfinite(row["p_value"]) or row["p_value"] >= 0.05:
+        return None
+    return (f"A straight line in depth fits the {metric.replace('_', ' ')} poorly {where} (lack of fit against the "
+            f"cell means: {row['inference']} = {row['estimate']:.2f}, p = {row['p_value']:.2g}): the slopes average "
+            "a curved trend; the per-depth differences describe it better.")
 
 
 def test_error_verdict(trends: pd.DataFrame, where: str) -> str | None:
     plain, residual, interaction = (term(trends, "test_error", t) for t in (PLAIN_SLOPE, RESIDUAL_SLOPE, INTERACTION))
-    parts = [f"{name} {_direction(row)} with depth, {row['estimate']:+.2f} points per 10 layers ({_interval(row)})"
+    parts = [f"{name} {_direction(row)} with depth, {_slope_text(row)}"
              for name, row in (("plain nets' test error", plain), ("residual nets'", residual)) if row is not None]
     if interaction is not None:
         parts.append(f"slope difference {interaction['estimate']:+.2f} ({_with_p(interaction)})")
@@ -130,7 +182,7 @@ def test_error_verdict(trends: pd.DataFrame, where: str) -> str | None:
 
 
 def difference_sentence(trends: pd.DataFrame, metric: str, where: str) -> str | None:
-    """Residual minus plain at every depth, from the cell-means model (pooled variance)."""
+    """Residual minus plain at every depth (Welch: each depth's two cells, their own variances)."""
     rows = trends[(trends["metric"] == metric) & trends["term"].str.startswith("residual minus plain at depth")]
     if rows.empty:
         return None
@@ -148,10 +200,31 @@ def excluded_sentence(table: pd.DataFrame) -> str | None:
     return "Not in the fits (no final error): " + "; ".join(items) + "."
 
 
+def _halves(trends: pd.DataFrame, where: str) -> list[str]:
+    return [s for s in (degradation_sentence(trends, where), residual_sentence(trends, where)) if s]
+
+
+def sensitivity_sentence(trends: pd.DataFrame, table: pd.DataFrame, where: str) -> str | None:
+    """With diverged runs: the verdict refitted with them counted at chance error, and whether it changes."""
+    diverged = int((table["status"] == "diverged").sum())
+    if not diverged:
+        return None
+    chance = chance_error(table)
+    again = _halves(trend_table(table, ("train_error",), at_chance=True), where)
+    before = [s.split(":")[1] for s in _halves(trends, where)]
+    after = [s.split(":")[1] for s in again]
+    counted = f"{_plural(diverged, 'diverged run')} counted at chance error ({chance:.0f}%)"
+    if before == after:
+        return f"Sensitivity {where}: with {counted}, the verdict is the same: {'; '.join(s.strip() for s in after)}."
+    return (f"Sensitivity {where}: with {counted}, the verdict changes: " + " ".join(again)
+            + " The verdict above leaves them out; read both.")
+
+
 def verdicts(trends: pd.DataFrame, table: pd.DataFrame, where: str) -> list[str]:
-    sentences = [degradation_sentence(trends, where), difference_sentence(trends, "train_error", where),
-                 test_error_verdict(trends, where), difference_sentence(trends, "test_error", where),
-                 excluded_sentence(table)]
+    sentences = [*_halves(trends, where), lack_of_fit_sentence(trends, "train_error", where),
+                 difference_sentence(trends, "train_error", where), sensitivity_sentence(trends, table, where),
+                 test_error_verdict(trends, where), lack_of_fit_sentence(trends, "test_error", where),
+                 difference_sentence(trends, "test_error", where), excluded_sentence(table)]
     return [s for s in sentences if s]
 
 
@@ -198,18 +271,34 @@ def verdicts_for(trends: pd.DataFrame, table: pd.DataFrame, manifest: Mapping[st
         return verdicts(trends, table, budget_where(manifest))
     sentences = []
     for value in sorted(table[length].dropna().unique()):
-        where = budget_where(manifest, length, value)
-        sentences += verdicts(trends[trends[length] == value], table[table[length] == value], where)[:2]
+        where, part, fitted = budget_where(manifest, length, value), table[table[length] == value], trends[trends[length] == value]
+        sentences += [s for s in (*_halves(fitted, where), lack_of_fit_sentence(fitted, "train_error", where),
+                                  difference_sentence(fitted, "train_error", where),
+                                  sensitivity_sentence(fitted, part, where)) if s]
     return sentences + [s for s in [excluded_sentence(table)] if s]
 
 
 @dataclass
 class KindOutput:
-    """What a report kind adds to the generic report: markdown sections, figures and CSV tables."""
+    """What a report kind adds to the generic report: markdown sections, figures and CSV tables, and
+    captions for its figures where they depend on the grid (e.g. the length they are drawn at)."""
 
     sections: list[tuple[str, str]] = field(default_factory=list)
     figures: dict[str, Figure] = field(default_factory=dict)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    captions: dict[str, str] = field(default_factory=dict)
+
+
+def at_longest(table: pd.DataFrame, manifest: Mapping[str, Any]) -> tuple[pd.DataFrame, str]:
+    """The runs at the grid's longest length and the words naming it (all runs and "" without a length axis).
+
+    Runs of different lengths are never pooled: a mean over 1- and 8-epoch runs describes no run.
+    """
+    length = length_axis(manifest)
+    if length is None or table[length].dropna().empty:
+        return table, ""
+    longest = max(table[length].dropna().unique())
+    return table[table[length] == longest], f"{budget_where(manifest, length, longest)}, the longest length of this grid"
 
 
 def degradation_kind(table: pd.DataFrame, histories: pd.DataFrame, manifest: Mapping[str, Any]) -> KindOutput:
@@ -228,11 +317,16 @@ def degradation_kind(table: pd.DataFrame, histories: pd.DataFrame, manifest: Map
         out.sections.append(("How long must a run train? (training error, points)",
                              markdown_table(scan_display(scan, length)) if not scan.empty else "No completed pairs yet."))
         out.figures["budget_scan"] = plot_budget_scan(scan, length)
-    out.sections.append((f"Compared with {TABLE6_SOURCE} (test error %, CIFAR-10)",
-                         markdown_table(paper_comparison(table)) + "\n\n" + PAPER_NOTE))
-    out.figures["curves"] = plot_learning_curves(histories, table, hue="depth", panel="family")
-    out.figures["final_vs_depth"] = plot_final_vs_depth(table)
-    out.figures["grad_norms"] = plot_grad_norms(histories, table, epochs="all")
+    longest, named = at_longest(table, manifest)
+    suffix = f" ({named})" if named else ""
+    out.sections.append((f"Compared with {TABLE6_SOURCE} (test error %, CIFAR-10){suffix}",
+                         markdown_table(paper_comparison(longest)) + "\n\n" + PAPER_NOTE))
+    out.figures["curves"] = plot_learning_curves(histories, longest, hue="depth", panel="family")
+    out.figures["final_vs_depth"] = plot_final_vs_depth(longest)
+    out.figures["grad_norms"] = plot_grad_norms(histories, longest, epochs="all")
+    if named:
+        out.captions = {name: f"{CAPTIONS[name].removesuffix('.')}; runs {named}." for name in
+                        ("curves", "final_vs_depth", "grad_norms")}
     return out
 
 
@@ -302,15 +396,17 @@ def plot_final_vs_depth(table: pd.DataFrame) -> Figure:
     for ax, metric in zip(axes, ("train_error", "test_error")):
         for family, part in stats.groupby("family"):
             part = part[part[f"{metric}_n"] > 0]
+            if part.empty:
+                continue
             ax.errorbar(part["depth"], part[f"{metric}_mean"], yerr=_interval_bars(part, metric), marker="o", capsize=4,
-                        color=palette.get(family), label=family)
+                        color=palette.get(family), label=f"{family} ({n_label(part[f'{metric}_n'])} per depth)")
         if metric == "test_error":
             depths = [d for d in HE2015_TABLE6 if d in set(stats["depth"])]
             ax.plot(depths, [HE2015_TABLE6[d] for d in depths], "kx", markersize=9, label=TABLE6_SOURCE)
         ax.set(xlabel="depth (weighted layers)", ylabel=METRIC_LABELS[metric], title=f"final {METRIC_LABELS[metric]}")
         ax.set_xticks(sorted(stats["depth"].unique()))
         ax.legend()
-    fig.suptitle("Final epoch, mean over completed seeds, bars: 95% t-interval (none for a single seed)")
+    fig.suptitle("Final epoch, mean over completed seeds, bars: 95% t-interval clipped to 0-100 (none for a single seed)")
     return fig
 
 

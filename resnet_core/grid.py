@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import itertools
 import json
 import math
@@ -106,6 +107,7 @@ class GridSpec:
     axes: tuple[tuple[str, tuple[Any, ...]], ...] = ()
     variants: tuple[Variant, ...] = ()
     rules: tuple[Rule, ...] = ()
+    file_sha256: str = ""  # of the grid file's bytes: names the grid's version where a path would move
 
     @property
     def axis_names(self) -> tuple[str, ...]:
@@ -266,7 +268,8 @@ def parse_grid(values: Mapping[str, Any], source: str, default_name: str) -> Gri
 def load_grid(name_or_path: str, grids_dir: str | Path | None = None) -> GridSpec:
     """Read and check a grid file (a built-in name or a path); see the module docstring."""
     path = grid_path(name_or_path, grids_dir)
-    return parse_grid(_read_toml(path), str(path), path.stem)
+    spec = parse_grid(_read_toml(path), str(path), path.stem)
+    return dataclasses.replace(spec, file_sha256=hashlib.sha256(path.read_bytes()).hexdigest()[:16])
 
 
 # ------------------------------------------------------------------------ command-line edits
@@ -395,9 +398,26 @@ def iter_cells(spec: GridSpec, overrides: Mapping[str, Any] | None = None, budge
 def expand(spec: GridSpec, overrides: Mapping[str, Any] | None = None, budget: Budget | None = None) -> list[Cell]:
     """Every (cell, seed) of the grid, all validated, and no two cells the same run (see
     :func:`iter_cells`): what a real run checks before anything trains."""
+    _check_report_axes(spec)
     cells = list(iter_cells(spec, overrides, budget))
     _check_unique(spec, cells)
     return cells
+
+
+# The fields a report kind compares; an axis over any other field would be pooled into its fits.
+REPORT_FIELDS = {"degradation": ("model.residual", "model.depth", "train.epochs", "train.iterations")}
+
+
+def _check_report_axes(spec: GridSpec) -> None:
+    """A degradation report fits family x depth (per length): an axis over another field is refused."""
+    allowed = REPORT_FIELDS.get(spec.report)
+    if allowed is None:
+        return
+    for name, _ in spec.axes:
+        if name != "model" and resolve_field(name) not in allowed:
+            raise ValueError(f"{spec.source}: axis {name!r} cannot be in a grid with report = {spec.report!r}, whose "
+                             f"fits would pool its values: use report = \"generic\", or axes over "
+                             "residual, depth, epochs or iterations only")
 
 
 def _check_unique(spec: GridSpec, cells: Sequence[Cell]) -> None:
@@ -421,7 +441,9 @@ def manifest(spec: GridSpec, cells: Sequence[Cell], budget: Mapping[str, Any] | 
     """What a report needs to find the grid's runs again: the grid, its budget and one row per run."""
     return {
         "grid": spec.name,
-        "source": shown_path(spec.source),
+        "grid_file": Path(spec.source).name,
+        "grid_sha256": spec.file_sha256,
+        "builtin": Path(spec.source).resolve().parent == Path(GRIDS_DIR).resolve(),
         "budget": dict(budget or {}),
         "description": spec.description,
         "report": spec.report,

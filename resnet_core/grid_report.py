@@ -42,7 +42,8 @@ def generic_kind(table: pd.DataFrame, histories: pd.DataFrame, manifest: Mapping
 # The names a grid file's ``report`` key may take (grid.REPORTS lists the same names for validation).
 KINDS: dict[str, Kind] = {"generic": generic_kind, "degradation": degradation_kind}
 CAPTIONS = {
-    "test_error_by_cell": "Final test error per cell: mean over completed seeds, bars a 95% t-interval.",
+    "test_error_by_cell": "Final test error per cell: mean over completed seeds (n per cell in its label), bars a "
+                          "95% t-interval clipped to the possible 0-100%.",
     "curves": "Train error (dashed) and test error (solid) per epoch, mean over completed seeds.",
     **DEGRADATION_CAPTIONS,
 }
@@ -87,7 +88,8 @@ def build_report(runs: pd.DataFrame, histories: pd.DataFrame, manifest: Mapping[
              _section("Cells", markdown_table(display_table(summary, axes))),
              *(_section(title, body) for title, body in extra.sections[1:])]
     figures = {"test_error_by_cell": plot_cell_errors(summary), **extra.figures}
-    parts.append(_section("Figures", "\n\n".join(f"![{name}]({name}.png)\n\n{CAPTIONS[name]}" for name in figures)))
+    captions = {**CAPTIONS, **extra.captions}
+    parts.append(_section("Figures", "\n\n".join(f"![{name}]({name}.png)\n\n{captions[name]}" for name in figures)))
     return Report(summary=summary, markdown="\n".join(parts), figures=figures, skipped=skipped, misnamed=misnamed,
                   tables=extra.tables)
 

@@ -40,6 +40,20 @@ def code_state(path: Path = PACKAGE_DIR) -> dict[str, Any]:
     return {"commit": commit, "dirty": bool(diff), "diff_sha256": hashlib.sha256(diff.encode()).hexdigest()[:16] if diff else None}
 
 
+# The modules whose code decides what a run computes (model, data, augmentation, schedule, step,
+# config defaults). Their hash tells two commits apart only where training itself changed.
+TRAINING_MODULES = ("augment.py", "blocks.py", "cache.py", "checkpoints.py", "config.py", "data.py", "devices.py",
+                    "engine.py", "models.py", "recipes.py", "schedules.py", "splits.py")
+
+
+def training_code_sha256(package_dir: Path = PACKAGE_DIR) -> str:
+    """A hash of the training modules' source (``TRAINING_MODULES``): equal across commits that train alike."""
+    digest = hashlib.sha256()
+    for name in TRAINING_MODULES:
+        digest.update(name.encode() + b"\0" + (package_dir / name).read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def data_name(source: str) -> str:
     """The data as a report may name it: a dataset name as given, a directory relative to the working
     directory (an absolute path would name the machine, not the data)."""
@@ -71,6 +85,7 @@ def collect_provenance(run, device: torch.device | None, amp_dtype: torch.dtype 
         "git_commit": code["commit"] + ("-dirty" if code["dirty"] else ""),
         "git_dirty": code["dirty"],
         "git_diff_sha256": code["diff_sha256"],
+        "training_code_sha256": training_code_sha256(),
         **software_versions(),
         "device": str(device) if device is not None else run.device,
         "device_type": device.type if device is not None else None,

@@ -270,6 +270,21 @@ def _code_text(table: pd.DataFrame) -> str:
     return _joined(texts)
 
 
+def mixed_code_lines(table: pd.DataFrame) -> list[str]:
+    """A warning when the runs of one report come from commits whose training code differs (or may)."""
+    commits = {str(c).removesuffix("-dirty") for c in _unique(table, "provenance.git_commit")}
+    hashes = _unique(table, "provenance.training_code_sha256")
+    if len(hashes) > 1:
+        return [f"- **Warning**: these runs were trained by {len(hashes)} versions of the training code (hashes "
+                f"{', '.join(map(str, hashes))}), so a comparison across them mixes code changes with the effect: "
+                "retrain at one commit to compare them"]
+    untraced = "provenance.training_code_sha256" not in table.columns or table["provenance.training_code_sha256"].isna().any()
+    if len(commits) > 1 and untraced:
+        return [f"- **Warning**: these runs come from {len(commits)} commits and some records predate the training-code "
+                "hash, so whether their training differs is unknown: compare runs of one commit, or retrain at one"]
+    return []
+
+
 def _file_names(paths: Sequence[str], most: int = 5) -> str:
     """The first ``most`` file names of ``paths``, then "..." if there are more."""
     return ", ".join(Path(p).name for p in paths[:most]) + (", ..." if len(paths) > most else "")
@@ -299,6 +314,14 @@ def _built_by(code: Mapping[str, Any] | None) -> list[str]:
     return [f"- Report built by: git {code.get('commit')} ({state})"]
 
 
+def grid_line(manifest: Mapping[str, Any]) -> str:
+    """The grid by name, file and content hash (a path moves between machines and installs)."""
+    if "grid_file" not in manifest:  # a manifest written before grids were named by their hash
+        return f"- Grid file: `{shown_path(str(manifest.get('source', '?')))}`"
+    where = "built-in grid file" if manifest.get("builtin") else "grid file"
+    return f"- Grid: `{manifest['grid']}` ({where} {manifest['grid_file']}, sha256 {manifest.get('grid_sha256') or 'unknown'})"
+
+
 def header_lines(table: pd.DataFrame, manifest: Mapping[str, Any], skipped: Sequence[str] = (),
                  built_by: Mapping[str, Any] | None = None, misnamed: Sequence[str] = ()) -> list[str]:
     """What the numbers came from (docs/DESIGN.md: data, budget, hardware, software, seeds, code)."""
@@ -311,7 +334,7 @@ def header_lines(table: pd.DataFrame, manifest: Mapping[str, Any], skipped: Sequ
         f"# Ablation: {manifest['grid']}",
         "",
         *([manifest["description"], ""] if manifest.get("description") else []),
-        f"- Grid file: `{shown_path(str(manifest.get('source', '?')))}`",
+        grid_line(manifest),
         f"- Data: {_data_text(ran)}",
         f"- Budget: {_budget_text(ran, manifest)}",
         f"- Recipe: {_recipe_text(ran)}; schedule {_schedule_text(ran)}",
@@ -320,6 +343,7 @@ def header_lines(table: pd.DataFrame, manifest: Mapping[str, Any], skipped: Sequ
         f"- Hardware: {_joined(_unique(ran, 'provenance.device_name'))}",
         f"- Software: {_joined(software)}",
         f"- Code: {_code_text(ran)}",
+        *mixed_code_lines(ran),
         *_built_by(built_by),
         f"- Runs: {len(table)} in the grid: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n),
         *skipped_line(skipped),
@@ -327,7 +351,8 @@ def header_lines(table: pd.DataFrame, manifest: Mapping[str, Any], skipped: Sequ
         "- Numbers are final-epoch values (not best-epoch), mean ± std [95% t-interval] over completed seeds. "
         "Test error: the test set; val error: the validation split carved from the training set; train error: "
         "running error on the augmented training batches of the last epoch (as in He et al. 2015, Fig. 6). "
-        "Diverged runs are counted in `runs`, not averaged.",
+        "Diverged runs are counted in `runs`, not averaged; fitted verdicts leave them out and, when there are any, "
+        "say how the verdict reads with them counted at chance error.",
     ]
 
 
@@ -382,10 +407,18 @@ def plot_learning_curves(histories: pd.DataFrame, table: pd.DataFrame, hue: str,
 
 
 def _interval_bars(stats: pd.DataFrame, metric: str) -> np.ndarray:
-    """(2, N) distances from the mean to the 95% interval ends; 0 where there is no interval (1 seed)."""
+    """(2, N) distances from the mean to the 95% interval ends, the ends clipped to the possible 0-100%
+    (a 2-seed t-interval can reach past them); 0 where there is no interval (1 seed)."""
     mean = stats[f"{metric}_mean"].to_numpy(float)
-    low, high = stats[f"{metric}_ci_low"].to_numpy(float), stats[f"{metric}_ci_high"].to_numpy(float)
+    low = np.clip(stats[f"{metric}_ci_low"].to_numpy(float), 0.0, 100.0)
+    high = np.clip(stats[f"{metric}_ci_high"].to_numpy(float), 0.0, 100.0)
     return np.nan_to_num(np.vstack([mean - low, high - mean]))
+
+
+def n_label(counts: Sequence[int]) -> str:
+    """``n = 3`` or ``n = 2-3``: the seeds behind a plotted mean."""
+    low, high = int(min(counts)), int(max(counts))
+    return f"n = {low}" if low == high else f"n = {low}-{high}"
 
 
 def plot_cell_errors(summary: pd.DataFrame) -> Figure:
@@ -401,7 +434,7 @@ def plot_cell_errors(summary: pd.DataFrame) -> Figure:
     for i, row in rows.iterrows():
         if not row["test_error_n"]:
             ax.annotate(status_text(row), (left, i), va="center", color="tab:red")
-    ax.set_yticks(y, rows["cell"])
+    ax.set_yticks(y, [f"{cell} ({n_label([n])})" for cell, n in zip(rows["cell"], rows["test_error_n"])])
     ax.invert_yaxis()
-    ax.set(xlabel=METRIC_LABELS["test_error"], title="Final test error per cell (bars: 95% t-interval)")
+    ax.set(xlabel=METRIC_LABELS["test_error"], title="Final test error per cell (bars: 95% t-interval, clipped to 0-100)")
     return fig

@@ -92,7 +92,7 @@ def test_tiny_grid_end_to_end_with_two_workers(tmp_path, capsys):
 
     report = (out / "report.md").read_text()
     assert "120 train / 40 val" in report and "1 epoch per run" in report and "Seeds: 2 per cell" in report
-    assert "Degradation" in report and "He et al. 2015, Table 6" in report and (out / "trends.csv").is_file()
+    assert "Plain half: degradation" in report and "Residual half" in report and "He et al. 2015, Table 6" in report and (out / "trends.csv").is_file()
     for name in ("curves", "final_vs_depth", "grad_norms", "test_error_by_cell"):
         png = out / f"{name}.png"
         assert png.stat().st_size > 10_000, name

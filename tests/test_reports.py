@@ -151,7 +151,7 @@ def test_degradation_report_header_tables_and_figures(store, tmp_path_factory):
     for fragment in ("# Ablation: deg", "synthetic (2000 train) (`synthetic`", "1500 train / 500 val / 500 test images",
                      "2 epochs per run", "batch 128", "Seeds: 3 per cell", "cpu (x86_64, 2 cores)",
                      "torch 2.14.1, python 3.11.7", "git abc123", "1 diverged", "1 missing",
-                     "He et al. 2015, Table 6", "nabla0001/resnet", "Degradation reproduced"):
+                     "He et al. 2015, Table 6", "nabla0001/resnet", "degradation reproduced"):
         assert fragment in text, fragment
     assert set(report.figures) == {"test_error_by_cell", "curves", "final_vs_depth", "grad_norms"}
     assert set(report.tables) == {"trends"}

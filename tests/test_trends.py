@@ -15,7 +15,7 @@ import torch
 from resnet_core.budgets import GRID_BUDGETS, STUDY_BUDGETS, lookup, resolve_grid_budget
 from resnet_core.cli import run_cli
 from resnet_core.recipes import recipe
-from resnet_core.degradation import degradation_sentence, trends_for, verdicts_for
+from resnet_core.degradation import degradation_sentence, residual_sentence, trends_for, verdicts_for
 from resnet_core.grid import expand, load_grid
 from resnet_core.trends import INTERACTION, PLAIN_SLOPE, RESIDUAL_SLOPE, TREND_COLUMNS, scan_table, term, trend_table
 
@@ -51,14 +51,20 @@ def test_plain_rising_residual_flat_is_reproduced():
     assert interaction["estimate"] == pytest.approx(5.0) and interaction["ci_low"] > 0 and interaction["p_value"] < 1e-6
     assert residual["ci_low"] < 0 < residual["ci_high"] and plain["n_runs"] == 24
     sentence = degradation_sentence(trends, "at the quick budget")
-    assert sentence.startswith("Degradation reproduced at the quick budget: plain nets' training error rises with depth, +5.00")
-    assert "residual nets' shows no clear change" in sentence
+    assert sentence.startswith("Plain half: degradation reproduced at the quick budget: plain nets' training error rises "
+                               "with depth, +5.00")
+    residual_half = residual_sentence(trends, "at the quick budget")
+    assert residual_half.startswith("Residual half: residual nets no worse with depth at the quick budget: residual nets' "
+                                    "training error shows no clear change")
 
 
 def test_both_families_rising_alike_is_not_reproduced():
     trends = trend_table(constructed(plain_slope=5.0, residual_slope=5.0))
     sentence = degradation_sentence(trends, "at 2 epochs")
-    assert sentence.startswith("Degradation not shown at 2 epochs: plain nets are not shown to degrade faster than residual")
+    assert sentence.startswith("Plain half: degradation not shown at 2 epochs: plain nets are not shown to degrade faster "
+                               "than residual")
+    assert residual_sentence(trends, "at 2 epochs").startswith("Residual half: residual nets degrade too at 2 epochs, "
+                                                               "not shown to be slower than plain nets")
     assert "the plain nets' slope is not shown" not in sentence  # that part is shown
 
 
@@ -72,7 +78,7 @@ def test_one_seed_per_cell_is_pooled_by_the_trend_model():
     trends = trend_table(table)
     plain = term(trends, "train_error", PLAIN_SLOPE)
     assert plain["n_runs"] == 8 and np.isfinite(plain["ci_low"]) and plain["ci_low"] > 0
-    assert degradation_sentence(trends, "here").startswith("Degradation reproduced here")
+    assert degradation_sentence(trends, "here").startswith("Plain half: degradation reproduced here")
     difference = term(trends, "train_error", "residual minus plain at depth 56")
     assert difference["estimate"] == pytest.approx(-5.0 * 3.6, abs=0.3) and math.isnan(difference["ci_low"])
 
@@ -85,7 +91,7 @@ def test_a_diverged_run_is_left_out_of_the_fit_and_named():
     assert term(trends, "train_error", PLAIN_SLOPE)["n_runs"] == 24
     assert term(trends, "train_error", PLAIN_SLOPE)["estimate"] == pytest.approx(5.0)
     sentences = verdicts_for(trends, table, MANIFEST)
-    assert sentences[0].startswith("Degradation reproduced at the quick budget (4 epochs on 10,000 training images)")
+    assert sentences[0].startswith("Plain half: degradation reproduced at the quick budget (4 epochs on 10,000 training images)")
     assert sentences[-1] == "Not in the fits (no final error): 1 diverged (plain 56)."
 
 
@@ -181,7 +187,7 @@ def test_a_grid_with_an_epochs_axis_gets_the_budget_scan(scan_results):
 def test_report_header_names_no_absolute_path(scan_results):
     report = (scan_results / "report.md").read_text()
     header = report.split("## ")[0]
-    assert "- Grid file: `" in header and "- Precision: autocast bfloat16" in header or "fp32" in header
+    assert "- Grid: `scan` (grid file scan.toml, sha256 " in header and "- Precision: autocast bfloat16" in header or "fp32" in header
     assert "Code: git " in header and "Budget: quick (" in header and "one-cycle" in header
     assert "Report built by: git " in header
     assert not re.search(r"(^|[\s`(])/[A-Za-z]", header), "an absolute path in the header"
