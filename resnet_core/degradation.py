@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -49,7 +49,6 @@ from resnet_core.trends import (
     RESIDUAL_SLOPE,
     TREND_COLUMNS,
     chance_error,
-    residual_minus_plain_term,
     scan_table,
     term,
     trend_table,

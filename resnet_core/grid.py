@@ -5,8 +5,10 @@ Every run config is built, and so validated, before anything trains: an unknown 
 axis or a value a config rejects is a one-line ValueError naming the file, the field and the value.
 Field names are canonical (``model.depth`` and ``depth`` are one name, a nested ``train.lr = ...``
 key too): two spellings of one field in one table are an error, and ``--axis model.depth=...``
-replaces a ``depth`` axis. :func:`iter_cells` builds runs one at a time (a dry run of a huge grid
-never holds them all); :func:`expand` builds them all and checks that no two cells are one run.
+replaces a ``depth`` axis. Axis values are converted to the field's type as they are read (``0.10``
+and ``0.1`` are one value, listed twice), cell names are unique, and two cells that resolve to one
+run config are an error rather than one run counted under two labels. :func:`iter_cells` builds runs
+one at a time (a dry run of a huge grid never holds them all); :func:`expand` builds them all.
 
 File format (all keys optional except ``axes`` or ``cells``; see resnet_core/grids/*.toml)::
 
@@ -45,9 +47,7 @@ import dataclasses
 import functools
 import hashlib
 import itertools
-import json
 import math
-import os
 import tomllib
 import typing
 from dataclasses import dataclass
@@ -56,12 +56,13 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from resnet_core.budgets import Budget
 from resnet_core.config import (
-    SECTIONS, RunConfig, apply_overrides, canonical_name, canonical_settings, coerce, get_field, resolve_field,
+    SECTIONS, RunConfig, apply_overrides, canonical_name, canonical_settings, coerce, field_index, get_field,
+    resolve_field,
 )
 from resnet_core.identity import run_id
 from resnet_core.recipes import recipe
 from resnet_core.models import resolve_model
-from resnet_core.store import atomic_write_text, check_name
+from resnet_core.store import check_name
 
 GRIDS_DIR = Path(__file__).resolve().parent / "grids"  # the built-in grids ship inside the package
 REPORTS = ("degradation", "generic")
@@ -183,15 +184,27 @@ def _parse_seeds(where: str, value: Any) -> tuple[int, ...]:
 
 
 def _parse_axis(where: str, name: str, values: Any) -> tuple[str, tuple[Any, ...]]:
+    """An axis with its values as the config field holds them ("0.10" -> 0.1, 8.0 -> 8 for depth), so
+    two spellings of one value are caught here rather than becoming two cells of one run."""
     if not isinstance(values, list):
         raise ValueError(f"{where}: axis {name!r} must be a list of values, got {values!r}")
     if not values:
         raise ValueError(f"{where}: axis {name!r} is empty: give it at least one value")
-    shown = [_show(v) for v in values]
-    duplicate = next((v for v in shown if shown.count(v) > 1), None)
-    if duplicate is not None:
-        raise ValueError(f"{where}: axis {name!r} lists {duplicate} twice")
-    return name, tuple(values)
+    try:
+        canonical = list(values) if name in NAMED_AXES else [coerce_field(name, v) for v in values]
+    except ValueError as exc:
+        raise ValueError(f"{where}: axis {name!r}: {exc}") from None
+    repeat = _repeat(canonical)
+    if repeat:
+        (first, again), value = (_show(values[i]) for i in repeat), _show(canonical[repeat[0]])
+        given = f"{first} twice" if first == again else f"{first} and {again}, both {name}={value}"
+        raise ValueError(f"{where}: axis {name!r} lists {given}: give each value once")
+    return name, tuple(canonical)
+
+
+def _repeat(values: Sequence[Any]) -> tuple[int, int] | None:
+    """The positions (first, again) of the first value listed twice, or None."""
+    return next(((values.index(v), i) for i, v in enumerate(values) if v in values[:i]), None)
 
 
 def _parse_variant(where: str, entry: Any, index: int) -> Variant:
@@ -250,6 +263,11 @@ def parse_grid(values: Mapping[str, Any], source: str, default_name: str) -> Gri
         if key in values and not isinstance(values[key], str):
             raise ValueError(f"{where}: {key}={values[key]!r} is invalid: expected a string")
     name = check_name(values.get("name", default_name), f"{where}: grid name")  # names <results>/ablation/<name>/
+    variants = tuple(_parse_variant(where, c, i) for i, c in enumerate(cells))
+    repeat = _repeat([variant.name for variant in variants])  # a name labels a cell's runs in every report
+    if repeat:
+        raise ValueError(f"{where}: cells[{repeat[0]}] and cells[{repeat[1]}] are both named "
+                         f"{variants[repeat[0]].name!r}: give each [[cells]] entry its own name")
     return GridSpec(
         name=name,
         source=source,
@@ -260,7 +278,7 @@ def parse_grid(values: Mapping[str, Any], source: str, default_name: str) -> Gri
         seeds=seeds,
         fixed=tuple(fixed.items()),
         axes=tuple(_parse_axis(where, k, v) for k, v in axes.items()),
-        variants=tuple(_parse_variant(where, c, i) for i, c in enumerate(cells)),
+        variants=variants,
         rules=tuple(_parse_rule(where, r, i) for i, r in enumerate(rules)),
     )
 
@@ -294,7 +312,7 @@ def with_axis(spec: GridSpec, name: str, values: Sequence[Any]) -> GridSpec:
         except ValueError as exc:
             raise ValueError(f"--axis: {exc}") from None
     if name == "seed":
-        return dataclasses.replace(spec, seeds=_parse_seeds("--axis seed", [_int(v, "seed") for v in values]))
+        return dataclasses.replace(spec, seeds=_parse_seeds("--axis seed", [coerce_field("seed", v) for v in values]))
     axis = _parse_axis("--axis", name, list(values))
     names = [n for n, _ in spec.axes]
     axes = list(spec.axes)
@@ -307,13 +325,6 @@ def with_axis(spec: GridSpec, name: str, values: Sequence[Any]) -> GridSpec:
 
 def with_seeds(spec: GridSpec, count: int) -> GridSpec:
     return dataclasses.replace(spec, seeds=_parse_seeds("--seeds", count))
-
-
-def _int(value: Any, name: str) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}={value!r} is invalid: expected an integer") from None
 
 
 # ------------------------------------------------------------------------------- expansion
@@ -380,10 +391,13 @@ def run_count(spec: GridSpec) -> int:
 def iter_cells(spec: GridSpec, overrides: Mapping[str, Any] | None = None, budget: Budget | None = None) -> Iterator[Cell]:
     """Each (cell, seed) of the grid as a validated run config, built when asked for (the seeds of a
     cell come together); ``budget`` (resnet_core/budgets.py) sets length, subset and the shared
-    schedule under the grid file, ``overrides`` are applied last. A config error is a one-line
-    ValueError naming the grid file and the cell. Whether two cells are one run is :func:`expand`'s check.
+    schedule under the grid file, ``overrides`` are applied last. A config error, an override of an
+    axis's field and two cells that are one run are each a one-line ValueError naming the grid file
+    and the cell(s), raised when that cell is reached: a cell is a set of runs of its own.
     """
     overrides = dict(overrides or {})
+    _check_overrides(spec, overrides)
+    seen: dict[str, str] = {}  # run id of a cell's first seed -> the cell's label
     for variant in spec.variants or (None,):
         for point in _points(spec):
             where = ", ".join(f"{k}={_show(v)}" for k, v in ((("variant", variant.name),) if variant else ()) + point)
@@ -392,16 +406,16 @@ def iter_cells(spec: GridSpec, overrides: Mapping[str, Any] | None = None, budge
                 key = _cell_key(spec, variant, point, run)
             except ValueError as exc:
                 raise ValueError(f"{spec.source}: cell {where or 'base'}: {exc}") from None
-            yield from (Cell(key=key, seed=seed, run=dataclasses.replace(run, seed=seed)) for seed in spec.seeds)
+            cells = [Cell(key=key, seed=seed, run=dataclasses.replace(run, seed=seed)) for seed in spec.seeds]
+            _check_distinct(spec, cells[0], seen)
+            yield from cells
 
 
 def expand(spec: GridSpec, overrides: Mapping[str, Any] | None = None, budget: Budget | None = None) -> list[Cell]:
-    """Every (cell, seed) of the grid, all validated, and no two cells the same run (see
-    :func:`iter_cells`): what a real run checks before anything trains."""
+    """Every (cell, seed) of the grid, all validated (see :func:`iter_cells`): what a real run checks
+    before anything trains."""
     _check_report_axes(spec)
-    cells = list(iter_cells(spec, overrides, budget))
-    _check_unique(spec, cells)
-    return cells
+    return list(iter_cells(spec, overrides, budget))
 
 
 # The fields a report kind compares; an axis over any other field would be pooled into its fits.
@@ -410,87 +424,27 @@ REPORT_FIELDS = {"degradation": ("model.residual", "model.depth", "train.epochs"
 
 def _check_report_axes(spec: GridSpec) -> None:
     """A degradation report fits family x depth (per length): an axis over another field is refused."""
-    allowed = REPORT_FIELDS.get(spec.report)
-    if allowed is None:
-        return
-    for name, _ in spec.axes:
-        if name != "model" and resolve_field(name) not in allowed:
-            raise ValueError(f"{spec.source}: axis {name!r} cannot be in a grid with report = {spec.report!r}, whose "
-                             f"fits would pool its values: use report = \"generic\", or axes over "
-                             "residual, depth, epochs or iterations only")
+    allowed = REPORT_FIELDS.get(spec.report, ())
+    for name in (n for n, _ in spec.axes if allowed and n != "model" and resolve_field(n) not in allowed):
+        raise ValueError(f"{spec.source}: axis {name!r} cannot be in a grid with report = {spec.report!r}, whose fits "
+                         "would pool its values: use report = \"generic\", or axes over residual, depth, epochs or iterations")
 
 
-def _check_unique(spec: GridSpec, cells: Sequence[Cell]) -> None:
-    """Two cells with the same config would be one run counted twice: refuse the grid."""
-    seen: dict[str, str] = {}
-    for cell in cells:
-        if cell.run_id in seen and seen[cell.run_id] != cell.label:
-            raise ValueError(
-                f"{spec.source}: cells {seen[cell.run_id]!r} and {cell.label!r} are the same run: an axis has no effect"
-            )
-        seen[cell.run_id] = cell.label
+def _check_overrides(spec: GridSpec, overrides: Mapping[str, Any]) -> None:
+    """An override of an axis's field (or of the seed) gives every cell that one value: the cells
+    would be one run under several labels. Names a config does not know are apply_overrides' to refuse."""
+    axes = {field_index().get(name): name for name, _ in spec.axes if name not in NAMED_AXES} | {"seed": "seed"}
+    for name, value in overrides.items():
+        axis = axes.get(field_index().get(name))
+        if axis is not None:
+            raise ValueError(f"{spec.source}: --set {name}={_show(value)} pins the axis {axis!r} to one value: "
+                             f"give --axis {axis}={_show(value)} instead")
 
 
-def shown_path(path: str) -> str:
-    """A path as a report may print it: relative to the working directory, never absolute
-    (an absolute path names the machine that made the report, not the data or the grid)."""
-    return os.path.relpath(path) if os.path.isabs(path) else path
-
-
-def manifest(spec: GridSpec, cells: Sequence[Cell], budget: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """What a report needs to find the grid's runs again: the grid, its budget and one row per run."""
-    return {
-        "grid": spec.name,
-        "grid_file": Path(spec.source).name,
-        "grid_sha256": spec.file_sha256,
-        "builtin": Path(spec.source).resolve().parent == Path(GRIDS_DIR).resolve(),
-        "budget": dict(budget or {}),
-        "description": spec.description,
-        "report": spec.report,
-        "axes": list(spec.axis_names),
-        "seeds": list(spec.seeds),
-        "runs": [{"run_id": c.run_id, "cell": c.label, "seed": c.seed, **dict(c.key)} for c in cells],
-    }
-
-
-# -------------------------------------------------------------------------------- manifest
-
-def report_dir(results_dir: str | Path, grid_name: str) -> Path:
-    """Where a grid's reports go: ``<results>/ablation/<grid>/`` (its runs stay in ``<results>/runs``)."""
-    return Path(results_dir) / "ablation" / check_name(grid_name, "grid name")
-
-
-def save_manifest(results_dir: str | Path, spec: GridSpec, cells: Sequence[Cell],
-                  budget: Mapping[str, Any] | None = None) -> Path:
-    """Write ``grid.json``: the report of a grid reads it to find the grid's run records."""
-    path = report_dir(results_dir, spec.name) / "grid.json"
-    atomic_write_text(path, json.dumps(manifest(spec, cells, budget), indent=1, default=str))
-    return path
-
-
-def load_manifest(results_dir: str | Path, grid_name: str) -> dict[str, Any]:
-    """The manifest the last ``ablation/run.py --grid <name>`` wrote; a missing one is a one-line error."""
-    path = report_dir(results_dir, grid_name) / "grid.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no grid manifest at {path}: run `python ablation/run.py --grid {grid_name}` first")
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
-    _check_manifest(path, values, grid_name)
-    return values
-
-
-MANIFEST_KEYS = {"grid": str, "axes": list, "runs": list}  # what a report reads from grid.json
-
-
-def _check_manifest(path: Path, values: Any, grid_name: str) -> None:
-    """A grid.json a report can read: the keys it uses, and one ``run_id`` and ``cell`` per run."""
-    again = f"rerun `python ablation/run.py --grid {grid_name}` to write it again"
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: not a grid manifest (a JSON object with {', '.join(MANIFEST_KEYS)}): {again}")
-    for key, kind in MANIFEST_KEYS.items():
-        if not isinstance(values.get(key), kind):
-            raise ValueError(f"{path}: not a grid manifest: {key!r} is missing or not a {kind.__name__}: {again}")
-    if any(not isinstance(run, dict) or not {"run_id", "cell"} <= set(run) for run in values["runs"]):
-        raise ValueError(f"{path}: not a grid manifest: every entry of 'runs' needs a run_id and a cell: {again}")
+def _check_distinct(spec: GridSpec, cell: Cell, seen: dict[str, str]) -> None:
+    """Two cells of one run config would count one run as two: refuse the grid. A cell's seeds differ
+    from each other in the seed only, so its first seed's run id stands for the whole cell."""
+    if cell.run_id in seen:
+        raise ValueError(f"{spec.source}: cells {seen[cell.run_id]!r} and {cell.label!r} are the same run "
+                         "(one config): what tells them apart changes nothing; drop one or make them differ")
+    seen[cell.run_id] = cell.label

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from resnet_core.degradation import CAPTIONS as DEGRADATION_CAPTIONS
 from resnet_core.degradation import KindOutput, degradation_kind
-from resnet_core.grid import load_manifest, report_dir
+from resnet_core.grid_manifest import load_manifest, report_dir
 from resnet_core.provenance import code_state
 from resnet_core.reports import (
     _plural,

@@ -21,7 +21,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from resnet_core.grid import shown_path
+from resnet_core.grid_manifest import shown_path
 from resnet_core.stats import mean_interval
 
 METRICS = ("test_error", "train_error", "val_error")
@@ -35,13 +35,16 @@ def grid_table(runs: pd.DataFrame, manifest: Mapping[str, Any]) -> pd.DataFrame:
     """One row per run of the grid: the manifest's cell columns joined with its record, if any.
 
     Runs of the grid without a record get status ``missing``; records of other grids are ignored.
-    Adds ``family`` (residual | plain) and ``depth`` from the record's model config.
+    A run id listed twice (in the manifest or the records) is one row, its first: every count and
+    mean downstream is over distinct runs, never over rows. Adds ``family`` (residual | plain) and
+    ``depth`` from the record's model config.
     """
     cells = pd.DataFrame(manifest["runs"])
     if runs.empty or "run_id" not in runs.columns:
         runs = pd.DataFrame({"run_id": pd.Series(dtype=str), "status": pd.Series(dtype=str)})
     overlap = [c for c in cells.columns if c in runs.columns and c != "run_id"]
     table = cells.merge(runs.drop(columns=overlap), on="run_id", how="left")
+    table = table.drop_duplicates("run_id", ignore_index=True)
     table["status"] = table["status"].fillna("missing")
     residual, depth = _coalesce(table, "model.residual", "residual"), _coalesce(table, "model.depth", "depth")
     if residual.notna().any() and depth.notna().any():

@@ -126,7 +126,7 @@ def test_a_dotted_axis_replaces_the_same_field_and_two_spellings_are_an_error(tm
     path = tmp_path / "tiny.toml"
     path.write_text('seeds = 1\n[axes]\nresidual = [true, false]\ndepth = [8, 14]\n')
     spec = grids.with_axis(grids.load_grid(str(path), tmp_path), "model.depth", ["8"])
-    assert spec.axes == (("residual", (True, False)), ("depth", ("8",)))
+    assert spec.axes == (("residual", (True, False)), ("depth", (8,)))
     cells = grids.expand(spec, {"data.source": "synthetic:400"})
     assert [c.label for c in cells] == ["residual=true, depth=8", "residual=false, depth=8"]
 

@@ -10,12 +10,11 @@ import pytest
 from resnet_core.budgets import GRID_BUDGETS
 from resnet_core.cli import run_cli
 from resnet_core.recipes import PAPER, TUTORIAL
+from resnet_core.grid_manifest import load_manifest, save_manifest
 from resnet_core.grid import (
     expand,
     load_grid,
-    load_manifest,
     parse_axis_option,
-    save_manifest,
     with_axis,
     with_seeds,
 )
@@ -176,3 +175,61 @@ def test_report_without_a_run_is_a_one_line_error(tmp_path, capsys):
     code = run_cli(load_driver("report").main, ["--grid", "degradation", "--results", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and "ablation/run.py --grid degradation" in err and err.count("\n") == 1
+
+
+# ------------------------------------------------------------------ a cell is a run set
+
+CELL_GRID = '[fixed]\ndepth = 8\nbatch_size = 32\n[axes]\nresidual = [true, false]\n'
+
+
+def dry_run(monkeypatch, tmp_path: Path, path: Path, *extra: str) -> int:
+    """``resnet-grid --dry-run`` of ``path`` on tiny synthetic data (no step rate measured): its exit code."""
+    run = load_driver("run")
+    monkeypatch.setattr(run, "measure_step_rate", lambda cfg, steps: 1000.0)
+    return run_cli(run.main, ["--grid", str(path), "--data", "synthetic:200", "--epochs", "1", "--device", "cpu",
+                              "--results", str(tmp_path / "r"), "--dry-run", *extra])
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--axis", "lr=0.1,0.10"], "axis 'lr' lists 0.1 and 0.10, both lr=0.1"),
+    (["--axis", "residual=true,1"], "axis 'residual' lists true and 1, both residual=true"),
+])
+def test_axis_values_that_are_one_value_of_the_field_are_a_plan_error(tmp_path, capsys, monkeypatch, argv, fragment):
+    code = dry_run(monkeypatch, tmp_path, write(tmp_path, CELL_GRID), *argv)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and fragment in err and "give each value once" in err
+
+
+def test_a_toml_axis_is_canonicalised_by_the_fields_type(tmp_path):
+    path = write(tmp_path, '[axes]\ndepth = [8, 8.0]\n')
+    with pytest.raises(ValueError, match=r"axis 'depth' lists 8 and 8.0, both depth=8: give each value once"):
+        load_grid(str(path), GRIDS)
+    spec = load_grid(str(write(tmp_path, '[axes]\ndepth = [8.0, 14]\nlr = ["0.1", 0.2]\n')), GRIDS)
+    assert spec.axes == (("depth", (8, 14)), ("lr", (0.1, 0.2)))  # as the config holds them
+    assert [type(v) for v in spec.axes[0][1]] == [int, int]
+
+
+def test_set_of_an_axis_field_is_a_plan_error_naming_the_axis(tmp_path, capsys, monkeypatch):
+    path = write(tmp_path, CELL_GRID)
+    for pinned, axis in (("model.residual=true", "residual"), ("seed=3", "seed")):
+        code = dry_run(monkeypatch, tmp_path, path, "--set", pinned)
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1, err
+        assert f"pins the axis {axis!r}" in err and f"--axis {axis}={pinned.split('=')[1]} instead" in err
+    with pytest.raises(ValueError, match="pins the axis 'residual'"):  # the library refuses it too
+        expand(load_grid(str(path), GRIDS), {"residual": "false"})
+
+
+def test_two_cells_with_one_name_are_an_error(tmp_path):
+    path = write(tmp_path, '[[cells]]\nname = "x"\ndepth = 8\n[[cells]]\nname = "x"\ndepth = 14\n')
+    with pytest.raises(ValueError, match=r"cells\[0\] and cells\[1\] are both named 'x'"):
+        load_grid(str(path), GRIDS)
+
+
+def test_cells_that_are_one_run_are_a_plan_error_also_in_a_dry_run(tmp_path, capsys, monkeypatch):
+    # The [fixed] depth overrides what tells the two presets apart: both cells are one run.
+    path = write(tmp_path, '[fixed]\ndepth = 8\n[axes]\nmodel = ["resnet20", "resnet32"]\n')
+    code = dry_run(monkeypatch, tmp_path, path)
+    error = capsys.readouterr().err.splitlines()[-1]  # (the plan streams: a progress line may come first)
+    assert code == 2 and error.startswith("error: ")
+    assert "cells 'model=resnet20' and 'model=resnet32' are the same run" in error

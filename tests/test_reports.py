@@ -175,3 +175,15 @@ def test_precision_line_names_each_setting_once():
     table = pd.DataFrame({"provenance.amp": ["fp32", "fp32"], "provenance.grad_scaler": [False, None],
                           "provenance.tf32_conv": [False, None], "provenance.channels_last": [True, True]})
     assert _precision_text(table) == "fp32, channels_last memory format"
+
+
+def test_a_run_listed_twice_counts_once(tmp_path):
+    # A manifest that names one run twice (as one written before cells were checked could): the cell's
+    # runs, completed seeds and n come from distinct run ids, never from rows.
+    run = make_run(False, 20, 0)
+    write_record(tmp_path, make_record(run, 10.0, 5.0))
+    manifest = manifest_for({(False, 20): [run, run]}, "generic")
+    report = build_report(load_runs(tmp_path), load_histories(tmp_path), manifest)
+    row = report.summary.iloc[0]
+    assert (len(report.summary), row["runs"], row["completed"], row["test_error_n"]) == (1, 1, 1, 1)
+    assert "- Runs: 1 in the grid: 1 completed" in report.markdown and "(single seed)" in report.markdown

@@ -389,6 +389,13 @@ def test_compare_tunes_each_value_and_compares_final_seeds(tmp_path, space):
     assert "TEST error" in report and (out / "isolation.png").exists()
 
 
+def test_compare_values_that_are_one_value_of_the_field_are_a_plan_error(tmp_path, space, capsys):
+    args = tiny_args(tmp_path, space, "--trials", "1", "--compare", "lr", "--compare-values", "0.1,0.10", "--dry-run")
+    assert run_cli(run_driver.main, args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--compare lr: 0.1 and 0.10 are both lr=0.1: give each value once" in err
+
+
 def test_compare_on_a_data_field_trains_each_value_on_its_own_data(tmp_path, space):
     # One worker: the driver preloads the base study's data (subset 200); each sub-study must
     # train on the data its records claim, trials and final seeds alike (the final stage keeps the

@@ -32,6 +32,7 @@ from resnet_core.config import DataConfig, RunConfig, default_data_source, parse
 from resnet_core.data import load_data
 from resnet_core.devices import resolve_device
 from resnet_core.engine import estimate_seconds, measure_step_rate
+from resnet_core.grid_manifest import report_dir, save_manifest
 from resnet_core.grid_report import build_grid_report, skipped_warning, write_report
 from resnet_core.migrate import print_migration
 from resnet_core.runner import (
@@ -226,7 +227,7 @@ def run_local(args: argparse.Namespace, spec: grids.GridSpec, cells: list[grids.
     plan_devices(args.workers, args.device, args.workers_per_gpu)  # an unavailable device: one line, now
     # A missing dataset is one error now, not a failed record per run; the decode cache gets built once.
     preload_data(split_done(runs, args.results)[1])
-    grids.save_manifest(args.results, spec, cells, budget)
+    save_manifest(args.results, spec, cells, budget)
     return run_all(runs, args.results, workers=args.workers, device=args.device,
                    workers_per_gpu=args.workers_per_gpu, desc=spec.name, threads=args.threads,
                    progress=not args.quiet)
@@ -247,13 +248,13 @@ def run_dask(args: argparse.Namespace, spec: grids.GridSpec, cells: list[grids.C
     with dask.dask_client(args.dask) as client:
         workers = len(client.scheduler_info(n_workers=-1)["workers"])
         print(f"dask scheduler {client.scheduler.address}: {workers} worker(s) now" + ("" if workers else ", waiting for some"))
-        grids.save_manifest(args.results, spec, cells, budget)
+        save_manifest(args.results, spec, cells, budget)
         return dask.run_all_dask([c.run for c in cells], args.results, client, threads=args.threads, desc=spec.name)
 
 
 def write_and_print_report(results: str, grid_name: str) -> None:
     report = build_grid_report(results, grid_name)
-    for path in write_report(report, grids.report_dir(results, grid_name)):
+    for path in write_report(report, report_dir(results, grid_name)):
         print(path)
     for warning in (skipped_warning(report, results), misnamed_warning(report.misnamed, results)):
         if warning:

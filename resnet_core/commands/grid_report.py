@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 from resnet_core.cli import add_flags, entry
-from resnet_core.grid import load_grid, report_dir
+from resnet_core.grid import load_grid
+from resnet_core.grid_manifest import report_dir
 from resnet_core.grid_report import build_grid_report, skipped_warning, write_report
 from resnet_core.store import misnamed_warning
 

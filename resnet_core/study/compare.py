@@ -27,18 +27,27 @@ def compare_specs(spec: StudySpec, field_name: str, values: list[str] | None = N
     if len(chosen) < 2:
         raise ValueError(f"--compare {field_name}: needs at least 2 values (got {chosen})")
     space = spec.space.without(field_name)
-    subs = []
+    subs, given = [], {}  # given: each value as the config holds it -> as it was given
     for value in chosen:
         try:
             base = apply_overrides(spec.base, {dotted: value})
         except ValueError as exc:
             raise ValueError(f"--compare {field_name}: {exc}") from None
         label = get_field(base, dotted)
+        _check_new_value(field_name, label, value, given)
         subs.append(dataclasses.replace(
             spec, name=f"{spec.name}.{field_name}={_label(label)}", space=space, base=base,
             compare=(("group", spec.name), ("field", field_name), ("value", _json_value(label))),
         ))
     return subs
+
+
+def _check_new_value(field_name: str, label: Any, value: Any, given: dict) -> None:
+    """Two values that the config holds as one (0.1 and 0.10) would be one study run twice under two names."""
+    if label in given:
+        raise ValueError(f"--compare {field_name}: {given[label]} and {value} are both {field_name}={_label(label)}: "
+                         "give each value once")
+    given[label] = value
 
 
 def _label(value: Any) -> str:
