@@ -162,6 +162,22 @@ def test_a_parameter_outside_its_when_is_not_searched_and_the_plan_and_report_sa
     assert all(set(t.params) == {"lr", "momentum", "warmup_fraction"} for t in cosine.trials)
 
 
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry run", "run"])
+def test_a_set_of_a_field_the_space_searches_or_fixes_is_refused_not_ignored(tmp_path, space, capsys, dry_run):
+    fixing = tmp_path / "fixing.toml"
+    fixing.write_text(TINY_SPACE.replace("[params.momentum]", "[fixed]\nweight_decay = 0.001\n[params.momentum]"))
+    cases = {"lr=0.05": (space, "--set lr=0.05: the space tiny searches lr (lr float [0.01, 0.2] log)"),
+             "train.lr=0.05": (space, "--set train.lr=0.05: the space tiny searches lr"),
+             "weight_decay=0.01": (fixing, "--set weight_decay=0.01: the space fixing fixes weight_decay = 0.001")}
+    for setting, (path, message) in cases.items():
+        args = tiny_args(tmp_path / "res", path, "--trials", "1", "--set", setting, *(["--dry-run"] * dry_run))
+        assert run_cli(run_driver.main, args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+        assert "drop the --set" in err
+    assert not (tmp_path / "res" / "runs").exists() and not (tmp_path / "res" / "studies").exists()
+
+
 @pytest.mark.parametrize("total", [1, 7, 125, 390, 64000])
 def test_the_recipe_space_warms_up_over_a_fraction_of_any_run_length(total):
     from resnet_core.config import TrainConfig

@@ -44,7 +44,8 @@ from resnet_core.study.search import (
     INDEXED_SAMPLERS, SAMPLERS, counts, create_study, describe_sampler, make_sampler, search_history_text,
 )
 from resnet_core.study.space import (
-    NOT_TUNABLE, SPACES_DIR, Param, SearchSpace, parse_param, read_space, space_path, validate_space,
+    NOT_TUNABLE, SPACES_DIR, Param, SearchSpace, check_settings_kept, parse_param, read_space, space_path,
+    validate_space,
 )
 from resnet_core.study.spec import StudySpec, base_run, budget, default_study_name, spec_from_study, trial_config
 from resnet_core.study.storage import (
@@ -61,7 +62,7 @@ from resnet_core.study.workers import (
 )
 
 __all__ = [
-    "base_run", "best_command", "best_summary", "budget", "check_storage", "compare_markdown", "compare_specs",
+    "base_run", "best_command", "check_settings_kept", "best_summary", "budget", "check_storage", "compare_markdown", "compare_specs",
     "compare_table", "config_differences", "counts", "create_study", "current_counts", "damaged_tail",
     "default_storage", "default_study_name", "deferred_interrupts", "describe_pruner", "describe_sampler",
     "describe_storage", "driver_url", "estimate", "failed_table", "final_runs", "FINAL_SEED_BASE", "final_table",

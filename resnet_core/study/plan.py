@@ -21,7 +21,7 @@ from resnet_core.store import check_name
 from resnet_core.study.pruners import (RUNG_PRUNERS, bootstrap_for, describe_pruner, expected_work, make_pruner,
                                       prunable_epochs, rung_rule)
 from resnet_core.study.search import counts, describe_sampler, make_sampler
-from resnet_core.study.space import SPACES_DIR, read_space, validate_space
+from resnet_core.study.space import SPACES_DIR, check_settings_kept, read_space, validate_space
 from resnet_core.study.spec import TRIAL_TEST_EVAL, StudySpec, base_run, budget, default_study_name, trial_config
 from resnet_core.study.storage import check_storage, default_storage, describe_storage, is_rdb_url, open_storage
 from resnet_core.study.workers import worker_threads
@@ -81,6 +81,7 @@ def plan(request: StudyRequest) -> tuple[Setup, Any]:
     search = read_space(r.space, r.spaces_dir)
     fixed = validate_space(search, base)  # base with the space's [fixed] fields set
     search = search.applicable_to(fixed)
+    check_settings_kept(search, dict(r.overrides))  # a --set the trials would replace is refused, not ignored
     if not search.params:
         raise ValueError(f"space {search.source}: no parameter applies to this study ({search.describe()})")
     if r.compare is not None:
