@@ -459,6 +459,21 @@ def test_study_refuses_a_changed_question(tmp_path, space, capsys):
     assert "different base_config (model.depth: 8 in the study, 14 now)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("change", [["--val-size", "80"], ["--subset", "150"], ["--budget", "standard"]],
+                         ids=["val-size", "subset", "budget"])
+def test_a_dry_run_refuses_a_changed_question_as_the_run_does(tmp_path, space, capsys, change):
+    assert run_driver.main(tiny_args(tmp_path, space, "--trials", "1")) == 0
+    capsys.readouterr()
+    errors = []
+    for dry_run in (["--dry-run"], []):
+        assert run_cli(run_driver.main, tiny_args(tmp_path, space, "--trials", "2", *change, *dry_run)) == 2
+        captured = capsys.readouterr()
+        assert "to run" not in captured.out and captured.err.count("\n") == 1, captured
+        errors.append(captured.err)
+    assert errors[0] == errors[1] and errors[0].startswith("error: study 'tiny' exists with a different base_config")
+    assert len(load(tmp_path).trials) == 1
+
+
 # ---------------------------------------------------------------------------- stale trials
 
 
