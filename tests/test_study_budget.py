@@ -206,3 +206,29 @@ def test_the_handwritten_baseline_runs_on_a_small_imagefolder(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(out.read_text())
     assert result["trials"] == 2 and 0 <= result["best_val_error"] <= 100 and result["wall_seconds"] > 0
+
+
+def test_a_better_trial_after_the_final_stage_is_the_one_best_trial_and_the_report_says_what_was_trained(tmp_path,
+                                                                                                        space):
+    stage = ["--final-seeds", "1", "--final-epochs", "1"]
+    assert run_driver.main(study_args(tmp_path, space, "--trials", "1", *stage)) == 0
+    storage = st.open_storage(str(tmp_path / "studies" / "tiny.log"), 600)
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    first = study.best_trial  # what a later --add 1 --final-seeds 0 leaves when it finds a better trial:
+    study.add_trial(optuna.trial.create_trial(value=first.value - 1, params={"lr": 0.05, "momentum": 0.7},
+                                              distributions=first.distributions))
+    st.write_reports("tiny", str(tmp_path / "studies" / "tiny.log"), str(tmp_path), figures=False)
+    report = (tmp_path / "studies" / "tiny" / "report.md").read_text()
+    best = json.loads((tmp_path / "studies" / "tiny" / "best.json").read_text())
+    assert "Trial 1: validation error" in report and "The best trial (trial 0)" not in report
+    assert best["trial"] == 1 and best["final"]["trial"] == 0
+    assert best["final"]["best_trial"] == 1 and best["final"]["outdated"] is True
+    assert ("The final stage trained trial 0; the best trial is now 1, so the final test error is trial 0's: "
+            "re-run without --final-seeds 0 to train trial 1.") in report
+
+    assert run_driver.main(study_args(tmp_path, space, "--trials", "1", *stage)) == 0  # as the report says
+    report = (tmp_path / "studies" / "tiny" / "report.md").read_text()
+    best = json.loads((tmp_path / "studies" / "tiny" / "best.json").read_text())
+    assert best["final"]["trial"] == 1 and best["final"]["outdated"] is False
+    assert "The best trial (trial 1) re-trained" in report and "the best trial is now" not in report
+    assert find_record(tmp_path, best["final"]["run_ids"][0]).config["train"]["lr"] == pytest.approx(0.05)
