@@ -10,10 +10,12 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import optuna
 import pytest
+from optuna.distributions import FloatDistribution
 from scipy import stats
 from statsmodels.stats.proportion import proportion_confint
 
@@ -22,7 +24,8 @@ from resnet_core.budgets import STUDY_BUDGETS
 from resnet_core.cli import run_cli
 from resnet_core.commands import study as run_driver
 from resnet_core.schedules import make_budget
-from resnet_core.store import find_record, load_runs
+from resnet_core.identity import run_id
+from resnet_core.store import RunRecord, claim_run, find_record, load_runs, write_record
 from study_helpers import tiny_request
 
 from test_study import _quiet_env, space  # noqa: F401  (fixtures: the tiny space, a per-session cache)
@@ -232,3 +235,30 @@ def test_a_better_trial_after_the_final_stage_is_the_one_best_trial_and_the_repo
     assert best["final"]["trial"] == 1 and best["final"]["outdated"] is False
     assert "The best trial (trial 1) re-trained" in report and "the best trial is now" not in report
     assert find_record(tmp_path, best["final"]["run_ids"][0]).config["train"]["lr"] == pytest.approx(0.05)
+
+
+def test_a_second_driver_waits_for_the_final_run_the_first_is_training_and_reads_its_record(tmp_path, space):
+    setup, _ = st.plan(tiny_request(tmp_path, space, epochs=1))
+    study = optuna.create_study()  # in memory: one COMPLETE trial to re-train
+    study.add_trial(optuna.trial.create_trial(value=10.0, params={"lr": 0.1, "momentum": 0.9}, distributions={
+        "lr": FloatDistribution(0.01, 0.2, log=True), "momentum": FloatDistribution(0.5, 0.9)}))
+    stage = st.FinalStage(1, epochs=1)
+    (run,) = st.final_runs(setup.spec, study, stage)
+    trained, answer = [], {}
+
+    def counting_fit(config, **kwargs):  # the second driver's fit: it must not be asked to train the run
+        trained.append(run_id(config))
+        return RunRecord(run_id(config), "completed", {}, final={"test_error": 50.0})
+
+    second = threading.Thread(target=lambda: answer.update(records=st.train_final(
+        setup.spec, study, stage, "cpu", progress=False, fit=counting_fit)))
+    with claim_run(tmp_path, run_id(run)) as claimed:  # the first driver is training the final run
+        assert claimed
+        second.start()
+        second.join(timeout=1)
+        assert second.is_alive() and trained == []  # waiting, not training the same run at once
+        write_record(tmp_path, RunRecord(run_id(run), "completed", {}, final={"test_error": 9.0}))
+    second.join(timeout=60)
+    assert not second.is_alive() and trained == []
+    assert [r.final["test_error"] for r in answer["records"]] == [9.0]  # the first driver's record
+    assert study.user_attrs["final_run_ids"] == [run_id(run)]
