@@ -27,7 +27,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from joblib import Parallel, delayed
@@ -38,7 +38,7 @@ from resnet_core.data import DataBundle, load_data
 from resnet_core.devices import available_cpus, pin_device, resolve_device, share_compile_threads, worker_devices
 from resnet_core.engine import fit
 from resnet_core.migrate import print_migration
-from resnet_core.store import FINAL_STATUSES, RunRecord, claim_run, find_record
+from resnet_core.store import FINAL_STATUSES, RunRecord, claim_holder, claim_run, find_record
 
 BUSY = "busy"  # not an outcome: another process holds the run's claim (train_run's answer, never returned)
 CLAIM_POLL_S = 2.0  # seconds between looks at runs another driver is training
@@ -124,6 +124,24 @@ def train_run(run: RunConfig, results_dir: str, devices: tuple[str, ...], thread
         if record is not None:
             return outcome_of(record, trained_now=False)
         return _train_claimed(run, results_dir, devices, threads, lock_dir)
+
+
+def train_once(run: RunConfig, results_dir: str | Path, train: Callable[[], RunRecord]) -> RunRecord:
+    """``train()`` while holding the run's claim, for a driver that trains one run at a time in its own
+    process (a study's final stage): while another process holds the claim this waits for it, then
+    returns the record it finished (a run whose holder died or failed is trained here)."""
+    identity = run_id(run)
+    said = False
+    while True:
+        with claim_run(results_dir, identity) as claimed:
+            if claimed:
+                record = finished(run, results_dir)
+                return record if record is not None else train()
+        if not said:
+            print(f"waiting for run {identity}, which another process is training "
+                  f"({claim_holder(results_dir, identity)})", file=sys.stderr, flush=True)
+            said = True
+        time.sleep(CLAIM_POLL_S)
 
 
 def _train_claimed(run: RunConfig, results_dir: str, devices: tuple[str, ...], threads: int,

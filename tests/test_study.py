@@ -162,6 +162,22 @@ def test_a_parameter_outside_its_when_is_not_searched_and_the_plan_and_report_sa
     assert all(set(t.params) == {"lr", "momentum", "warmup_fraction"} for t in cosine.trials)
 
 
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry run", "run"])
+def test_a_set_of_a_field_the_space_searches_or_fixes_is_refused_not_ignored(tmp_path, space, capsys, dry_run):
+    fixing = tmp_path / "fixing.toml"
+    fixing.write_text(TINY_SPACE.replace("[params.momentum]", "[fixed]\nweight_decay = 0.001\n[params.momentum]"))
+    cases = {"lr=0.05": (space, "--set lr=0.05: the space tiny searches lr (lr float [0.01, 0.2] log)"),
+             "train.lr=0.05": (space, "--set train.lr=0.05: the space tiny searches lr"),
+             "weight_decay=0.01": (fixing, "--set weight_decay=0.01: the space fixing fixes weight_decay = 0.001")}
+    for setting, (path, message) in cases.items():
+        args = tiny_args(tmp_path / "res", path, "--trials", "1", "--set", setting, *(["--dry-run"] * dry_run))
+        assert run_cli(run_driver.main, args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+        assert "drop the --set" in err
+    assert not (tmp_path / "res" / "runs").exists() and not (tmp_path / "res" / "studies").exists()
+
+
 @pytest.mark.parametrize("total", [1, 7, 125, 390, 64000])
 def test_the_recipe_space_warms_up_over_a_fraction_of_any_run_length(total):
     from resnet_core.config import TrainConfig
@@ -448,6 +464,21 @@ def test_study_refuses_a_changed_question(tmp_path, space, capsys):
     assert run_driver.main(tiny_args(tmp_path, space, "--trials", "1")) == 0
     assert run_cli(run_driver.main, tiny_args(tmp_path, space, "--trials", "2", "--set", "depth=14")) == 2
     assert "different base_config (model.depth: 8 in the study, 14 now)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change", [["--val-size", "80"], ["--subset", "150"], ["--budget", "standard"]],
+                         ids=["val-size", "subset", "budget"])
+def test_a_dry_run_refuses_a_changed_question_as_the_run_does(tmp_path, space, capsys, change):
+    assert run_driver.main(tiny_args(tmp_path, space, "--trials", "1")) == 0
+    capsys.readouterr()
+    errors = []
+    for dry_run in (["--dry-run"], []):
+        assert run_cli(run_driver.main, tiny_args(tmp_path, space, "--trials", "2", *change, *dry_run)) == 2
+        captured = capsys.readouterr()
+        assert "to run" not in captured.out and captured.err.count("\n") == 1, captured
+        errors.append(captured.err)
+    assert errors[0] == errors[1] and errors[0].startswith("error: study 'tiny' exists with a different base_config")
+    assert len(load(tmp_path).trials) == 1
 
 
 # ---------------------------------------------------------------------------- stale trials

@@ -10,10 +10,12 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import optuna
 import pytest
+from optuna.distributions import FloatDistribution
 from scipy import stats
 from statsmodels.stats.proportion import proportion_confint
 
@@ -22,7 +24,8 @@ from resnet_core.budgets import STUDY_BUDGETS
 from resnet_core.cli import run_cli
 from resnet_core.commands import study as run_driver
 from resnet_core.schedules import make_budget
-from resnet_core.store import find_record, load_runs
+from resnet_core.identity import run_id
+from resnet_core.store import RunRecord, claim_run, find_record, load_runs, write_record
 from study_helpers import tiny_request
 
 from test_study import _quiet_env, space  # noqa: F401  (fixtures: the tiny space, a per-session cache)
@@ -206,3 +209,56 @@ def test_the_handwritten_baseline_runs_on_a_small_imagefolder(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(out.read_text())
     assert result["trials"] == 2 and 0 <= result["best_val_error"] <= 100 and result["wall_seconds"] > 0
+
+
+def test_a_better_trial_after_the_final_stage_is_the_one_best_trial_and_the_report_says_what_was_trained(tmp_path,
+                                                                                                        space):
+    stage = ["--final-seeds", "1", "--final-epochs", "1"]
+    assert run_driver.main(study_args(tmp_path, space, "--trials", "1", *stage)) == 0
+    storage = st.open_storage(str(tmp_path / "studies" / "tiny.log"), 600)
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    first = study.best_trial  # what a later --add 1 --final-seeds 0 leaves when it finds a better trial:
+    study.add_trial(optuna.trial.create_trial(value=first.value - 1, params={"lr": 0.05, "momentum": 0.7},
+                                              distributions=first.distributions))
+    st.write_reports("tiny", str(tmp_path / "studies" / "tiny.log"), str(tmp_path), figures=False)
+    report = (tmp_path / "studies" / "tiny" / "report.md").read_text()
+    best = json.loads((tmp_path / "studies" / "tiny" / "best.json").read_text())
+    assert "Trial 1: validation error" in report and "The best trial (trial 0)" not in report
+    assert best["trial"] == 1 and best["final"]["trial"] == 0
+    assert best["final"]["best_trial"] == 1 and best["final"]["outdated"] is True
+    assert ("The final stage trained trial 0; the best trial is now 1, so the final test error is trial 0's: "
+            "re-run without --final-seeds 0 to train trial 1.") in report
+
+    assert run_driver.main(study_args(tmp_path, space, "--trials", "1", *stage)) == 0  # as the report says
+    report = (tmp_path / "studies" / "tiny" / "report.md").read_text()
+    best = json.loads((tmp_path / "studies" / "tiny" / "best.json").read_text())
+    assert best["final"]["trial"] == 1 and best["final"]["outdated"] is False
+    assert "The best trial (trial 1) re-trained" in report and "the best trial is now" not in report
+    assert find_record(tmp_path, best["final"]["run_ids"][0]).config["train"]["lr"] == pytest.approx(0.05)
+
+
+def test_a_second_driver_waits_for_the_final_run_the_first_is_training_and_reads_its_record(tmp_path, space):
+    setup, _ = st.plan(tiny_request(tmp_path, space, epochs=1))
+    study = optuna.create_study()  # in memory: one COMPLETE trial to re-train
+    study.add_trial(optuna.trial.create_trial(value=10.0, params={"lr": 0.1, "momentum": 0.9}, distributions={
+        "lr": FloatDistribution(0.01, 0.2, log=True), "momentum": FloatDistribution(0.5, 0.9)}))
+    stage = st.FinalStage(1, epochs=1)
+    (run,) = st.final_runs(setup.spec, study, stage)
+    trained, answer = [], {}
+
+    def counting_fit(config, **kwargs):  # the second driver's fit: it must not be asked to train the run
+        trained.append(run_id(config))
+        return RunRecord(run_id(config), "completed", {}, final={"test_error": 50.0})
+
+    second = threading.Thread(target=lambda: answer.update(records=st.train_final(
+        setup.spec, study, stage, "cpu", progress=False, fit=counting_fit)))
+    with claim_run(tmp_path, run_id(run)) as claimed:  # the first driver is training the final run
+        assert claimed
+        second.start()
+        second.join(timeout=1)
+        assert second.is_alive() and trained == []  # waiting, not training the same run at once
+        write_record(tmp_path, RunRecord(run_id(run), "completed", {}, final={"test_error": 9.0}))
+    second.join(timeout=60)
+    assert not second.is_alive() and trained == []
+    assert [r.final["test_error"] for r in answer["records"]] == [9.0]  # the first driver's record
+    assert study.user_attrs["final_run_ids"] == [run_id(run)]

@@ -185,3 +185,16 @@ def test_learning_curves_and_isolation_figures():
     assert len(iso.axes) == 2
     with pytest.raises(ValueError):
         sr.learning_curves_figure(histories, {"zzz": "trial 9"})
+
+
+def test_a_final_stage_of_an_earlier_best_trial_is_named_outdated_unless_its_params_are_the_bests(study):
+    from resnet_core.study.report import outdated_final
+
+    assert outdated_final(study) is None  # no final stage yet
+    study.set_user_attr("final_trial", 0)
+    assert outdated_final(study) is None  # trial 0 is the best
+    study.set_user_attr("final_trial", 3)
+    assert outdated_final(study) == (3, 0)
+    study.add_trial(_trial(9, TrialState.COMPLETE, 20.0, {4: 20.0}, 0.04, 128))  # trial 3's params, a better value
+    study.set_user_attr("final_trial", 3)
+    assert outdated_final(study) is None  # the same config: the final stage trained the best's

@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         compare=args.compare, data_device=data_device, trials=args.add if args.add is not None else args.trials,
     ))
     specs = st.compare_specs(setup.spec, args.compare, _values(args.compare_values)) if args.compare else [setup.spec]
+    for spec in specs:  # a resumed study asked another question is refused here, dry run or not
+        st.check_resumable(spec, args.allow_change)
     targets = [_target(args, st.current_counts(s)["finished"]) for s in specs]
     stage = final_stage(args, budget)
     print(f"budget   {budget.name} ({why}): {budget.note}")

@@ -29,7 +29,9 @@ from resnet_core.study.figures import (
 )
 from resnet_core.study.journal import InterruptSafeJournal, RepairingJournalFile, damaged_tail, deferred_interrupts
 from resnet_core.study.objective import Objective, matching_data
-from resnet_core.study.plan import Setup, StudyRequest, current_counts, estimate, plan, plan_lines
+from resnet_core.study.plan import (
+    Setup, StudyRequest, check_resumable, current_counts, estimate, plan, plan_lines,
+)
 from resnet_core.study.recovery import (
     RetryStaleTrial, heartbeat_settings, recover_stale_trials, requeue, stale_reason, unmarked_reason,
 )
@@ -41,10 +43,12 @@ from resnet_core.study.pruners import (
     PRUNERS, RUNG_PRUNERS, bootstrap_for, describe_pruner, expected_work, make_pruner, prunable_epochs,
 )
 from resnet_core.study.search import (
-    INDEXED_SAMPLERS, SAMPLERS, counts, create_study, describe_sampler, make_sampler, search_history_text,
+    INDEXED_SAMPLERS, SAMPLERS, check_same_question, counts, create_study, describe_sampler, make_sampler,
+    search_history_text,
 )
 from resnet_core.study.space import (
-    NOT_TUNABLE, SPACES_DIR, Param, SearchSpace, parse_param, read_space, space_path, validate_space,
+    NOT_TUNABLE, SPACES_DIR, Param, SearchSpace, check_settings_kept, parse_param, read_space, space_path,
+    validate_space,
 )
 from resnet_core.study.spec import StudySpec, base_run, budget, default_study_name, spec_from_study, trial_config
 from resnet_core.study.storage import (
@@ -61,7 +65,7 @@ from resnet_core.study.workers import (
 )
 
 __all__ = [
-    "base_run", "best_command", "best_summary", "budget", "check_storage", "compare_markdown", "compare_specs",
+    "base_run", "best_command", "check_resumable", "check_same_question", "check_settings_kept", "best_summary", "budget", "check_storage", "compare_markdown", "compare_specs",
     "compare_table", "config_differences", "counts", "create_study", "current_counts", "damaged_tail",
     "default_storage", "default_study_name", "deferred_interrupts", "describe_pruner", "describe_sampler",
     "describe_storage", "driver_url", "estimate", "failed_table", "final_runs", "FINAL_SEED_BASE", "final_table",

@@ -5,6 +5,7 @@ runs are where a study's test error comes from; ``--compare`` runs the same stag
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -16,6 +17,7 @@ from optuna.trial import TrialState
 from resnet_core.config import RunConfig, apply_overrides, resolve_field
 from resnet_core.engine import fit as engine_fit
 from resnet_core.migrate import current_run_ids
+from resnet_core.runner import train_once
 from resnet_core.store import find_record, load_runs
 from resnet_core.schedules import make_budget
 from resnet_core.study.common import FINAL_SEED_BASE
@@ -70,10 +72,13 @@ def final_runs(spec: StudySpec, study: optuna.Study, stage: FinalStage) -> list[
 
 def train_final(spec: StudySpec, study: optuna.Study, stage: FinalStage, device: str, data: Any = None,
                 progress: bool = True, fit: Callable[..., Any] = engine_fit) -> list:
-    """Train (or find: a finished run is not trained again) the final runs with ``fit``; the study
-    records their run ids, so its report finds them."""
+    """Train (or find: a finished run is not trained again) the final runs with ``fit``, each under its
+    claim (a second driver on the study waits for the run the first is training); the study records
+    their run ids, so its report finds them."""
     runs = [dataclasses.replace(r, device=device) for r in final_runs(spec, study, stage)]
-    records = [fit(run, results_dir=spec.results, data=matching_data(data, run.data), progress=progress) for run in runs]
+    records = [train_once(run, spec.results, functools.partial(fit, run, results_dir=spec.results,
+                                                                data=matching_data(data, run.data), progress=progress))
+               for run in runs]
     if records:
         study.set_user_attr("final_run_ids", [r.run_id for r in records])
         study.set_user_attr("final_trial", study.best_trial.number)

@@ -20,8 +20,8 @@ from resnet_core.splits import capped_val_size
 from resnet_core.store import check_name
 from resnet_core.study.pruners import (RUNG_PRUNERS, bootstrap_for, describe_pruner, expected_work, make_pruner,
                                       prunable_epochs, rung_rule)
-from resnet_core.study.search import counts, describe_sampler, make_sampler
-from resnet_core.study.space import SPACES_DIR, read_space, validate_space
+from resnet_core.study.search import check_same_question, counts, describe_sampler, make_sampler
+from resnet_core.study.space import SPACES_DIR, check_settings_kept, read_space, validate_space
 from resnet_core.study.spec import TRIAL_TEST_EVAL, StudySpec, base_run, budget, default_study_name, trial_config
 from resnet_core.study.storage import check_storage, default_storage, describe_storage, is_rdb_url, open_storage
 from resnet_core.study.workers import worker_threads
@@ -81,6 +81,7 @@ def plan(request: StudyRequest) -> tuple[Setup, Any]:
     search = read_space(r.space, r.spaces_dir)
     fixed = validate_space(search, base)  # base with the space's [fixed] fields set
     search = search.applicable_to(fixed)
+    check_settings_kept(search, dict(r.overrides))  # a --set the trials would replace is refused, not ignored
     if not search.params:
         raise ValueError(f"space {search.source}: no parameter applies to this study ({search.describe()})")
     if r.compare is not None:
@@ -141,6 +142,14 @@ def _recorded(storage_url: str, name: str, stale_after: float) -> optuna.Study |
     if name not in optuna.get_all_study_names(storage):
         return None
     return optuna.load_study(study_name=name, storage=storage)
+
+
+def check_resumable(spec: StudySpec, allow_change: bool = False) -> None:
+    """Before any trial (a dry run too): the one-line refusal :func:`create_study` gives when an
+    existing study of this name was asked another question or searched another way; creates nothing."""
+    study = _recorded(spec.storage, spec.name, spec.stale_after)
+    if study is not None:
+        check_same_question(study, spec, allow_change)
 
 
 def current_counts(spec: StudySpec) -> dict[str, int]:

@@ -98,12 +98,26 @@ def final_result(spec: StudySpec, study: optuna.Study) -> dict[str, Any] | None:
     record = find_record(spec.results, final["run_id"].iloc[0])
     config = run_config_from_dict(record.config) if record is not None else None
     return {
-        "trial": study.user_attrs.get("final_trial"), "seeds": [int(s) for s in final["seed"]],
+        "trial": study.user_attrs.get("final_trial"), "best_trial": study.best_trial.number,
+        "outdated": outdated_final(study) is not None, "seeds": [int(s) for s in final["seed"]],
         "test_errors": [float(e) for e in final["test_error"]], "val_errors": [float(e) for e in final["val_error"]],
         "test_error_mean": interval["mean"], "test_error_ci95": interval["ci95"], "interval": interval["interval"],
         "training": _final_training(config), "run_ids": list(final["run_id"]),
         "command": sr.reproduce_command(config, spec.model, spec.recipe) if config is not None else None,
     }
+
+
+def outdated_final(study: optuna.Study) -> tuple[int, int] | None:
+    """(trial the final stage trained, best trial now) when a later trial beat the one the final stage
+    trained (a run with ``--final-seeds 0`` after it) and has other params; None when it is the best's."""
+    trained = study.user_attrs.get("final_trial")
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if trained is None or not complete or trained >= len(study.trials):
+        return None
+    best = study.best_trial
+    if trained == best.number or study.trials[trained].params == best.params:
+        return None
+    return trained, best.number
 
 
 def _final_training(config: RunConfig | None) -> str:
@@ -186,7 +200,8 @@ def write_compare_report(group: str, studies: list[optuna.Study], storage: str, 
     payload = {"group": group, "field": field_name, "values": bests,
                "final_seeds": comparison.to_dict(orient="records")}
     atomic_write_text(out_dir / "best.json", json.dumps(payload, indent=1, default=str) + "\n")
-    notes: list[str] = []
+    notes = [f"{field_name} {sr.format_value(v)}: {sr.outdated_final_text(*o)}"
+             for s, v in zip(studies, values) if (o := outdated_final(s)) is not None]
     name = None
     if figures:
         name = _save_figure(lambda: sf.isolation_figure(trials, field_name, final), out_dir / "isolation.png", notes)

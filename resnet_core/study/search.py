@@ -79,41 +79,57 @@ def create_study(spec: StudySpec, allow_change: bool = False) -> tuple[optuna.St
         study, created = optuna.create_study(direction="minimize", **kwargs), True
     except optuna.exceptions.DuplicatedStudyError:
         study, created = optuna.load_study(**kwargs), False
-    existing = dict(study.user_attrs)
-    if "base_config" in existing:
-        # Read back through the dataclasses: a field added since (with its default) or an old name is
-        # the same question, not a different base config.
-        existing["base_config"] = identity_dict(run_config_from_dict(existing["base_config"]))
-    for key in ("base_config", "space"):
-        if key in existing and existing[key] != spec.attrs()[key]:
-            changed = _first_difference(existing[key], spec.attrs()[key])
-            raise ValueError(f"study {spec.name!r} exists with a different {key} ({changed}): "
-                             "pass --study-name NEW to start another study")
-    _check_search_change(study, spec, allow_change)
+    search_change = check_same_question(study, spec, allow_change)
+    if search_change:
+        history = study.user_attrs.get("search_history") or [[0, *search_change[0]]]
+        study.set_user_attr("search_history", [*history, [len(study.trials), *search_change[1]]])
+    existing = _recorded_attrs(study)
     for key, value in spec.attrs().items():
         if existing.get(key) != value:
             study.set_user_attr(key, value)
     return study, created
 
 
+def check_same_question(study: optuna.Study, spec: StudySpec, allow_change: bool = False) -> tuple[list, list] | None:
+    """A one-line ValueError when ``spec`` asks an existing study another question (base config or
+    space), or searches it another way (sampler, pruner) without ``allow_change``; changes nothing.
+    Returns (before, now) search settings of an allowed change, None when they are the same.
+    :func:`create_study` and a dry run (``plan.check_resumable``) both ask it, so they refuse alike."""
+    existing = _recorded_attrs(study)
+    for key in ("base_config", "space"):
+        if key in existing and existing[key] != spec.attrs()[key]:
+            changed = _first_difference(existing[key], spec.attrs()[key])
+            raise ValueError(f"study {spec.name!r} exists with a different {key} ({changed}): "
+                             "pass --study-name NEW to start another study")
+    return _search_change(study, spec, allow_change)
+
+
+def _recorded_attrs(study: optuna.Study) -> dict[str, Any]:
+    """The study's user attrs, its base config read back through the dataclasses: a field added since
+    (with its default) or an old name is the same question, not a different base config."""
+    existing = dict(study.user_attrs)
+    if "base_config" in existing:
+        existing["base_config"] = identity_dict(run_config_from_dict(existing["base_config"]))
+    return existing
+
+
 SEARCH_KEYS = ("sampler", "pruner")  # how a study searches: its report names them for every trial
 
 
-def _check_search_change(study: optuna.Study, spec: StudySpec, allow_change: bool) -> None:
+def _search_change(study: optuna.Study, spec: StudySpec, allow_change: bool) -> tuple[list, list] | None:
     """A rerun with another sampler or pruner is refused (the report would claim it for every
-    trial) unless ``allow_change``: then ``search_history`` records from which trial each applies."""
+    trial) unless ``allow_change``: then (before, now), which ``search_history`` records from this trial."""
     existing = study.user_attrs
     now = [spec.sampler, spec.pruner]
     before = [existing.get(key, value) for key, value in zip(SEARCH_KEYS, now)]
     if before == now:
-        return
+        return None
     changed = "; ".join(f"--{key} {old} in the study, {new} now" for key, old, new in zip(SEARCH_KEYS, before, now)
                         if old != new)
     if not allow_change:
         raise ValueError(f"study {spec.name!r} was run another way ({changed}): pass --allow-change to go on "
                          "this way (the report then says from which trial), or --study-name NEW")
-    history = existing.get("search_history") or [[0, *before]]
-    study.set_user_attr("search_history", [*history, [len(study.trials), *now]])
+    return before, now
 
 
 def search_history_text(study: optuna.Study) -> str:

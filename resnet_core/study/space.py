@@ -317,6 +317,22 @@ def validate_space(space: SearchSpace, base: RunConfig) -> RunConfig:
     return fixed_base
 
 
+def check_settings_kept(space: SearchSpace, settings: Mapping[str, Any], flag: str = "--set") -> None:
+    """A setting (``--set``) of a field the space searches or fixes would be replaced in every trial,
+    silently: a one-line error naming it. Call it on the space :meth:`SearchSpace.applicable_to` gave
+    (a parameter set aside by its ``when`` keeps the setting, so that one stands)."""
+    fixed = {resolve_field(name): (name, value) for name, value in space.fixed}
+    for name, value in settings.items():
+        param = space.param(name)
+        if param is not None:
+            raise ValueError(f"{flag} {name}={value}: the space {space.name} searches {param.name} "
+                             f"({param.describe()}), so every trial would replace this value: drop the {flag}, "
+                             f"or use a space that fixes {param.name}")
+        if (dotted := resolve_field(name)) in fixed:
+            raise ValueError(f"{flag} {name}={value}: the space {space.name} fixes {fixed[dotted][0]} = "
+                             f"{fixed[dotted][1]!r} for every trial: drop the {flag}, or use another space")
+
+
 def _check_no_ignored_field(space: SearchSpace, base: RunConfig) -> None:
     """A searched or fixed field the study's runs do not use (``config.ignored_fields``: the momentum under
     cycle_momentum) would silently change nothing: a one-line error instead."""

@@ -248,11 +248,21 @@ def final_lines(final: Mapping[str, Any] | None) -> list[str]:
     low_high = (f"95% interval {final['test_error_ci95'][0]:.2f} to {final['test_error_ci95'][1]:.2f}"
                 if final.get("test_error_ci95") else "no interval")
     seeds = len(final["seeds"])
-    return ["## Final stage (test error)", "",
-            f"The best trial (trial {final.get('trial')}) re-trained with {seeds} new seed{'s' * (seeds != 1)} "
-            f"({', '.join(map(str, final['seeds']))}), {final['training']}.", "",
-            f"Test error {final['test_error_mean']:.2f}% ({low_high}; {final['interval']}); per seed: {errors}.", "",
-            "Reproduce (first seed):", "", f"    {final['command']}", ""]
+    lines, trained = ["## Final stage (test error)", ""], f"The best trial (trial {final.get('trial')})"
+    if final.get("outdated"):  # its runs measure an earlier best: said first, and never called the best
+        lines += [outdated_final_text(final["trial"], final["best_trial"]), ""]
+        trained = f"Trial {final['trial']}"
+    return lines + [
+        f"{trained} re-trained with {seeds} new seed{'s' * (seeds != 1)} "
+        f"({', '.join(map(str, final['seeds']))}), {final['training']}.", "",
+        f"Test error {final['test_error_mean']:.2f}% ({low_high}; {final['interval']}); per seed: {errors}.", "",
+        "Reproduce (first seed):", "", f"    {final['command']}", ""]
+
+
+def outdated_final_text(trained: int, best: int) -> str:
+    """What a report says when its final stage trained an earlier best trial than the best one now."""
+    return (f"The final stage trained trial {trained}; the best trial is now {best}, so the final test error is "
+            f"trial {trained}'s: re-run without --final-seeds 0 to train trial {best}.")
 
 
 def coupling_lines(study: optuna.Study, context: Mapping[str, Any], n: int = 5) -> list[str]:
