@@ -14,6 +14,8 @@ import optuna
 import torch
 
 from resnet_core import migrate
+from resnet_core.cli import run_cli
+from resnet_core.commands import grid as grid_command
 from resnet_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig, to_dict
 from resnet_core.grid_report import build_grid_report
 from resnet_core.identity import run_id
@@ -302,3 +304,23 @@ def test_a_dry_run_writes_nothing_and_says_a_migration_would_happen(tmp_path):
                                    "to run-id schema 2 (dry run: nothing written)")
     assert migration.done_ids == {run_id(tiny(0))} and snapshot(results) == before
 
+
+def test_the_grid_dry_run_on_an_old_folder_writes_nothing_and_counts_its_finished_runs(tmp_path, capsys, monkeypatch):
+    """A read-only results folder (root ignores chmod, so: nothing under it may change)."""
+    grid, results = tmp_path / "g.toml", tmp_path / "results"
+    grid.write_text("name = 'g'\nseeds = 1\n[fixed]\nbatch_size = 32\n[axes]\ndepth = [8, 14]\n")
+    argv = ["--grid", str(grid), "--data", "synthetic:200", "--val-size", "40", "--subset", "120", "--epochs", "1",
+            "--device", "cpu", "--results", str(results), "--dry-run"]
+    monkeypatch.setattr(grid_command, "measure_step_rate", lambda run, steps: 1000.0)
+    cells = []
+    with monkeypatch.context() as patch:  # the grid's own runs, as its command builds them
+        patch.setattr(grid_command, "print_migration", lambda where, runs, **how: cells.extend(runs) or
+                      print_migration(where, (), **how))
+        assert run_cli(grid_command.main, argv) == 0
+    write_old_record(results, cells[0])  # depth 8 finished under schema 1
+    capsys.readouterr()
+    before = snapshot(results)
+    assert run_cli(grid_command.main, argv) == 0
+    out, err = capsys.readouterr()
+    assert "a real run would migrate 1 run record" in err and "2 runs, 1 already done" in out
+    assert snapshot(results) == before
