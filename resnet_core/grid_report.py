@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from resnet_core.degradation import CAPTIONS as DEGRADATION_CAPTIONS
 from resnet_core.degradation import KindOutput, degradation_kind
 from resnet_core.grid_manifest import load_manifest, report_dir
+from resnet_core.migrate import current_run_ids
 from resnet_core.provenance import code_state
 from resnet_core.reports import (
     _plural,
@@ -125,8 +126,12 @@ def skipped_warning(report: Report, results_dir: str | Path) -> str | None:
 
 def build_grid_report(results_dir: str | Path, grid_name: str) -> Report:
     """A grid's report from its manifest and the run records (no training, no files written)."""
-    manifest = load_manifest(results_dir, grid_name)
-    return build_report(load_runs(results_dir), load_histories(results_dir), manifest, code_state())
+    manifest, runs = load_manifest(results_dir, grid_name), load_runs(results_dir)
+    # A manifest from before a run-id migration (restored from a backup) names old ids: its runs are
+    # the migrated records that name those ids as their previous ones.
+    renamed = current_run_ids([entry["run_id"] for entry in manifest["runs"]], runs)
+    manifest = {**manifest, "runs": [{**entry, "run_id": rid} for entry, rid in zip(manifest["runs"], renamed)]}
+    return build_report(runs, load_histories(results_dir), manifest, code_state())
 
 
 def write_grid_report(results_dir: str | Path, grid_name: str) -> list[Path]:

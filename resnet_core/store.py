@@ -179,6 +179,38 @@ class RecordScan:
     records: tuple[RunRecord, ...]
     skipped: tuple[str, ...]  # not JSON or not a run record
     misnamed: tuple[str, ...]  # a readable record under a name other than <its run_id>.json: never counted
+    # A record of an older run-id schema beside the copy a migration made of it (a restored backup,
+    # a merged folder): the same run, counted once, under its current id. resnet_core/migrate.py
+    # moves these aside when a command line starts.
+    superseded: tuple[str, ...] = ()
+
+
+def _migrated_copy_of(old: RunRecord, new: RunRecord) -> bool:
+    """Whether ``new`` is the migrated copy of ``old``: it names ``old`` as its previous id and holds
+    the same settings (every config field ``old`` has, the same; later code may add fields)."""
+    return (new.run_id != old.run_id and new.provenance.get("previous_run_id") == old.run_id
+            and record_schema(old) < record_schema(new) and _covers(new.config, old.config))
+
+
+def record_schema(record: RunRecord) -> int:
+    """The run-id schema a record was named by: 1 when it does not say (schema 1 did not store it)
+    or says it in a form no schema used (the record is then left to the migration to report)."""
+    value = record.provenance.get("run_id_schema")
+    return value if isinstance(value, int) and not isinstance(value, bool) else 1
+
+
+def _covers(new: Any, old: Any) -> bool:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return all(key in new and _covers(new[key], value) for key, value in old.items())
+    return new == old
+
+
+def _without_migrated_originals(records: list[RunRecord]) -> tuple[list[RunRecord], list[RunRecord]]:
+    """``records`` split into those that count and old-schema originals whose migrated copy is there."""
+    copies = {r.provenance.get("previous_run_id"): r for r in records if r.provenance.get("previous_run_id")}
+    originals = [r for r in records if r.run_id in copies and _migrated_copy_of(r, copies[r.run_id])]
+    dropped = {r.run_id for r in originals}
+    return [r for r in records if r.run_id not in dropped], originals
 
 
 def scan_records(results_dir: str | os.PathLike) -> RecordScan:
@@ -197,7 +229,9 @@ def scan_records(results_dir: str | os.PathLike) -> RecordScan:
             records.append(record)
         else:
             misnamed.append(str(path))
-    return RecordScan(tuple(records), tuple(skipped), tuple(misnamed))
+    counted, originals = _without_migrated_originals(records)
+    superseded = tuple(str(record_path(results_dir, r.run_id)) for r in originals)
+    return RecordScan(tuple(counted), tuple(skipped), tuple(misnamed), superseded)
 
 
 def iter_records(results_dir: str | os.PathLike) -> tuple[list[RunRecord], list[str]]:
@@ -246,11 +280,13 @@ def record_row(record: RunRecord) -> dict[str, Any]:
 
 def load_runs(results_dir: str | os.PathLike) -> pd.DataFrame:
     """One row per run record; unreadable files are skipped, listed in ``df.attrs["skipped"]``;
-    misnamed records (copies) are left out, listed in ``df.attrs["misnamed"]``."""
+    misnamed records (copies) are left out, listed in ``df.attrs["misnamed"]``, and so are records
+    of an older run-id schema beside their migrated copies (``df.attrs["superseded"]``)."""
     scan = scan_records(results_dir)
     frame = pd.DataFrame([record_row(r) for r in scan.records])
     frame.attrs["skipped"] = list(scan.skipped)
     frame.attrs["misnamed"] = list(scan.misnamed)
+    frame.attrs["superseded"] = list(scan.superseded)
     return frame
 
 
@@ -286,8 +322,9 @@ def claim_path(results_dir: str | os.PathLike, run_id: str) -> Path:
     return Path(results_dir) / "claims" / f"{run_id}.lock"
 
 
-def _lock_claim(path: Path) -> int | None:
-    """An open descriptor holding ``path``'s exclusive flock, or None if a live process holds it.
+def _lock_claim(path: Path, wait: bool = False) -> int | None:
+    """An open descriptor holding ``path``'s exclusive flock, or None if a live process holds it
+    (with ``wait``: blocks until the holder lets go instead).
 
     flock, not a pid test: the kernel releases it when its holder exits or dies (SIGKILL too), so a
     dead driver's claim is free at once, and two processes can never both take it over.
@@ -296,7 +333,7 @@ def _lock_claim(path: Path) -> int | None:
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             os.close(fd)
             return None
@@ -335,4 +372,16 @@ def claim_run(results_dir: str | os.PathLike, run_id: str) -> Iterator[bool]:
         yield True
     finally:
         path.unlink(missing_ok=True)  # while still locked: a waiter then finds a new file, never ours
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def hold_lock(path: Path) -> Iterator[None]:
+    """Hold ``path``'s exclusive flock while the block runs, waiting while another process holds it:
+    for work on a results folder that two drivers must not do at once (a run-id migration)."""
+    fd = _lock_claim(path, wait=True)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # while still locked, as claim_run does
         os.close(fd)

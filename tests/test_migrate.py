@@ -3,14 +3,23 @@ renamed once, with one line, so finished runs are not trained again and unfinish
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import shutil
+import threading
+import time
 
+import optuna
 import torch
 
+from resnet_core import migrate
+from resnet_core.cli import run_cli
+from resnet_core.commands import grid as grid_command
 from resnet_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig, to_dict
+from resnet_core.grid_report import build_grid_report
 from resnet_core.identity import run_id
-from resnet_core.migrate import current_run_ids, migrate_run_ids, schema1_run_id
+from resnet_core.migrate import MARKER, current_run_ids, migrate_run_ids, print_migration, schema1_run_id, with_previous_ids
 from resnet_core.runner import run_all, split_done
 from resnet_core.store import RunRecord, checkpoint_path, load_runs, read_record, record_path, write_record
 
@@ -35,7 +44,7 @@ def write_old_record(results, run: RunConfig, status: str = "completed", **prove
     """A record as schema-1 code wrote it: named by the old id, no run_id_schema in its provenance."""
     rid = old_id(run)
     write_record(results, RunRecord(run_id=rid, status=status, config=to_dict(run),
-                                    history=[{"epoch": 1, "iteration": 10, "test_error": 42.0}],
+                                    history=[{"epoch": 1, "iteration": 10, "train_error": 40.0, "test_error": 42.0}],
                                     final={"test_error": 42.0}, provenance={"torch": "2.x", **provenance}))
     return rid
 
@@ -44,6 +53,22 @@ def write_checkpoint(results, rid: str) -> None:
     path = checkpoint_path(results, rid)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"run_id": rid, "iteration": 10, "history": []}, path)
+
+
+def write_manifest(results, run_ids) -> None:
+    (results / "ablation" / "g").mkdir(parents=True, exist_ok=True)
+    (results / "ablation" / "g" / "grid.json").write_text(json.dumps(
+        {"grid": "g", "axes": [], "seeds": [0], "runs": [{"run_id": rid, "cell": "base", "seed": 0} for rid in run_ids]}))
+
+
+def manifest_ids(results) -> list[str]:
+    return [entry["run_id"] for entry in json.loads((results / "ablation" / "g" / "grid.json").read_text())["runs"]]
+
+
+def snapshot(folder) -> dict[str, tuple[int, bytes]]:
+    """Every file under ``folder`` with its modification time and bytes (folders by their mtime)."""
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else b"")
+            for p in [folder, *sorted(folder.rglob("*"))]}
 
 
 def test_schema1_id_is_the_old_formula():
@@ -113,6 +138,15 @@ def test_records_that_are_not_schema_1_are_left_alone(tmp_path):
     assert record_path(results, run_id(tiny(0))).exists() and record_path(results, "feedfacefeedface").exists()
 
 
+def test_a_record_whose_schema_is_not_a_number_is_left_alone_not_fatal(tmp_path):
+    results = tmp_path / "results"
+    for seed, schema in ((0, [2]), (1, "two")):
+        write_record(results, RunRecord(run_id=run_id(tiny(seed)), status="completed", config=to_dict(tiny(seed)),
+                                        provenance={"run_id_schema": schema}))
+    migration = migrate_run_ids(results)
+    assert migration.records == 0 and len(migration.unrecognised) == 2 and len(load_runs(results)) == 2
+
+
 def test_an_old_record_whose_new_name_is_taken_is_kept_beside_it(tmp_path):
     results = tmp_path / "results"
     old = write_old_record(results, tiny(0))
@@ -120,7 +154,7 @@ def test_an_old_record_whose_new_name_is_taken_is_kept_beside_it(tmp_path):
                                     provenance={"run_id_schema": 2}))
     migration = migrate_run_ids(results)
     assert migration.superseded == 1 and len(load_runs(results)) == 1
-    assert "1 older duplicate(s) kept as *.json.schema1" in migration.message()
+    assert "set aside 1 old-schema record whose migrated copy is there" in migration.message()
     assert (results / "runs" / f"{old}.json.schema1").exists()
 
 
@@ -135,3 +169,158 @@ def test_study_reports_find_a_migrated_record_under_the_id_its_trial_kept():
     assert both.set_index("run_id").loc["old1", "final.test_error"] == 12.5 and len(both) == 3
     assert current_run_ids(["old1", "same", "other"], runs) == ["new1", "same", "other"]
     assert with_previous_ids(runs.drop(columns="provenance.previous_run_id")) is not None
+    # An old record still counted beside its migrated copy keeps its own row: a run id joins one row.
+    old_too = pd.concat([runs, pd.DataFrame({"run_id": ["old1"], "final.test_error": [12.5]})], ignore_index=True)
+    assert with_previous_ids(old_too)["run_id"].is_unique
+
+
+# ----------------------------------------------------------- migration that cannot lose or double
+
+def trial_rows(results, old_ids) -> int:
+    """Rows of a study's trials.csv table whose trials name ``old_ids`` (as trials run before a
+    migration do)."""
+    from resnet_core.study.tables import trials_table
+
+    study = optuna.create_study()
+    for rid in old_ids:
+        study.add_trial(optuna.trial.create_trial(value=42.0, params={}, distributions={}, user_attrs={"run_id": rid}))
+    return len(trials_table(study, with_previous_ids(load_runs(results))))
+
+
+def test_old_records_restored_beside_their_migrated_copies_are_counted_once_and_set_aside(tmp_path, capsys):
+    results, backup = tmp_path / "results", tmp_path / "backup"
+    runs = [tiny(0), tiny(1)]
+    old_ids = [write_old_record(results, run) for run in runs]
+    write_manifest(results, old_ids)
+    shutil.copytree(results, backup)
+    assert migrate_run_ids(results).records == 2 and (results / MARKER).is_file()
+    shutil.copytree(backup, results, dirs_exist_ok=True)  # a restored backup: old records and manifest back
+    # Before any command migrates again, nothing downstream counts a run twice.
+    assert sorted(load_runs(results)["run_id"]) == sorted(run_id(r) for r in runs)
+    assert trial_rows(results, old_ids) == 2
+    table = build_grid_report(results, "g").summary
+    assert table["test_error_n"].sum() == 2 and table["test_error_mean"].tolist() == [42.0]
+
+    migration = print_migration(results, runs)  # the marker says schema 2: each record is looked at anyway
+    err = capsys.readouterr().err
+    assert migration.superseded == 2 and migration.manifests == 1 and len(err.splitlines()) == 1
+    assert "set aside 2 old-schema records whose migrated copy is there" in err
+    assert sorted(p.name for p in (results / "runs").iterdir()) == sorted(
+        [f"{run_id(r)}.json" for r in runs] + [f"{rid}.json.schema1" for rid in old_ids])
+    assert manifest_ids(results) == [run_id(r) for r in runs] and trial_rows(results, old_ids) == 2
+    assert migrate_run_ids(results).message() is None
+
+
+def test_a_corrupt_old_checkpoint_is_set_aside_with_one_line_and_the_rest_is_migrated(tmp_path, capsys):
+    results = tmp_path / "results"
+    done, stopped = tiny(0), tiny(1)
+    done_old, stopped_old = write_old_record(results, done), write_old_record(results, stopped, status="stopped")
+    write_manifest(results, [done_old, stopped_old])
+    path = checkpoint_path(results, stopped_old)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a checkpoint")
+    migration = print_migration(results, [done, stopped])
+    err = capsys.readouterr().err
+    assert migration.unreadable == (str(path),) and len(err.splitlines()) == 1
+    assert "set aside 1 unreadable old checkpoint as *.pt.unreadable" in err
+    assert not path.exists() and path.with_name(path.name + ".unreadable").read_bytes() == b"not a checkpoint"
+    assert manifest_ids(results) == [run_id(done), run_id(stopped)] and (results / MARKER).is_file()
+    finished, pending = split_done([done, stopped], results)  # the stopped run trains again, from its start
+    assert [o.run_id for o in finished] == [run_id(done)] and pending == [stopped]
+    assert print_migration(results, [done, stopped]).message() is None and not capsys.readouterr().err
+
+
+def test_the_marker_is_written_last_so_a_pass_cut_short_is_finished_by_the_next(tmp_path, monkeypatch):
+    results = tmp_path / "results"
+    done, stopped = tiny(0), tiny(1)
+    done_old, stopped_old = write_old_record(results, done), write_old_record(results, stopped, status="stopped")
+    write_checkpoint(results, stopped_old)
+    write_manifest(results, [done_old, stopped_old])
+
+    def disk_full(path, payload):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(migrate, "atomic_write_bytes", disk_full)  # the checkpoint write fails
+        try:
+            migrate_run_ids(results, [done, stopped])
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+        else:
+            raise AssertionError("the disk-full write did not stop the migration")
+    assert not (results / MARKER).exists()
+    migration = migrate_run_ids(results, [done, stopped])
+    assert (migration.records, migration.checkpoints, migration.manifests) == (0, 1, 1)
+    assert (results / MARKER).read_text().strip() == "2"
+    assert manifest_ids(results) == [run_id(done), run_id(stopped)]
+    assert torch.load(checkpoint_path(results, run_id(stopped)), weights_only=True)["run_id"] == run_id(stopped)
+    summary = build_grid_report(results, "g").summary.iloc[0]
+    assert (summary["completed"], summary["stopped"], summary["missing"]) == (1, 1, 0)  # no run reported missing
+
+
+def test_two_drivers_migrating_at_once_both_succeed_and_every_record_is_kept(tmp_path, monkeypatch):
+    results = tmp_path / "results"
+    runs = [tiny(seed) for seed in range(6)]
+    for run in runs:
+        write_check = write_old_record(results, run, status="stopped")
+        write_checkpoint(results, write_check)
+    read = migrate.read_record
+
+    def slow_read(path):  # widens the window in which the two passes overlap
+        time.sleep(0.01)
+        return read(path)
+
+    monkeypatch.setattr(migrate, "read_record", slow_read)
+    start, answers, errors = threading.Barrier(2), [], []
+
+    def driver() -> None:
+        start.wait()
+        try:
+            answers.append(migrate_run_ids(results, runs))
+        except Exception as exc:  # noqa: BLE001 - the test reports any failure of either driver
+            errors.append(exc)
+
+    threads = [threading.Thread(target=driver) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert sorted(a.records for a in answers) == [0, 6] and sorted(a.checkpoints for a in answers) == [0, 6]
+    assert sorted(p.name for p in (results / "runs").iterdir()) == sorted(f"{run_id(r)}.json" for r in runs)
+    assert sorted(p.name for p in checkpoint_path(results, "x").parent.iterdir()) == sorted(
+        f"{run_id(r)}.pt" for r in runs)
+    assert not list(results.glob("*.lock"))
+
+
+def test_a_dry_run_writes_nothing_and_says_a_migration_would_happen(tmp_path):
+    results = tmp_path / "results"
+    old = write_old_record(results, tiny(0))
+    write_checkpoint(results, old)
+    write_manifest(results, [old])
+    before = snapshot(results)
+    migration = migrate_run_ids(results, [tiny(0)], dry_run=True)
+    assert migration.message() == (f"a real run would migrate 1 run record, 1 checkpoint, 1 grid manifest in {results} "
+                                   "to run-id schema 2 (dry run: nothing written)")
+    assert migration.done_ids == {run_id(tiny(0))} and snapshot(results) == before
+
+
+def test_the_grid_dry_run_on_an_old_folder_writes_nothing_and_counts_its_finished_runs(tmp_path, capsys, monkeypatch):
+    """A read-only results folder (root ignores chmod, so: nothing under it may change)."""
+    grid, results = tmp_path / "g.toml", tmp_path / "results"
+    grid.write_text("name = 'g'\nseeds = 1\n[fixed]\nbatch_size = 32\n[axes]\ndepth = [8, 14]\n")
+    argv = ["--grid", str(grid), "--data", "synthetic:200", "--val-size", "40", "--subset", "120", "--epochs", "1",
+            "--device", "cpu", "--results", str(results), "--dry-run"]
+    monkeypatch.setattr(grid_command, "measure_step_rate", lambda run, steps: 1000.0)
+    cells = []
+    with monkeypatch.context() as patch:  # the grid's own runs, as its command builds them
+        patch.setattr(grid_command, "print_migration", lambda where, runs, **how: cells.extend(runs) or
+                      print_migration(where, (), **how))
+        assert run_cli(grid_command.main, argv) == 0
+    write_old_record(results, cells[0])  # depth 8 finished under schema 1
+    capsys.readouterr()
+    before = snapshot(results)
+    assert run_cli(grid_command.main, argv) == 0
+    out, err = capsys.readouterr()
+    assert "a real run would migrate 1 run record" in err and "2 runs, 1 already done" in out
+    assert snapshot(results) == before

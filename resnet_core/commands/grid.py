@@ -140,8 +140,8 @@ class DryRun:
     """A dry run's running totals: cells stream through it one at a time (a 100k-run grid is never
     held in memory), and each distinct model's step rate is measured once, not once per cell."""
 
-    def __init__(self, results: str, device: str, total: int):
-        self.results, self.device, self.total = results, device, total
+    def __init__(self, results: str, device: str, total: int, migrated: frozenset[str] = frozenset()):
+        self.results, self.device, self.total, self.migrated = results, device, total, migrated
         # No record file at all (a new grid): nothing can be done, and no run id need be hashed.
         self.recorded = {p.stem for p in runs_dir(results).glob("*.json")}
         self.rates: dict[tuple, float] = {}
@@ -152,7 +152,8 @@ class DryRun:
         self.started = self.shown = time.monotonic()
 
     def add(self, cell: grids.Cell) -> None:
-        done = bool(self.recorded) and cell.run_id in self.recorded and finished(cell.run, self.results) is not None
+        done = cell.run_id in self.migrated or (
+            bool(self.recorded) and cell.run_id in self.recorded and finished(cell.run, self.results) is not None)
         self.runs += 1
         self.done += done
         if not done:
@@ -185,10 +186,11 @@ class DryRun:
 
 
 def print_plan(spec: grids.GridSpec, settings: dict[str, object], budget: Budget, results: str,
-               devices: tuple[str, ...]) -> None:
+               devices: tuple[str, ...], migrated: frozenset[str] = frozenset()) -> None:
     """The dry run: the cells with their finished seeds, and a time estimate from one measured step
-    rate per distinct model. Cells are built (and so checked) one at a time."""
-    plan = DryRun(results, devices[0], grids.run_count(spec))
+    rate per distinct model. Cells are built (and so checked) one at a time. ``migrated``: ids of
+    finished runs whose records a real run would first rename from an older run-id schema."""
+    plan = DryRun(results, devices[0], grids.run_count(spec), migrated)
     for cell in grids.iter_cells(spec, settings, budget):
         plan.add(cell)
     for label, (runs, done, key) in plan.cells.items():
@@ -270,8 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.data is None and not grid_sets_data(spec):
         args.data = default_data_source()  # $RESNET_CORE_DATA, recorded in every run's config
     budget, why = choose_budget(args, spec)
-    # Records and checkpoints named by an older run-id schema are renamed before anything is counted.
-    print_migration(args.results, (cell.run for cell in grids.iter_cells(spec, overrides(args), budget)))
+    # Records and checkpoints named by an older run-id schema are renamed before anything is counted
+    # (a dry run writes nothing: it says what would be renamed).
+    migration = print_migration(args.results, (cell.run for cell in grids.iter_cells(spec, overrides(args), budget)),
+                                dry_run=args.dry_run)
     axis = length_axis(spec)
     if args.dry_run:  # cells are built one at a time as the plan goes: a huge grid starts printing at once
         total = grids.run_count(spec)
@@ -279,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         budget, why = fit_subset(args, budget, why, spec)
         print(budget_line(budget, why, axis))
         print_plan(spec, overrides(args), budget, args.results,
-                   plan_devices(args.workers, args.device, args.workers_per_gpu))
+                   plan_devices(args.workers, args.device, args.workers_per_gpu), migration.done_ids)
         return 0
     cells = grids.expand(spec, overrides(args), budget)  # every config is validated before anything trains
     fitted, why = fit_subset(args, budget, why, spec)

@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _check_numbers(args)
-    print_migration(args.results)  # records named by an older run-id schema: renamed, so trials find them
+    # Records named by an older run-id schema: renamed, so trials find them (a dry run only says so).
+    print_migration(args.results, dry_run=args.dry_run)
     devices = worker_devices(args.workers, args.device, args.workers_per_gpu)
     single = len(devices) == 1
     data_device = _data_device(devices[0]) if single else "cpu"  # several workers: each loads its own copy
