@@ -169,3 +169,13 @@ def test_a_bar_is_drawn_only_on_a_terminal_and_never_when_quiet(terminal, enable
     with progress_bar(enabled, total=3, file=stream) as bar:
         bar.update(3)
     assert ("3/3" in stream.getvalue()) is drawn
+
+
+def test_counts_of_one_are_singular_in_a_grid_plan(tmp_path, capsys):
+    (tmp_path / "one-cell.toml").write_text(TINY_GRID)
+    argv = ["--grid", str(tmp_path / "one-cell.toml"), "--dry-run", "--data", "synthetic:200", "--epochs", "1",
+            "--device", "cpu", "--threads", "1", "--results", str(tmp_path / "res")]
+    assert run_cli(grid.main, argv) == 0
+    out = capsys.readouterr().out
+    assert "grid one-cell: 1 run (1 cell x 1 seed)" in out
+    assert "1 run, 0 already done" in out

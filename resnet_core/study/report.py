@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 
 from resnet_core.config import RunConfig, run_config_from_dict
 from resnet_core.migrate import with_previous_ids
+from resnet_core.reports import plural
 from resnet_core.store import (
     atomic_write_bytes, atomic_write_text, check_name, find_record, load_histories, load_runs, misnamed_warning,
     scan_records,
@@ -51,13 +52,13 @@ def report_context(spec: StudySpec, runs, run_ids: list[str]) -> dict[str, Any]:
     mine = runs.loc[runs["run_id"].isin(run_ids)] if not runs.empty else runs
     unique = lambda col: ", ".join(sorted({str(v) for v in mine[col].dropna()})) if col in mine else ""  # noqa: E731
     base = spec.base
-    length = f"{base.train.epochs} epochs" if base.train.epochs else f"{base.train.iterations} iterations"
+    length = plural(base.train.epochs, "epoch") if base.train.epochs else plural(base.train.iterations, "iteration")
     context = {
         "objective": "validation error (%) of the final epoch, minimised (the test set never chooses)",
         "data": unique("provenance.data_description") or base.data.source,
         "split": f"train {unique('provenance.train_size') or '?'} / validation {unique('provenance.val_size') or base.data.val_size} / test "
                  f"{unique('provenance.test_size') or '?'} (validation carved with split_seed {base.data.split_seed})",
-        "budget": f"{spec.budget}: {length}, recipe {spec.recipe} ({spec.budget_epochs} epochs per full trial)",
+        "budget": f"{spec.budget}: {length}, recipe {spec.recipe} ({plural(spec.budget_epochs, 'epoch')} per full trial)",
         "model": spec.model, "space": spec.space.describe(),
         "sampler": describe_sampler(spec.sampler, spec.seed),
         "pruner": describe_pruner(*spec.pruner_shape()),
@@ -109,8 +110,8 @@ def final_result(spec: StudySpec, study: optuna.Study) -> dict[str, Any] | None:
 def _final_training(config: RunConfig | None) -> str:
     if config is None:
         return "?"
-    length = (f"{config.train.epochs} epochs" if config.train.epochs is not None
-              else f"{config.train.iterations:,} iterations")
+    length = (plural(config.train.epochs, "epoch") if config.train.epochs is not None
+              else plural(config.train.iterations, "iteration"))
     return f"{length} on the full training split (validation {config.data.val_size:,} images held out)"
 
 
