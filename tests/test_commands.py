@@ -93,7 +93,7 @@ def test_the_top_level_package_exports_what_a_notebook_needs():
     import resnet_core
 
     for name in ("RunConfig", "ModelConfig", "TrainConfig", "DataConfig", "build_model", "load_data", "fit",
-                 "load_runs", "recipe", "RECIPES", "run_id"):
+                 "load_runs", "load_histories", "recipe", "RECIPES", "run_id"):
         assert hasattr(resnet_core, name), name
         assert name in resnet_core.__all__
 
