@@ -96,3 +96,12 @@ def test_resnet_study_runs_on_synthetic_data_with_default_sizes(tmp_path, capsys
     assert "validation 200 images" in out
     report = next((tmp_path / "studies").glob("*/report.md")).read_text()
     assert "train 1800 / validation 200 / test 500" in report and "## Final stage (test error)" in report
+
+
+def test_a_study_report_names_the_validation_images_its_final_stage_held_out(tmp_path, capsys):
+    """The standard budget keeps the default val_size (5000): on synthetic data that is 200 images."""
+    code = run_cli(study_command.main, ["--trials", "1", "--budget", "standard", "--final-seeds", "1", "--data", "synthetic",
+                                        "--results", str(tmp_path), "--quiet", "--no-figures", "--sampler", "random", *TINY])
+    assert code == 0, capsys.readouterr().err
+    report = next((tmp_path / "studies").glob("*/report.md")).read_text()
+    assert "on the full training split (validation 200 images held out)" in report

@@ -102,17 +102,21 @@ def final_result(spec: StudySpec, study: optuna.Study) -> dict[str, Any] | None:
         "trial": study.user_attrs.get("final_trial"), "seeds": [int(s) for s in final["seed"]],
         "test_errors": [float(e) for e in final["test_error"]], "val_errors": [float(e) for e in final["val_error"]],
         "test_error_mean": interval["mean"], "test_error_ci95": interval["ci95"], "interval": interval["interval"],
-        "training": _final_training(config), "run_ids": list(final["run_id"]),
+        "training": _final_training(config, record.provenance.get("val_size") if record is not None else None),
+        "run_ids": list(final["run_id"]),
         "command": sr.reproduce_command(config, spec.model, spec.recipe) if config is not None else None,
     }
 
 
-def _final_training(config: RunConfig | None) -> str:
+def _final_training(config: RunConfig | None, val_size: int | None) -> str:
+    """How the final stage trained; ``val_size``: the validation images its record says it held out
+    (small data hold out fewer than the default ``val_size`` asks for)."""
     if config is None:
         return "?"
     length = (plural(config.train.epochs, "epoch") if config.train.epochs is not None
               else plural(config.train.iterations, "iteration"))
-    return f"{length} on the full training split (validation {config.data.val_size:,} images held out)"
+    held = val_size if val_size is not None else config.data.val_size
+    return f"{length} on the full training split (validation {held:,} images held out)"
 
 
 def _save_figure(make: Callable[[], Any], path: Path, notes: list[str]) -> str | None:
