@@ -42,7 +42,7 @@ from resnet_core.config import RunConfig
 from resnet_core.identity import run_id
 from resnet_core.devices import available_cpus, pin_device, resolve_device, share_compile_threads, worker_devices
 from resnet_core.engine import fit
-from resnet_core.runner import Outcome, outcome_of, progress_bar, split_done, tally, worker_data
+from resnet_core.runner import Outcome, outcome_of, runs_bar, split_done, tally, worker_data
 from resnet_core.schedules import make_budget
 from resnet_core.store import (
     FINAL_STATUSES,
@@ -352,7 +352,7 @@ def run_all_dask(
     plan: Threads = threads if threads is not None else threads_by_host(client)
     stop = Event(f"resnet_core-stop-{uuid.uuid4().hex}", client=client)
     tasks = {run_id(run): make_task(run, results_dir, plan, stop.name) for run in pending}
-    with progress_bar(len(runs), len(done), progress, desc) as bar:
+    with runs_bar(len(runs), len(done), progress, desc) as bar:
         driver = _Driver(client, results_dir, tasks, outcomes, bar)
         futures = as_completed([driver.submit(rid) for rid in tasks])
         try:

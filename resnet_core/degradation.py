@@ -31,7 +31,7 @@ from resnet_core.config import resolve_field
 from resnet_core.reports import (
     METRIC_LABELS,
     _first,
-    _plural,
+    plural,
     _interval_bars,
     _millions,
     _values,
@@ -212,7 +212,7 @@ def sensitivity_sentence(trends: pd.DataFrame, table: pd.DataFrame, where: str) 
     again = _halves(trend_table(table, ("train_error",), at_chance=True), where)
     before = [s.split(":")[1] for s in _halves(trends, where)]
     after = [s.split(":")[1] for s in again]
-    counted = f"{_plural(diverged, 'diverged run')} counted at chance error ({chance:.0f}%)"
+    counted = f"{plural(diverged, 'diverged run')} counted at chance error ({chance:.0f}%)"
     if before == after:
         return f"Sensitivity {where}: with {counted}, the verdict is the same: {'; '.join(s.strip() for s in after)}."
     return (f"Sensitivity {where}: with {counted}, the verdict changes: " + " ".join(again)

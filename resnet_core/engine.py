@@ -27,6 +27,7 @@ from resnet_core.identity import run_id
 from resnet_core.data import DataBundle, load_data
 from resnet_core.devices import configure_backends, needs_grad_scaler, resolve_amp, resolve_device, sync
 from resnet_core.models import build_model, count_macs, count_parameters, stage_parameters
+from resnet_core.progress import progress_bar
 from resnet_core.provenance import collect_provenance
 from resnet_core.schedules import StepPlan, build_optimizer, lr_at, make_budget, momentum_at, set_lr, set_momentum
 from resnet_core.store import (
@@ -302,10 +303,8 @@ def _record(run: RunConfig, status: str, trainer: Trainer | None, started: float
 
 
 def _progress_bar(trainer: Trainer, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=trainer.budget.total_iterations, initial=trainer.iteration, disable=not enabled,
-                desc=f"run {run_id(trainer.run)[:8]}", unit="it", dynamic_ncols=True, leave=False)
+    return progress_bar(enabled, total=trainer.budget.total_iterations, initial=trainer.iteration,
+                        desc=f"run {run_id(trainer.run)[:8]}", unit="it", leave=False)
 
 
 def _epoch_line(m: dict[str, Any]) -> str:

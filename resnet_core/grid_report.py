@@ -21,13 +21,13 @@ from resnet_core.grid_manifest import load_manifest, report_dir
 from resnet_core.migrate import current_run_ids
 from resnet_core.provenance import code_state
 from resnet_core.reports import (
-    _plural,
     display_table,
     grid_table,
     header_lines,
     markdown_table,
     plot_cell_errors,
     plot_learning_curves,
+    plural,
     summarize_cells,
 )
 from resnet_core.store import atomic_write_bytes, atomic_write_text, load_histories, load_runs
@@ -120,7 +120,7 @@ def skipped_warning(report: Report, results_dir: str | Path) -> str | None:
     """The command lines' warning line for unreadable files in ``runs/`` (None when there are none)."""
     if not report.skipped:
         return None
-    return (f"warning: skipped {_plural(len(report.skipped), 'unreadable file')} in {Path(results_dir) / 'runs'} "
+    return (f"warning: skipped {plural(len(report.skipped), 'unreadable file')} in {Path(results_dir) / 'runs'} "
             "(corrupt JSON or not a run record; counted in report.md)")
 
 

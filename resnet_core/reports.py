@@ -197,7 +197,7 @@ def _combos(table: pd.DataFrame, columns: Sequence[str]) -> list[tuple]:
 
 
 def _length_text(table: pd.DataFrame) -> str:
-    lengths = [_plural(int(iterations), "iteration") if iterations is not None else _plural(int(epochs), "epoch")
+    lengths = [plural(int(iterations), "iteration") if iterations is not None else plural(int(epochs), "epoch")
                for epochs, iterations in _combos(table, ["train.epochs", "train.iterations"])]
     iterations = sorted({int(i) for i in _unique(table, "final.iterations")})
     done = f" ({', '.join(f'{i:,}' for i in iterations)} iterations trained)" if iterations else ""
@@ -247,8 +247,9 @@ def _precision_text(table: pd.DataFrame) -> str:
     return _joined(list(dict.fromkeys(texts)))  # False and a missing fact read the same: say it once
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
+def plural(n: int, word: str) -> str:
+    """``n`` and ``word`` in the number ``n`` asks for: "1 seed", "3 seeds", "1,200 runs"."""
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
 
 
 def _data_text(table: pd.DataFrame) -> str:
@@ -297,7 +298,7 @@ def skipped_line(skipped: Sequence[str]) -> list[str]:
     """The header line counting unreadable files in ``runs/`` (none: no line)."""
     if not skipped:
         return []
-    return [f"- Skipped: {_plural(len(skipped), 'unreadable file')} in runs/ (corrupt JSON or not a run record: "
+    return [f"- Skipped: {plural(len(skipped), 'unreadable file')} in runs/ (corrupt JSON or not a run record: "
             f"{_file_names(skipped)}); runs without a readable record count as not run"]
 
 
@@ -305,7 +306,7 @@ def misnamed_line(misnamed: Sequence[str]) -> list[str]:
     """The header line naming record files left out as copies (none: no line)."""
     if not misnamed:
         return []
-    return [f"- Ignored: {_plural(len(misnamed), 'record file')} in runs/ not named <run_id>.json "
+    return [f"- Ignored: {plural(len(misnamed), 'record file')} in runs/ not named <run_id>.json "
             f"(a copy or a renamed record; never counted): {_file_names(misnamed)}"]
 
 

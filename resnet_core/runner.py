@@ -38,6 +38,7 @@ from resnet_core.data import DataBundle, load_data
 from resnet_core.devices import available_cpus, pin_device, resolve_device, share_compile_threads, worker_devices
 from resnet_core.engine import fit
 from resnet_core.migrate import print_migration
+from resnet_core.progress import progress_bar
 from resnet_core.store import FINAL_STATUSES, RunRecord, claim_holder, claim_run, find_record
 
 BUSY = "busy"  # not an outcome: another process holds the run's claim (train_run's answer, never returned)
@@ -204,10 +205,9 @@ def preload_data(runs: Sequence[RunConfig]) -> dict[DataConfig, DataBundle]:
     return {cfg: load_data(cfg, "cpu") for cfg in dict.fromkeys(run.data for run in runs)}
 
 
-def progress_bar(total: int, initial: int, enabled: bool, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, unit="run", dynamic_ncols=True)
+def runs_bar(total: int, initial: int, enabled: bool, desc: str):
+    """The bar over a grid's runs (local workers or a Dask cluster)."""
+    return progress_bar(enabled, total=total, initial=initial, desc=desc, unit="run")
 
 
 def run_all(
@@ -236,7 +236,7 @@ def run_all(
     # An absolute path: worker processes need not share the caller's working directory.
     where = str(Path(results_dir).resolve())
     with tempfile.TemporaryDirectory(prefix="resnet_core_slots_") as lock_dir, \
-            progress_bar(len(runs), len(done), progress, desc) as bar:
+            runs_bar(len(runs), len(done), progress, desc) as bar:
         parallel = Parallel(n_jobs=len(devices), backend="loky", return_as="generator_unordered",
                             pre_dispatch="n_jobs", batch_size=1)
         waiting = 0

@@ -291,7 +291,9 @@ def load_runs(results_dir: str | os.PathLike) -> pd.DataFrame:
 
 
 def load_histories(results_dir: str | os.PathLike) -> pd.DataFrame:
-    """Tidy per-epoch table of every run: ``run_id, epoch, iteration, train_error, ...``."""
+    """One row per epoch of every run: ``run_id, epoch, iteration, lr, train_loss, train_error, val_error,
+    test_error, ...`` (what the run measured that epoch); join it to :func:`load_runs` on ``run_id``
+    (docs/notebook.md). Unreadable files are skipped, listed in ``df.attrs["skipped"]``."""
     records, skipped = iter_records(results_dir)
     rows = []
     for record in records:

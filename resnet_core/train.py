@@ -26,7 +26,7 @@ from resnet_core.config import (
 )
 from resnet_core.identity import run_id
 from resnet_core.recipes import RECIPES, recipe
-from resnet_core.data import load_data
+from resnet_core.data import DataBundle, load_data
 from resnet_core.devices import resolve_device
 from resnet_core.engine import fit
 from resnet_core.migrate import print_migration
@@ -99,6 +99,19 @@ def resolve_run_config(args: argparse.Namespace) -> RunConfig:
     return apply_overrides(run, parse_assignments(args.set))
 
 
+def config_as_used(run: RunConfig, data: DataBundle) -> dict[str, Any]:
+    """The config with the validation size its data resolve to: the default ``val_size`` holds out
+    10% of small data (splits.effective_val_size), and the record's provenance states that size too."""
+    values = to_dict(run)
+    values["data"]["val_size"] = len(data.val_y)
+    return values
+
+
+def split_line(data: DataBundle) -> str:
+    return (f"data {data.description}: {len(data.train_y):,} training / {len(data.val_y):,} validation / "
+            f"{len(data.test_y):,} test images")
+
+
 def summary_line(record, model_name: str, path: Path) -> str:
     final = record.final
     parts = [f"{record.status}: {model_name}", f"run {record.run_id}"]
@@ -121,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     check_flags(args)
     run = resolve_run_config(args)
     if args.dry_run:
-        print(json.dumps(to_dict(run), indent=1))
+        data = load_data(run.data, "cpu")  # the sizes it resolves to, and bad data as the real run would see it
+        print(json.dumps(config_as_used(run, data), indent=1))
+        print(split_line(data))
         print(f"run {run_id(run)}; record {record_path(args.results, run_id(run))}")
         return 0
     if args.threads is not None:

@@ -4,6 +4,7 @@ as a plain (non-editable) install from any directory, with its built-in grids an
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 from resnet_core import train
 from resnet_core.cli import SHARED_FLAGS, UsageError, add_flags, check_flags, run_cli
 from resnet_core.commands import grid, grid_report, study, study_report
+from resnet_core.progress import progress_bar
 
 REPO = Path(__file__).resolve().parents[1]
 PARSERS = {"resnet-grid": grid.build_parser, "resnet-study": study.build_parser, "resnet-train": train.build_parser}
@@ -91,7 +93,7 @@ def test_the_top_level_package_exports_what_a_notebook_needs():
     import resnet_core
 
     for name in ("RunConfig", "ModelConfig", "TrainConfig", "DataConfig", "build_model", "load_data", "fit",
-                 "load_runs", "recipe", "RECIPES", "run_id"):
+                 "load_runs", "load_histories", "recipe", "RECIPES", "run_id"):
         assert hasattr(resnet_core, name), name
         assert name in resnet_core.__all__
 
@@ -142,3 +144,38 @@ def test_a_plain_install_runs_a_study_and_a_grid_from_outside_the_checkout(tmp_p
     assert len(list((work / "res" / "runs").glob("*.json"))) == 3  # the trial, its final-stage run, the grid cell
     assert (work / "res" / "ablation" / "one-cell" / "report.md").is_file()
     assert "## Final stage (test error)" in next((work / "res" / "studies").glob("*/report.md")).read_text()
+
+
+TINY_TRAIN = ["--data", "synthetic:200", "--epochs", "2", "--device", "cpu", "--threads", "1",
+              "--set", "depth=8", "--set", "widths=4,8,16", "--set", "batch_size=50"]
+
+
+def test_progress_without_a_terminal_is_the_epoch_lines_once_and_no_bar(tmp_path, capsys):
+    """Output captured (as when piped to a file): no bar redraws, each epoch's line once."""
+    assert run_cli(train.main, [*TINY_TRAIN, "--results", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert "\r" not in out + err and "it/s" not in out + err and "s/it" not in out + err
+    assert [line.split()[:2] for line in out.splitlines() if line.startswith("epoch")] == [["epoch", "1"], ["epoch", "2"]]
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("terminal, enabled, drawn", [(True, True, True), (False, True, False), (True, False, False)])
+def test_a_bar_is_drawn_only_on_a_terminal_and_never_when_quiet(terminal, enabled, drawn):
+    stream = Terminal() if terminal else io.StringIO()
+    with progress_bar(enabled, total=3, file=stream) as bar:
+        bar.update(3)
+    assert ("3/3" in stream.getvalue()) is drawn
+
+
+def test_counts_of_one_are_singular_in_a_grid_plan(tmp_path, capsys):
+    (tmp_path / "one-cell.toml").write_text(TINY_GRID)
+    argv = ["--grid", str(tmp_path / "one-cell.toml"), "--dry-run", "--data", "synthetic:200", "--epochs", "1",
+            "--device", "cpu", "--threads", "1", "--results", str(tmp_path / "res")]
+    assert run_cli(grid.main, argv) == 0
+    out = capsys.readouterr().out
+    assert "grid one-cell: 1 run (1 cell x 1 seed)" in out
+    assert "1 run, 0 already done" in out

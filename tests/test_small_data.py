@@ -67,6 +67,15 @@ def test_resnet_train_runs_on_synthetic_data_with_default_sizes(tmp_path):
     assert _sizes(tmp_path) == [(1800, 200, 500)]  # the record states the sizes it used
 
 
+def test_resnet_train_dry_run_prints_the_validation_size_the_data_resolve_to(tmp_path, capsys):
+    """The default val_size (5,000) holds out 200 of synthetic's 2,000 images: the printed config says 200."""
+    assert run_cli(train_command.main, ["--data", "synthetic", "--dry-run", "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    printed = json.loads(out[:out.index("\n}\n") + 2])
+    assert printed["data"]["val_size"] == 200 == default_val_size(2000)
+    assert "1,800 training / 200 validation / 500 test images" in out
+
+
 def test_resnet_grid_runs_on_a_1500_image_imagefolder_with_default_sizes(tmp_path):
     root = imagefolder_1500(tmp_path / "bugs")
     grid = tmp_path / "one.toml"
@@ -87,3 +96,12 @@ def test_resnet_study_runs_on_synthetic_data_with_default_sizes(tmp_path, capsys
     assert "validation 200 images" in out
     report = next((tmp_path / "studies").glob("*/report.md")).read_text()
     assert "train 1800 / validation 200 / test 500" in report and "## Final stage (test error)" in report
+
+
+def test_a_study_report_names_the_validation_images_its_final_stage_held_out(tmp_path, capsys):
+    """The standard budget keeps the default val_size (5000): on synthetic data that is 200 images."""
+    code = run_cli(study_command.main, ["--trials", "1", "--budget", "standard", "--final-seeds", "1", "--data", "synthetic",
+                                        "--results", str(tmp_path), "--quiet", "--no-figures", "--sampler", "random", *TINY])
+    assert code == 0, capsys.readouterr().err
+    report = next((tmp_path / "studies").glob("*/report.md")).read_text()
+    assert "on the full training split (validation 200 images held out)" in report

@@ -34,6 +34,7 @@ from resnet_core.devices import resolve_device
 from resnet_core.engine import estimate_seconds, measure_step_rate
 from resnet_core.grid_manifest import report_dir, save_manifest
 from resnet_core.grid_report import build_grid_report, skipped_warning, write_report
+from resnet_core.reports import plural
 from resnet_core.migrate import print_migration
 from resnet_core.runner import (
     check_parallelism, check_writable, finished, plan_devices, preload_data, run_all, split_done,
@@ -109,6 +110,11 @@ def fit_subset(args: argparse.Namespace, budget: Budget, why: str, spec: grids.G
     return dataclasses.replace(budget, subset=None), f"{why}; the data hold {pool:,} training images, fewer than its subset"
 
 
+def size_line(spec: grids.GridSpec, runs: int) -> str:
+    seeds = len(spec.seeds)
+    return f"grid {spec.name}: {plural(runs, 'run')} ({plural(runs // seeds, 'cell')} x {plural(seeds, 'seed')})"
+
+
 def budget_line(budget: Budget, why: str, axis: str | None) -> str:
     return f"budget {budget.name} ({why}): {budget.length_text(axis)}; {budget.note}"
 
@@ -165,7 +171,7 @@ class DryRun:
             counts[1] += done
         if time.monotonic() - self.shown >= PROGRESS_EVERY_S:
             self.shown = time.monotonic()
-            self._say(f"{self.runs:,} of {self.total:,} runs checked")
+            self._say(f"{self.runs:,} of {plural(self.total, 'run')} checked")
 
     def _rate(self, cell: grids.Cell) -> float:
         key = rate_key(cell.run)
@@ -198,12 +204,12 @@ def print_plan(spec: grids.GridSpec, settings: dict[str, object], budget: Budget
         print(f"  {label:<48} seeds {runs}  done {done}  {rate}")
     listed = sum(runs for runs, _, _ in plan.cells.values())
     if plan.runs > listed:
-        print(f"  ... and {plan.runs - listed:,} more runs in further cells")
+        print(f"  ... and {plural(plan.runs - listed, 'more run')} in further cells")
     # Runs on distinct GPUs overlap; CPU workers share the same cores, so they barely do.
     parallel = len(set(devices)) if resolve_device(devices[0]).type == "cuda" else 1
     where = ", ".join(sorted({str(resolve_device(d)) for d in devices}))
     rates = ", ".join(f"{rate:.0f}" for rate in plan.rates.values()) or "-"
-    print(f"{plan.runs} runs, {plan.done} already done; estimated {_duration(plan.seconds / parallel)} for the rest on "
+    print(f"{plural(plan.runs, 'run')}, {plan.done} already done; estimated {_duration(plan.seconds / parallel)} for the rest on "
           f"{where} (rough: measured step rate of each of {len(plan.rates)} distinct model(s): {rates} img/s; "
           f"{parallel} in parallel)")
 
@@ -279,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     axis = length_axis(spec)
     if args.dry_run:  # cells are built one at a time as the plan goes: a huge grid starts printing at once
         total = grids.run_count(spec)
-        print(f"grid {spec.name}: {total} runs ({total // len(spec.seeds)} cells x {len(spec.seeds)} seeds)")
+        print(size_line(spec, total))
         budget, why = fit_subset(args, budget, why, spec)
         print(budget_line(budget, why, axis))
         print_plan(spec, overrides(args), budget, args.results,
@@ -289,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     fitted, why = fit_subset(args, budget, why, spec)
     if fitted != budget:
         budget, cells = fitted, grids.expand(spec, overrides(args), fitted)
-    print(f"grid {spec.name}: {len(cells)} runs ({len(cells) // len(spec.seeds)} cells x {len(spec.seeds)} seeds)")
+    print(size_line(spec, len(cells)))
     print(budget_line(budget, why, axis))
     chosen = {"name": budget.name, "why": why, "length": budget.length_text(axis), "note": budget.note}
     check_writable(args.results)

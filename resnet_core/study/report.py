@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 
 from resnet_core.config import RunConfig, run_config_from_dict
 from resnet_core.migrate import with_previous_ids
+from resnet_core.reports import plural
 from resnet_core.store import (
     atomic_write_bytes, atomic_write_text, check_name, find_record, load_histories, load_runs, misnamed_warning,
     scan_records,
@@ -51,13 +52,13 @@ def report_context(spec: StudySpec, runs, run_ids: list[str]) -> dict[str, Any]:
     mine = runs.loc[runs["run_id"].isin(run_ids)] if not runs.empty else runs
     unique = lambda col: ", ".join(sorted({str(v) for v in mine[col].dropna()})) if col in mine else ""  # noqa: E731
     base = spec.base
-    length = f"{base.train.epochs} epochs" if base.train.epochs else f"{base.train.iterations} iterations"
+    length = plural(base.train.epochs, "epoch") if base.train.epochs else plural(base.train.iterations, "iteration")
     context = {
         "objective": "validation error (%) of the final epoch, minimised (the test set never chooses)",
         "data": unique("provenance.data_description") or base.data.source,
         "split": f"train {unique('provenance.train_size') or '?'} / validation {unique('provenance.val_size') or base.data.val_size} / test "
                  f"{unique('provenance.test_size') or '?'} (validation carved with split_seed {base.data.split_seed})",
-        "budget": f"{spec.budget}: {length}, recipe {spec.recipe} ({spec.budget_epochs} epochs per full trial)",
+        "budget": f"{spec.budget}: {length}, recipe {spec.recipe} ({plural(spec.budget_epochs, 'epoch')} per full trial)",
         "model": spec.model, "space": spec.space.describe(),
         "sampler": describe_sampler(spec.sampler, spec.seed),
         "pruner": describe_pruner(*spec.pruner_shape()),
@@ -102,7 +103,8 @@ def final_result(spec: StudySpec, study: optuna.Study) -> dict[str, Any] | None:
         "outdated": outdated_final(study) is not None, "seeds": [int(s) for s in final["seed"]],
         "test_errors": [float(e) for e in final["test_error"]], "val_errors": [float(e) for e in final["val_error"]],
         "test_error_mean": interval["mean"], "test_error_ci95": interval["ci95"], "interval": interval["interval"],
-        "training": _final_training(config), "run_ids": list(final["run_id"]),
+        "training": _final_training(config, record.provenance.get("val_size") if record is not None else None),
+        "run_ids": list(final["run_id"]),
         "command": sr.reproduce_command(config, spec.model, spec.recipe) if config is not None else None,
     }
 
@@ -120,12 +122,15 @@ def outdated_final(study: optuna.Study) -> tuple[int, int] | None:
     return trained, best.number
 
 
-def _final_training(config: RunConfig | None) -> str:
+def _final_training(config: RunConfig | None, val_size: int | None) -> str:
+    """How the final stage trained; ``val_size``: the validation images its record says it held out
+    (small data hold out fewer than the default ``val_size`` asks for)."""
     if config is None:
         return "?"
-    length = (f"{config.train.epochs} epochs" if config.train.epochs is not None
-              else f"{config.train.iterations:,} iterations")
-    return f"{length} on the full training split (validation {config.data.val_size:,} images held out)"
+    length = (plural(config.train.epochs, "epoch") if config.train.epochs is not None
+              else plural(config.train.iterations, "iteration"))
+    held = val_size if val_size is not None else config.data.val_size
+    return f"{length} on the full training split (validation {held:,} images held out)"
 
 
 def _save_figure(make: Callable[[], Any], path: Path, notes: list[str]) -> str | None:

@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 from resnet_core.config import RunConfig, field_index
 from resnet_core.recipes import recipe
 from resnet_core.models import resolve_model
-from resnet_core.reports import markdown_table
+from resnet_core.reports import markdown_table, plural
 from resnet_core.stats import difference_interval, mean_interval
 from resnet_core.study.common import FINISHED
 
@@ -205,8 +205,8 @@ def study_markdown(study: optuna.Study, context: Mapping[str, Any], runs: pd.Dat
     share = f" ({100 * savings['fraction_saved']:.0f}% of the full budget)." if savings["epochs_full_budget"] else "."
     by_state = ", ".join(f"{k} {v}" for k, v in counts.items()) or "none"
     lines += ["", "## Trials", "", f"Counts by state: {by_state}", "",
-              f"Pruner: {savings['pruned']} trials pruned, {savings['epochs_not_trained']} of "
-              f"{savings['epochs_full_budget']} epochs not trained{share}", ""]
+              f"Pruner: {plural(savings['pruned'], 'trial')} pruned, {savings['epochs_not_trained']} of "
+              f"{plural(savings['epochs_full_budget'], 'epoch')} not trained{share}", ""]
     lines += _best_lines(study, context, runs)
     lines += final_lines(context.get("final"))
     lines += coupling_lines(study, context)

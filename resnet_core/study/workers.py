@@ -16,10 +16,10 @@ import numpy as np
 import optuna
 import torch
 from optuna.trial import TrialState
-from tqdm.auto import tqdm
 
 from resnet_core.devices import available_cpus, pin_device, resolve_device, share_compile_threads
 from resnet_core.engine import fit as engine_fit
+from resnet_core.progress import progress_bar
 from resnet_core.study.common import MAX_CONSECUTIVE_FAILURES, TrialFailed, say
 from resnet_core.study.objective import Objective
 from resnet_core.study.recovery import heartbeat_settings, recover_stale_trials, requeue
@@ -203,8 +203,8 @@ class TrialProgress:
     """tqdm bar over finished trials (COMPLETE + PRUNED) with the best validation error so far."""
 
     def __init__(self, study: optuna.Study, target: int, enabled: bool = True):
-        self.bar = tqdm(total=target, initial=min(target, counts(study)["finished"]), unit="trial",
-                        disable=not enabled, dynamic_ncols=True, desc=study.study_name[-40:])
+        self.bar = progress_bar(enabled, total=target, initial=min(target, counts(study)["finished"]), unit="trial",
+                                desc=study.study_name[-40:])
         self.update(study)
 
     def update(self, study: optuna.Study) -> None:
