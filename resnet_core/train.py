@@ -28,7 +28,7 @@ from resnet_core.identity import run_id
 from resnet_core.recipes import RECIPES, recipe
 from resnet_core.data import load_data
 from resnet_core.devices import resolve_device
-from resnet_core.engine import fit
+from resnet_core.engine import check_fits_data, fit
 from resnet_core.migrate import print_migration
 from resnet_core.models import resolve_model
 from resnet_core.runner import check_writable
@@ -120,13 +120,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_flags(args)
     run = resolve_run_config(args)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)  # a command line's own process: the one place this is set
+    device = resolve_device(run.device)  # an unknown or absent device: one line, in a dry run too
+    # Bad data, or a model they cannot train: one line before anything is created; a dry run (on the
+    # CPU) refuses what training would.
+    data = load_data(run.data, "cpu" if args.dry_run else device)
+    check_fits_data(run, data.num_classes, data.train_x.shape[1])
     if args.dry_run:
         print(json.dumps(to_dict(run), indent=1))
         print(f"run {run_id(run)}; record {record_path(args.results, run_id(run))}")
         return 0
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)  # a command line's own process: the one place this is set
-    data = load_data(run.data, resolve_device(run.device))  # bad data: one line, before anything is created
     check_writable(args.results)  # an unwritable folder: one line now, not after an epoch of training
     print_migration(args.results, [run])  # a record or checkpoint under an older run-id schema: renamed
     with claim_run(args.results, run_id(run)) as claimed:

@@ -157,7 +157,8 @@ def test_training_metrics_count_the_images_of_a_split_smaller_than_a_batch(tmp_p
         assert epoch["images_per_s"] * epoch["seconds"] == pytest.approx(400)
 
 
-def test_one_class_data_has_zero_training_error(tmp_path):
+def test_one_class_data_is_refused_before_a_record_is_written(tmp_path):
+    """Every label the same, a run would report 0.00% error and learn nothing (issue 26)."""
     import numpy as np
     from PIL import Image
 
@@ -167,9 +168,9 @@ def test_one_class_data_has_zero_training_error(tmp_path):
         folder.mkdir(parents=True)
         for i in range(count):
             Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    record = fit(_tiny_run(str(tmp_path / "one"), 64, 8), results_dir=tmp_path / "results")
-    assert record.status == "completed", record.error
-    assert record.final["train_error"] == 0.0 and record.final["val_error"] == 0.0
+    with pytest.raises(ValueError, match=r"one holds 1 class \(cat\): a classifier needs at least 2 class folders"):
+        fit(_tiny_run(str(tmp_path / "one"), 64, 8), results_dir=tmp_path / "results")
+    assert not (tmp_path / "results").exists()
 
 
 # ------------------------------------------------------------------------------- 5: grid names
