@@ -182,8 +182,8 @@ def test_a_grid_name_must_stay_inside_the_results_folder(tmp_path, capsys, monke
     results = tmp_path / "results"
     assert run_cli(driver("run").main, ["--grid", str(path), *FAST, "--results", str(results)]) == 2
     assert one_line(capsys.readouterr().err) == (f"error: {path}: grid name '../../x' is invalid: expected a single "
-                                                 "name (no '/', '\\' or '..'), used as a file name under the results "
-                                                 "folder")
+                                                 "name (no '/', '\\' or '..') of printable characters, at most 200 "
+                                                 "bytes in UTF-8, used as a file name under the results folder")
     assert run_cli(driver("report").main, ["--grid", "../../x", "--results", str(results)]) == 2
     assert one_line(capsys.readouterr().err).startswith("error: grid name '../../x' is invalid")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["escape.toml"]
