@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(parser, "data", "subset", "val_size", "seed", "device", "threads", "results", "set", "quiet", "dry_run",
               help={"seed": "the run's seed (default 0)",
                     "threads": "CPU threads for torch (default: the cores this process may use)",
-                    "dry_run": "print the resolved config and its run id, train nothing"})
+                    "dry_run": "print the resolved config and its run id, train nothing (the data are read: a "
+                                 "model they cannot train is refused as training would)"})
     parser.add_argument("--lr", type=float)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--optimizer", help="sgd, adam or adamw")
