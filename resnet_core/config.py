@@ -235,12 +235,12 @@ class TrainConfig:
             fail("warmup_fraction", self.warmup_fraction, "expected a fraction of the run in [0, 1)")
         if self.warmup_fraction and self.warmup_iterations:
             fail("warmup_fraction", self.warmup_fraction,
-                  f"set one warm-up: warmup_iterations={self.warmup_iterations} is set too")
+                 f"set one warm-up: warmup_iterations={self.warmup_iterations} is set too")
         if not 0 <= self.momentum < 1:
             fail("momentum", self.momentum, "expected 0 <= momentum < 1")
         if self.cycle_momentum and self.optimizer != "sgd":
             fail("cycle_momentum", self.cycle_momentum,
-                  f"it cycles SGD's momentum and optimizer={self.optimizer!r}: set cycle_momentum=false or optimizer=sgd")
+                 f"it cycles SGD's momentum and optimizer={self.optimizer!r}: set cycle_momentum=false or optimizer=sgd")
         if not 0 <= self.label_smoothing < 1:
             fail("label_smoothing", self.label_smoothing, "expected 0 <= label_smoothing < 1")
         if not 0 < self.gamma <= 1:
