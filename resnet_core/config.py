@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import json
 import os
+import re
 import types
 import typing
 import warnings
@@ -23,6 +24,7 @@ from resnet_core.data import DATA_ENV_VAR
 from resnet_core.splits import DEFAULT_VAL_SIZE
 
 from resnet_core import augment, blocks, schedules  # registries only: none of them imports this module at run time
+from resnet_core.validation import DEVICE_PATTERN, DEVICES_ALLOWED, check_choice, check_positive, check_seed, fail
 
 # The allowed values come from the registries that build them, so a new entry there is a valid
 # config value at once, and no list here can drift from them.
@@ -49,21 +51,6 @@ def current_name(name: str, what: str) -> str:
                       FutureWarning, stacklevel=3)
         return RENAMED[name]
     return name
-
-
-def _fail(field_name: str, value: Any, allowed: str) -> None:
-    raise ValueError(f"{field_name}={value!r} is invalid: {allowed}")
-
-
-def _check_choice(field_name: str, value: Any, choices: tuple) -> None:
-    if value not in choices:
-        _fail(field_name, value, "expected one of " + ", ".join(map(str, choices)))
-
-
-def _check_positive(field_name: str, value: Any, allow_zero: bool = False) -> None:
-    low_ok = value >= 0 if allow_zero else value > 0
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low_ok:
-        _fail(field_name, value, "expected a number " + (">= 0" if allow_zero else "> 0"))
 
 
 @dataclass(frozen=True)
@@ -93,23 +80,23 @@ class ModelConfig:
     zero_init_residual: bool = False
 
     def __post_init__(self) -> None:
-        _check_choice("shortcut", self.shortcut, SHORTCUTS)
-        _check_choice("norm", self.norm, NORMS)
-        _check_choice("block", self.block, BLOCKS)
+        check_choice("shortcut", self.shortcut, SHORTCUTS)
+        check_choice("norm", self.norm, NORMS)
+        check_choice("block", self.block, BLOCKS)
         if not self.widths or any(not isinstance(w, int) or w <= 0 for w in self.widths):
-            _fail("widths", self.widths, "expected one positive integer per stage")
-        _check_positive("width_multiplier", self.width_multiplier)
+            fail("widths", self.widths, "expected one positive integer per stage")
+        check_positive("width_multiplier", self.width_multiplier)
         if any(round(w * self.width_multiplier) < 1 for w in self.widths):
-            _fail("width_multiplier", self.width_multiplier, "it makes a stage width 0")
+            fail("width_multiplier", self.width_multiplier, "it makes a stage width 0")
         if self.num_classes is not None and (not isinstance(self.num_classes, int) or self.num_classes < 2):
-            _fail("num_classes", self.num_classes, "expected an integer >= 2 or None (from the data)")
+            fail("num_classes", self.num_classes, "expected an integer >= 2 or None (from the data)")
         if not isinstance(self.in_channels, int) or self.in_channels < 1:
-            _fail("in_channels", self.in_channels, "expected an integer >= 1")
+            fail("in_channels", self.in_channels, "expected an integer >= 1")
         if self.blocks is not None:
             if len(self.blocks) != len(self.widths) or any(
                 not isinstance(b, int) or b < 1 for b in self.blocks
             ):
-                _fail("blocks", self.blocks, f"expected {len(self.widths)} positive integers, one per stage in widths")
+                fail("blocks", self.blocks, f"expected {len(self.widths)} positive integers, one per stage in widths")
         else:
             self._check_depth()
 
@@ -119,7 +106,7 @@ class ModelConfig:
         step = per_block * stages
         if not isinstance(self.depth, int) or self.depth < step + 2 or (self.depth - 2) % step:
             examples = ", ".join(str(step * n + 2) for n in (1, 2, 3, 9))
-            _fail(
+            fail(
                 "depth",
                 self.depth,
                 f"{self.block} blocks over {stages} stages need depth = {step}n+2 (e.g. {examples})",
@@ -161,10 +148,11 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.source, str) or not self.source:
-            _fail("source", self.source, "expected cifar10, cifar100, synthetic or a directory path")
-        _check_positive("val_size", self.val_size, allow_zero=True)
+            fail("source", self.source, "expected cifar10, cifar100, synthetic or a directory path")
+        check_positive("val_size", self.val_size, allow_zero=True)
         if self.subset is not None:
-            _check_positive("subset", self.subset)
+            check_positive("subset", self.subset)
+        check_seed("split_seed", self.split_seed)
 
 
 @dataclass(frozen=True)
@@ -219,46 +207,46 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if (self.epochs is None) == (self.iterations is None):
-            _fail("epochs", self.epochs, "set exactly one of epochs and iterations")
+            fail("epochs", self.epochs, "set exactly one of epochs and iterations")
         for name in ("epochs", "iterations"):
             if getattr(self, name) is not None:
                 value = getattr(self, name)
                 if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                    _fail(name, value, "expected an integer >= 1")
+                    fail(name, value, "expected an integer >= 1")
         for name in ("batch_size", "eval_batch_size"):
             if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                _fail(name, getattr(self, name), "expected an integer >= 1")
-        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        _check_choice("schedule", self.schedule, SCHEDULES)
+                fail(name, getattr(self, name), "expected an integer >= 1")
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("schedule", self.schedule, SCHEDULES)
         object.__setattr__(self, "augment", current_name(self.augment, "augment"))
-        _check_choice("augment", self.augment, AUGMENTS)
-        _check_choice("amp", self.amp, AMP_MODES)
-        _check_choice("test_eval", self.test_eval, TEST_EVALS)
+        check_choice("augment", self.augment, AUGMENTS)
+        check_choice("amp", self.amp, AMP_MODES)
+        check_choice("test_eval", self.test_eval, TEST_EVALS)
         if self.val_epochs is not None and (
                 any(isinstance(e, bool) or not isinstance(e, int) or e < 1 for e in self.val_epochs)
                 or list(self.val_epochs) != sorted(set(self.val_epochs))):
-            _fail("val_epochs", self.val_epochs, "expected increasing epoch numbers >= 1, or None for every epoch")
-        _check_positive("lr", self.lr)
-        _check_positive("warmup_lr", self.warmup_lr)
-        _check_positive("weight_decay", self.weight_decay, allow_zero=True)
-        _check_positive("warmup_iterations", self.warmup_iterations, allow_zero=True)
+            fail("val_epochs", self.val_epochs, "expected increasing epoch numbers >= 1, or None for every epoch")
+        check_positive("lr", self.lr)
+        check_positive("warmup_lr", self.warmup_lr)
+        check_positive("weight_decay", self.weight_decay, allow_zero=True)
+        check_positive("warmup_iterations", self.warmup_iterations, allow_zero=True)
         if isinstance(self.warmup_fraction, bool) or not isinstance(self.warmup_fraction, (int, float)) \
                 or not 0 <= self.warmup_fraction < 1:
-            _fail("warmup_fraction", self.warmup_fraction, "expected a fraction of the run in [0, 1)")
+            fail("warmup_fraction", self.warmup_fraction, "expected a fraction of the run in [0, 1)")
         if self.warmup_fraction and self.warmup_iterations:
-            _fail("warmup_fraction", self.warmup_fraction,
-                  f"set one warm-up: warmup_iterations={self.warmup_iterations} is set too")
+            fail("warmup_fraction", self.warmup_fraction,
+                 f"set one warm-up: warmup_iterations={self.warmup_iterations} is set too")
         if not 0 <= self.momentum < 1:
-            _fail("momentum", self.momentum, "expected 0 <= momentum < 1")
+            fail("momentum", self.momentum, "expected 0 <= momentum < 1")
         if self.cycle_momentum and self.optimizer != "sgd":
-            _fail("cycle_momentum", self.cycle_momentum,
-                  f"it cycles SGD's momentum and optimizer={self.optimizer!r}: set cycle_momentum=false or optimizer=sgd")
+            fail("cycle_momentum", self.cycle_momentum,
+                 f"it cycles SGD's momentum and optimizer={self.optimizer!r}: set cycle_momentum=false or optimizer=sgd")
         if not 0 <= self.label_smoothing < 1:
-            _fail("label_smoothing", self.label_smoothing, "expected 0 <= label_smoothing < 1")
+            fail("label_smoothing", self.label_smoothing, "expected 0 <= label_smoothing < 1")
         if not 0 < self.gamma <= 1:
-            _fail("gamma", self.gamma, "expected 0 < gamma <= 1")
+            fail("gamma", self.gamma, "expected 0 < gamma <= 1")
         if any(not 0 < m < 1 for m in self.milestones) or list(self.milestones) != sorted(self.milestones):
-            _fail("milestones", self.milestones, "expected increasing fractions of the budget in (0, 1)")
+            fail("milestones", self.milestones, "expected increasing fractions of the budget in (0, 1)")
 
 
 @dataclass(frozen=True)
@@ -275,12 +263,9 @@ class RunConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            _fail("seed", self.seed, "expected an integer >= 0")
-        if not isinstance(self.device, str) or not (
-            self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")
-        ):
-            _fail("device", self.device, "expected auto, cpu, cuda, cuda:N or mps")
+        check_seed("seed", self.seed)
+        if not isinstance(self.device, str) or not re.fullmatch(DEVICE_PATTERN, self.device):
+            fail("device", self.device, DEVICES_ALLOWED)
 
 
 # ----------------------------------------------------------------------------------- layering

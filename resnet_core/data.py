@@ -167,9 +167,8 @@ def resolve_source(cfg: DataConfig) -> Source:
         return Source("synthetic", None, spec, _synthetic_size(spec))
     path = Path(spec).expanduser().resolve()
     if not path.exists():
-        raise FileNotFoundError(
-            f"data source {spec!r}: no such directory {path}: expected cifar10, cifar100, synthetic[:N] or a dataset directory"
-        )
+        raise FileNotFoundError(f"data source {spec!r}: no such directory {path}: expected cifar10, cifar100, "
+                                "synthetic[:N] or a dataset directory")
     if not path.is_dir():
         raise NotADirectoryError(f"data source {path} is not a directory: expected an ImageFolder or cifar-10-batches-py directory")
     return _detect_layout(path)
@@ -295,9 +294,8 @@ def _detect_layout(path: Path) -> Source:
             return Source("batches", path / name)
     if (path / "train").is_dir() or (path / "test").is_dir():
         return Source("imagefolder", path)
-    raise ValueError(
-        f"{path} holds no dataset: expected train/<class>/ and test/<class>/ image folders, or cifar-10-batches-py"
-    )
+    raise ValueError(f"{path} holds no dataset: expected train/<class>/ and test/<class>/ image folders, "
+                     "or cifar-10-batches-py")
 
 
 def _load_synthetic(source: Source, cfg: DataConfig) -> RawData:
@@ -403,6 +401,8 @@ def _scan_imagefolder(root: Path) -> tuple[tuple[str, ...], list[FileEntry], lis
         only_test = sorted(set(splits["test"]) - set(splits["train"]))
         raise ValueError(f"train and test classes differ under {root}: only in train {only_train}, only in test {only_test}")
     classes = tuple(splits["train"])
+    if len(classes) < 2:  # every label the same: any classifier scores 0% error, and learns nothing
+        raise ValueError(f"{root} holds 1 class ({classes[0]}): a classifier needs at least 2 class folders")
     return classes, _image_files(root / "train", classes), _image_files(root / "test", classes)
 
 

@@ -5,26 +5,42 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import re
 import sys
 from typing import Any
 
 import torch
 
+from resnet_core.validation import DEVICE_PATTERN, DEVICES_ALLOWED
+
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda if available, else mps, else cpu; an unavailable device is a ValueError."""
+    """``auto`` -> cuda if available, else mps, else cpu; a malformed or unavailable device is a
+    one-line ValueError (torch would raise a RuntimeError only when the first tensor moves)."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name) if re.fullmatch(DEVICE_PATTERN, str(name)) else None
+    except RuntimeError:  # "cuda:00"
+        device = None
+    if device is None:
+        raise ValueError(f"device={name!r} is invalid: {DEVICES_ALLOWED}")
+    if device.type == "mps" and not _mps_available():
+        raise ValueError(f"device={name!r} is not available here: this torch has no usable Apple GPU (MPS); "
+                         "use --device cpu or auto")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={name!r} is not available here: no CUDA device; use --device cpu or auto")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ValueError(f"device={name!r} is not available: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 
 
 def pin_device(device: torch.device) -> None:
@@ -177,7 +193,7 @@ def requested_gpus(requested: str) -> list[int]:
     try:
         device = torch.device(requested)
     except RuntimeError:
-        raise ValueError(f"device={requested!r} is invalid: expected auto, cpu, cuda, cuda:N or mps") from None
+        raise ValueError(f"device={requested!r} is invalid: {DEVICES_ALLOWED}") from None
     return [device.index] if device.type == "cuda" and device.index is not None else []
 
 

@@ -87,8 +87,8 @@ def make_trainer(run: RunConfig, data: DataBundle) -> Trainer:
     configure_backends(device)
     torch.manual_seed(run.seed)
     data = data.to(device)
-    num_classes = run.model.num_classes or data.num_classes
-    model = build_model(dataclasses.replace(run.model, in_channels=data.train_x.shape[1]), num_classes=num_classes)
+    check_fits_data(run, data.num_classes, data.train_x.shape[1])
+    model = build_model(run.model, num_classes=run.model.num_classes or data.num_classes)
     model = model.to(device=device, memory_format=torch.channels_last if run.train.channels_last else torch.contiguous_format)
     generator = torch.Generator(device=device)
     generator.manual_seed(run.seed)
@@ -108,6 +108,18 @@ def make_trainer(run: RunConfig, data: DataBundle) -> Trainer:
         stages=stage_parameters(model),
         scaler=torch.amp.GradScaler(device.type) if needs_grad_scaler(amp_dtype) else None,
     )
+
+
+def check_fits_data(run: RunConfig, classes: int, channels: int) -> None:
+    """Refuse, in one line, a model the data cannot train: fewer outputs than the data have classes
+    (a label past the last output fails mid-epoch), or input channels other than the images' (every
+    source gives RGB images). The commands call it where they first load the data, dry runs too."""
+    if run.model.in_channels != channels:
+        raise ValueError(f"in_channels={run.model.in_channels} is invalid: the data's images have {channels} "
+                         f"channels; expected in_channels={channels} (or leave it out)")
+    if run.model.num_classes is not None and run.model.num_classes < classes:
+        raise ValueError(f"num_classes={run.model.num_classes} is invalid: the data have {classes} classes; "
+                         f"expected num_classes >= {classes}, or none to follow the data")
 
 
 def _step_model(model: nn.Module, compile: bool) -> nn.Module:

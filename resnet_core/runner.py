@@ -36,7 +36,7 @@ from resnet_core.config import DataConfig, RunConfig
 from resnet_core.identity import run_id
 from resnet_core.data import DataBundle, load_data
 from resnet_core.devices import available_cpus, pin_device, resolve_device, share_compile_threads, worker_devices
-from resnet_core.engine import fit
+from resnet_core.engine import check_fits_data, fit
 from resnet_core.migrate import print_migration
 from resnet_core.progress import progress_bar
 from resnet_core.store import FINAL_STATUSES, RunRecord, claim_holder, claim_run, find_record
@@ -199,10 +199,14 @@ def check_writable(folder: str | Path, what: str = "results directory") -> Path:
 def preload_data(runs: Sequence[RunConfig]) -> dict[DataConfig, DataBundle]:
     """Load every distinct data config once, on the CPU, before the workers start.
 
-    A missing dataset is then one error up front instead of a failed record per run, and the
-    workers find the decoded cache on disk instead of all decoding the images at once.
+    A missing dataset, or a model its data cannot train, is then one error up front instead of a
+    failed record per run, and the workers find the decoded cache on disk instead of all decoding
+    the images at once.
     """
-    return {cfg: load_data(cfg, "cpu") for cfg in dict.fromkeys(run.data for run in runs)}
+    bundles = {cfg: load_data(cfg, "cpu") for cfg in dict.fromkeys(run.data for run in runs)}
+    for run in runs:
+        check_fits_data(run, bundles[run.data].num_classes, bundles[run.data].train_x.shape[1])
+    return bundles
 
 
 def runs_bar(total: int, initial: int, enabled: bool, desc: str):

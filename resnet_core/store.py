@@ -60,6 +60,9 @@ class RunRecord:
         for name, kind in shapes.items():
             if not isinstance(values.get(name, kind()), kind):
                 raise ValueError(f"field {name!r} is not a {kind.__name__}")
+        schema = values.get("provenance", {}).get("run_id_schema")  # migrate.py compares it: None is schema 1
+        if schema is not None and (isinstance(schema, bool) or not isinstance(schema, int) or schema < 1):
+            raise ValueError(f"field 'provenance.run_id_schema' is {schema!r}, not a run-id schema (an integer >= 1)")
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names})
 
@@ -308,14 +311,26 @@ def load_histories(results_dir: str | os.PathLike) -> pd.DataFrame:
 
 # ------------------------------------------------------------------------------------ names
 
+# A file name holds 255 bytes, and Optuna's journal lock adds 52 to a study's name while it renames
+# its lock (<name>.log.lock<uuid4>.rename): a longer name fails after the journal was created.
+MAX_NAME_BYTES = 200
+
+
 def check_name(name: str, what: str) -> str:
     """``name`` if it is one safe path component: study and grid names become files and folders
-    under the results directory, and must not reach outside it (``..``, ``/``, an absolute path)."""
-    if (not isinstance(name, str) or not name.strip() or name in (".", "..") or "/" in name or "\\" in name
-            or "\0" in name or os.path.isabs(name)):
-        raise ValueError(f"{what} {name!r} is invalid: expected a single name (no '/', '\\' or '..'), "
-                         "used as a file name under the results folder")
+    under the results directory, and must not reach outside it (``..``, ``/``, an absolute path),
+    hold a character that breaks a line or a listing (a newline, a tab), or outgrow a file name."""
+    if not _safe_name(name):
+        raise ValueError(f"{what} {name!r} is invalid: expected a single name (no '/', '\\' or '..') of printable "
+                         f"characters, at most {MAX_NAME_BYTES} bytes in UTF-8, used as a file name under the "
+                         "results folder")
     return name
+
+
+def _safe_name(name: str) -> bool:
+    if not isinstance(name, str) or not name.strip() or name in (".", "..") or os.path.isabs(name):
+        return False
+    return all(c.isprintable() and c not in "/\\" for c in name) and len(os.fsencode(name)) <= MAX_NAME_BYTES
 
 
 # ----------------------------------------------------------------------------------- claims

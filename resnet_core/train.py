@@ -28,7 +28,7 @@ from resnet_core.identity import run_id
 from resnet_core.recipes import RECIPES, recipe
 from resnet_core.data import DataBundle, load_data
 from resnet_core.devices import resolve_device
-from resnet_core.engine import fit
+from resnet_core.engine import check_fits_data, fit
 from resnet_core.migrate import print_migration
 from resnet_core.models import resolve_model
 from resnet_core.runner import check_writable
@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(parser, "data", "subset", "val_size", "seed", "device", "threads", "results", "set", "quiet", "dry_run",
               help={"seed": "the run's seed (default 0)",
                     "threads": "CPU threads for torch (default: the cores this process may use)",
-                    "dry_run": "print the resolved config and its run id, train nothing"})
+                    "dry_run": "print the resolved config and its run id, train nothing (the data are read: a "
+                                 "model they cannot train is refused as training would)"})
     parser.add_argument("--lr", type=float)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--optimizer", help="sgd, adam or adamw")
@@ -133,15 +134,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_flags(args)
     run = resolve_run_config(args)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)  # a command line's own process: the one place this is set
+    device = resolve_device(run.device)  # an unknown or absent device: one line, in a dry run too
+    # Bad data, or a model they cannot train: one line before anything is created; a dry run (on the
+    # CPU) refuses what training would.
+    data = load_data(run.data, "cpu" if args.dry_run else device)
+    check_fits_data(run, data.num_classes, data.train_x.shape[1])
     if args.dry_run:
         data = load_data(run.data, "cpu")  # the sizes it resolves to, and bad data as the real run would see it
         print(json.dumps(config_as_used(run, data), indent=1))
         print(split_line(data))
         print(f"run {run_id(run)}; record {record_path(args.results, run_id(run))}")
         return 0
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)  # a command line's own process: the one place this is set
-    data = load_data(run.data, resolve_device(run.device))  # bad data: one line, before anything is created
     check_writable(args.results)  # an unwritable folder: one line now, not after an epoch of training
     print_migration(args.results, [run])  # a record or checkpoint under an older run-id schema: renamed
     with claim_run(args.results, run_id(run)) as claimed:

@@ -184,7 +184,8 @@ def test_a_study_name_must_stay_inside_the_results_folder(name, tmp_path, capsys
     assert run_cli(run_driver.main, args) == 2
     captured = capsys.readouterr()
     assert one_line(captured.err) == (f"error: --study-name {name!r} is invalid: expected a single name "
-                                      "(no '/', '\\' or '..'), used as a file name under the results folder")
+                                      "(no '/', '\\' or '..') of printable characters, at most 200 bytes in UTF-8, "
+                                      "used as a file name under the results folder")
     assert captured.out == "" and sorted(p.name for p in tmp_path.iterdir()) == ["tiny.toml"]
     assert run_cli(report_driver.main, ["--study-name", name, "--results", str(tmp_path / "res")]) == 2
     assert one_line(capsys.readouterr().err).startswith("error: study name")

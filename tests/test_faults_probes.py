@@ -157,7 +157,8 @@ def test_training_metrics_count_the_images_of_a_split_smaller_than_a_batch(tmp_p
         assert epoch["images_per_s"] * epoch["seconds"] == pytest.approx(400)
 
 
-def test_one_class_data_has_zero_training_error(tmp_path):
+def test_one_class_data_is_refused_before_a_record_is_written(tmp_path):
+    """Every label the same, a run would report 0.00% error and learn nothing (issue 26)."""
     import numpy as np
     from PIL import Image
 
@@ -167,9 +168,9 @@ def test_one_class_data_has_zero_training_error(tmp_path):
         folder.mkdir(parents=True)
         for i in range(count):
             Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    record = fit(_tiny_run(str(tmp_path / "one"), 64, 8), results_dir=tmp_path / "results")
-    assert record.status == "completed", record.error
-    assert record.final["train_error"] == 0.0 and record.final["val_error"] == 0.0
+    with pytest.raises(ValueError, match=r"one holds 1 class \(cat\): a classifier needs at least 2 class folders"):
+        fit(_tiny_run(str(tmp_path / "one"), 64, 8), results_dir=tmp_path / "results")
+    assert not (tmp_path / "results").exists()
 
 
 # ------------------------------------------------------------------------------- 5: grid names
@@ -181,8 +182,8 @@ def test_a_grid_name_must_stay_inside_the_results_folder(tmp_path, capsys, monke
     results = tmp_path / "results"
     assert run_cli(driver("run").main, ["--grid", str(path), *FAST, "--results", str(results)]) == 2
     assert one_line(capsys.readouterr().err) == (f"error: {path}: grid name '../../x' is invalid: expected a single "
-                                                 "name (no '/', '\\' or '..'), used as a file name under the results "
-                                                 "folder")
+                                                 "name (no '/', '\\' or '..') of printable characters, at most 200 "
+                                                 "bytes in UTF-8, used as a file name under the results folder")
     assert run_cli(driver("report").main, ["--grid", "../../x", "--results", str(results)]) == 2
     assert one_line(capsys.readouterr().err).startswith("error: grid name '../../x' is invalid")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["escape.toml"]

@@ -31,7 +31,7 @@ from resnet_core.cli import add_flags, check_flags, entry
 from resnet_core.config import DataConfig, RunConfig, default_data_source, parse_assignments, resolve_field
 from resnet_core.data import load_data
 from resnet_core.devices import resolve_device
-from resnet_core.engine import estimate_seconds, measure_step_rate
+from resnet_core.engine import check_fits_data, estimate_seconds, measure_step_rate
 from resnet_core.grid_manifest import report_dir, save_manifest
 from resnet_core.grid_report import build_grid_report, skipped_warning, write_report
 from resnet_core.reports import plural
@@ -151,7 +151,7 @@ class DryRun:
         # No record file at all (a new grid): nothing can be done, and no run id need be hashed.
         self.recorded = {p.stem for p in runs_dir(results).glob("*.json")}
         self.rates: dict[tuple, float] = {}
-        self.sizes: dict[DataConfig, tuple[int, int]] = {}
+        self.sizes: dict[DataConfig, tuple[int, int, int, int]] = {}
         self.cells: dict[str, list] = {}  # label -> [runs, done, rate key] of the listed cells
         self.runs = self.done = 0
         self.seconds = 0.0
@@ -163,7 +163,8 @@ class DryRun:
         self.runs += 1
         self.done += done
         if not done:
-            train_size, eval_size = self._sizes(cell.run.data)
+            train_size, eval_size, classes, channels = self._sizes(cell.run.data)
+            check_fits_data(cell.run, classes, channels)  # what training would refuse, refused now
             self.seconds += estimate_seconds(cell.run, self._rate(cell), train_size, eval_size)
         if cell.label in self.cells or len(self.cells) < LISTED_CELLS:
             counts = self.cells.setdefault(cell.label, [0, 0, rate_key(cell.run)])
@@ -180,10 +181,12 @@ class DryRun:
             self.rates[key] = measure_step_rate(dataclasses.replace(cell.run, device=self.device), steps=3)
         return self.rates[key]
 
-    def _sizes(self, cfg: DataConfig) -> tuple[int, int]:
+    def _sizes(self, cfg: DataConfig) -> tuple[int, int, int, int]:
+        """(training images, evaluated images, classes, image channels) of the data ``cfg`` loads."""
         if cfg not in self.sizes:
             data = load_data(cfg, "cpu")
-            self.sizes[cfg] = len(data.train_y), len(data.val_y) + len(data.test_y)
+            self.sizes[cfg] = (len(data.train_y), len(data.val_y) + len(data.test_y),
+                               data.num_classes, data.train_x.shape[1])
         return self.sizes[cfg]
 
     def _say(self, message: str) -> None:

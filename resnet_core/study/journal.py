@@ -15,6 +15,33 @@ from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from resnet_core.study.common import say
 
 
+# The keys Optuna 5's journal replay reads of each operation, by op_code (JournalOperation and
+# JournalStorageReplayResult in optuna/storages/journal/_storage.py); a line without them fails
+# there with a bare KeyError or AssertionError.
+OPERATION_KEYS: dict[int, tuple[str, ...]] = {
+    0: ("study_name", "directions"),  # CREATE_STUDY
+    1: ("study_id",),  # DELETE_STUDY
+    2: ("study_id", "user_attr"),  # SET_STUDY_USER_ATTR
+    3: ("study_id", "system_attr"),  # SET_STUDY_SYSTEM_ATTR
+    4: ("study_id", "datetime_start"),  # CREATE_TRIAL
+    5: ("trial_id", "param_name", "param_value_internal", "distribution"),  # SET_TRIAL_PARAM
+    6: ("trial_id", "state", "values"),  # SET_TRIAL_STATE_VALUES
+    7: ("trial_id", "step", "intermediate_value"),  # SET_TRIAL_INTERMEDIATE_VALUE
+    8: ("trial_id", "user_attr"),  # SET_TRIAL_USER_ATTR
+    9: ("trial_id", "system_attr"),  # SET_TRIAL_SYSTEM_ATTR
+    10: (),  # DISCARD_TRIALS
+}
+
+
+def is_operation(log: Any) -> bool:
+    """Whether ``log`` (one parsed journal line) is an operation Optuna's replay can apply."""
+    if not isinstance(log, dict) or not isinstance(log.get("worker_id"), str):
+        return False
+    op_code = log.get("op_code")
+    keys = OPERATION_KEYS.get(op_code) if type(op_code) is int else None  # not a bool, not 1.0
+    return keys is not None and all(key in log for key in keys)
+
+
 def damaged_tail(path: str | os.PathLike) -> tuple[int, bytes] | None:
     """(offset, bytes) of a journal's last line if it is not a whole operation, else None.
 
@@ -60,7 +87,10 @@ class RepairingJournalFile(optuna.storages.journal.BaseJournalBackend):
     fails. Here an append takes the journal's lock (the same lock file Optuna's backend uses, so
     both agree), cuts a damaged last line (:func:`damaged_tail`) after keeping a copy in
     ``<journal>.cut``, says so in one line, and then writes; a write that fails (a full disk) is
-    undone, so it never leaves a fragment itself. Reading is Optuna's, with errors that name the file.
+    undone, so it never leaves a fragment itself. Reading is Optuna's, with errors that name the file;
+    a whole JSON line that is no operation (:func:`is_operation`) is an error naming its line, never
+    cut: no killed write leaves a whole line, so it is someone's data, and each process's Optuna
+    reader keeps byte offsets of the lines it has read, which a line removed under it would shift.
     """
 
     def __init__(self, path: str):
@@ -69,6 +99,15 @@ class RepairingJournalFile(optuna.storages.journal.BaseJournalBackend):
         self.reader = JournalFileBackend(path, lock_obj=self.lock)
 
     def read_logs(self, log_number_from: int) -> Iterator[dict[str, Any]]:
+        for line, log in enumerate(self._parsed(log_number_from), start=log_number_from + 1):
+            if not is_operation(log):
+                text = json.dumps(log)
+                raise ValueError(f"journal {self.path} line {line} is not an Optuna operation "
+                                 f"({text[:60] + ('...' if len(text) > 60 else '')}): something other than a study "
+                                 "wrote it; delete that line (or restore the file from a copy) and run again")
+            yield log
+
+    def _parsed(self, log_number_from: int) -> Iterator[Any]:
         line = log_number_from
         try:
             for log in self.reader.read_logs(log_number_from):

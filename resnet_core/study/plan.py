@@ -13,7 +13,7 @@ import torch
 from resnet_core.budgets import Budget
 from resnet_core.config import RunConfig, apply_overrides, resolve_field
 from resnet_core.data import load_data, pool_size, training_images
-from resnet_core.engine import estimate_seconds, measure_step_rate
+from resnet_core.engine import check_fits_data, estimate_seconds, measure_step_rate
 from resnet_core.runner import check_writable
 from resnet_core.schedules import make_budget
 from resnet_core.splits import capped_val_size
@@ -72,11 +72,11 @@ def plan(request: StudyRequest) -> tuple[Setup, Any]:
     """
     r = request
     plan_budget = budget(r.budget)
-    make_sampler(r.sampler, r.seed)
     if not r.stale_after > 0:
         raise ValueError(f"--stale-after {r.stale_after}: expected a number of seconds > 0")
     base = base_run(r.model, plan_budget, epochs=r.epochs, data=r.data, subset=r.subset, val_size=r.val_size,
                     seed=r.seed, overrides=dict(r.overrides))
+    make_sampler(r.sampler, r.seed)  # after the config has checked the seed, in a line that names it
     base = _fit_budget_sizes(base, r, plan_budget)
     search = read_space(r.space, r.spaces_dir)
     fixed = validate_space(search, base)  # base with the space's [fixed] fields set
@@ -94,6 +94,7 @@ def plan(request: StudyRequest) -> tuple[Setup, Any]:
     check_writable(r.results, "results directory")  # run records, checkpoints and reports go there
     check_storage(storage, r.stale_after)  # an unreachable server fails now, not after the data are loaded
     bundle = load_data(base.data, r.data_device)
+    check_fits_data(fixed, bundle.num_classes, bundle.train_x.shape[1])
     budget_epochs = make_budget(fixed.train, len(bundle.train_y)).epochs
     pruner, first_rung, reduction = _pruner_choice(r, plan_budget, _recorded(storage, name, r.stale_after))
     bootstrap = bootstrap_for(r.trials, pruner, budget_epochs, first_rung, reduction)
