@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import os
 import platform
@@ -54,6 +55,17 @@ def training_code_sha256(package_dir: Path = PACKAGE_DIR) -> str:
     return digest.hexdigest()[:16]
 
 
+@functools.cache
+def loaded_code() -> dict[str, Any]:
+    """The code this process loaded: ``code_state`` plus ``training_code_sha256``, read once, when this
+    module is first imported (before any run trains), so that a tree edited or committed while a long
+    grid runs does not relabel its later runs with code they did not run."""
+    return {**code_state(), "training_code_sha256": training_code_sha256()}
+
+
+loaded_code()  # at import: the modules a run executes are imported with this one
+
+
 def data_name(source: str) -> str:
     """The data as a report may name it: a dataset name as given, a directory relative to the working
     directory (an absolute path would name the machine, not the data)."""
@@ -80,12 +92,12 @@ def collect_provenance(run, device: torch.device | None, amp_dtype: torch.dtype 
     loss scaling, TF32, cuDNN benchmark) and ``resumed_from_device``: the device type of a
     checkpoint written on another device type, whose RNG streams could not be continued.
     """
-    code = code_state()
+    code = loaded_code()
     return {
         "git_commit": code["commit"] + ("-dirty" if code["dirty"] else ""),
         "git_dirty": code["dirty"],
         "git_diff_sha256": code["diff_sha256"],
-        "training_code_sha256": training_code_sha256(),
+        "training_code_sha256": code["training_code_sha256"],
         **software_versions(),
         "device": str(device) if device is not None else run.device,
         "device_type": device.type if device is not None else None,

@@ -186,3 +186,16 @@ def test_the_manifest_names_the_grid_by_name_and_file_hash_not_by_path(tmp_path)
     builtin = load_grid("degradation")
     shipped = manifest(builtin, expand(builtin, {"data.source": "synthetic"}))
     assert shipped["builtin"] is True and grid_line(shipped).startswith("- Grid: `degradation` (built-in grid file degradation.toml")
+
+
+def test_a_record_names_the_code_its_process_loaded_not_the_tree_at_the_time_it_is_written(monkeypatch):
+    """A tree edited or committed while a long grid runs must not relabel the runs trained after it."""
+    from resnet_core import provenance
+    from resnet_core.config import RunConfig
+
+    loaded = provenance.loaded_code()
+    monkeypatch.setattr(provenance, "code_state", lambda path=None: {"commit": "later", "dirty": True, "diff_sha256": "x"})
+    monkeypatch.setattr(provenance, "training_code_sha256", lambda package_dir=None: "edited")
+    facts = provenance.collect_provenance(RunConfig(), None, None, None)
+    assert (facts["git_commit"].removesuffix("-dirty"), facts["git_diff_sha256"]) == (loaded["commit"], loaded["diff_sha256"])
+    assert facts["training_code_sha256"] == loaded["training_code_sha256"] != "edited"
