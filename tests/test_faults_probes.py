@@ -248,7 +248,7 @@ def test_a_huge_dry_run_measures_each_model_once_and_prints_progress(tmp_path, c
     assert time.monotonic() - started < 60
     out, err = capsys.readouterr()
     assert measured == [8, 14]  # one step rate per distinct model, not one per cell
-    assert "20000 runs, 0 already done; estimated" in out and "... and 19,950 more runs in further cells" in out
+    assert "20,000 runs, 0 already done; estimated" in out and "... and 19,950 more runs in further cells" in out
     assert len(out.splitlines()) < 60  # 50 cells listed, not 20,000
     assert "dry run: measuring the step rate of model 2" in err
     assert not (tmp_path / "r").exists()

@@ -22,6 +22,7 @@ from resnet_core import train as train_command
 
 TINY = ["--epochs", "1", "--device", "cpu", "--threads", "1", "--set", "depth=8", "--set", "widths=4,8,16",
         "--set", "batch_size=50", "--set", "eval_batch_size=500"]
+STUDY_TINY = TINY[:10] + TINY[12:]  # without --set batch_size=50: the recipe space searches the batch size
 
 
 @pytest.fixture(autouse=True)
@@ -88,7 +89,7 @@ def test_resnet_grid_runs_on_a_1500_image_imagefolder_with_default_sizes(tmp_pat
 
 def test_resnet_study_runs_on_synthetic_data_with_default_sizes(tmp_path, capsys):
     code = run_cli(study_command.main, ["--trials", "2", "--data", "synthetic", "--results", str(tmp_path),
-                                        "--quiet", "--no-figures", "--sampler", "random", *TINY])
+                                        "--quiet", "--no-figures", "--sampler", "random", *STUDY_TINY])
     assert code == 0, capsys.readouterr().err
     # 2 trials and the default final stage's one run: the quick budget's 3,250 subset is all 1,800 here (its 2,000 validation images a ceiling too)
     assert _sizes(tmp_path) == [(1800, 200, 500)] * 3
@@ -101,7 +102,7 @@ def test_resnet_study_runs_on_synthetic_data_with_default_sizes(tmp_path, capsys
 def test_a_study_report_names_the_validation_images_its_final_stage_held_out(tmp_path, capsys):
     """The standard budget keeps the default val_size (5000): on synthetic data that is 200 images."""
     code = run_cli(study_command.main, ["--trials", "1", "--budget", "standard", "--final-seeds", "1", "--data", "synthetic",
-                                        "--results", str(tmp_path), "--quiet", "--no-figures", "--sampler", "random", *TINY])
+                                        "--results", str(tmp_path), "--quiet", "--no-figures", "--sampler", "random", *STUDY_TINY])
     assert code == 0, capsys.readouterr().err
     report = next((tmp_path / "studies").glob("*/report.md")).read_text()
     assert "on the full training split (validation 200 images held out)" in report
