@@ -185,6 +185,16 @@ def _backward_and_step(trainer: Trainer, loss: torch.Tensor) -> None:
     trainer.scaler.update()
 
 
+def apply_schedule(trainer: Trainer) -> float:
+    """Set the optimizer's learning rate (and momentum, when it cycles) for the trainer's next iteration."""
+    train, total = trainer.run.train, trainer.budget.total_iterations
+    lr = lr_at(trainer.iteration, total, train)
+    set_lr(trainer.optimizer, lr)
+    if train.cycle_momentum:
+        set_momentum(trainer.optimizer, momentum_at(trainer.iteration, total, train))
+    return lr
+
+
 def train_one_epoch(trainer: Trainer, bar=None) -> dict[str, Any]:
     """One pass (or the budget's remainder) over a fresh permutation of the training split.
 
@@ -202,10 +212,7 @@ def train_one_epoch(trainer: Trainer, bar=None) -> dict[str, Any]:
     seen = 0  # images trained on: a split smaller than a batch gives one short step, not a full batch
     start = time.perf_counter()
     for step in range(steps):
-        lr = lr_at(trainer.iteration, budget.total_iterations, trainer.run.train)
-        set_lr(trainer.optimizer, lr)
-        if trainer.run.train.cycle_momentum:
-            set_momentum(trainer.optimizer, momentum_at(trainer.iteration, budget.total_iterations, trainer.run.train))
+        lr = apply_schedule(trainer)
         index = order[step * batch:(step + 1) * batch]
         step_loss, step_correct = train_step(trainer, data.train_x[index], data.train_y[index])
         seen += len(index)
