@@ -248,3 +248,5 @@ def test_a_grid_measures_the_test_set_only_where_its_report_reads_it(tmp_path):
         assert not {"train.test_eval", "train.val_epochs"} & set(identity_settings(cell.run))  # ids unchanged
     kept = write(tmp_path, 'report = "generic"\n[fixed]\ntest_eval = "every_epoch"\n[axes]\ndepth = [20]\n')
     assert expand(load_grid(str(kept)))[0].run.train.test_eval == "every_epoch"  # the grid file's own setting wins
+    every_epoch = expand(load_grid("shortcuts", GRIDS), {"test_eval": "every_epoch"})  # --set: the ids of every-epoch runs
+    assert all("train.test_eval" not in identity_settings(cell.run) for cell in every_epoch)
