@@ -26,10 +26,11 @@ from torch import nn
 
 from resnet_core import augment as augment_module
 from resnet_core import engine
-from resnet_core.checkpoints import load_checkpoint, save_checkpoint
+from resnet_core.checkpoints import checkpoint_if_due, load_checkpoint
 from resnet_core.config import RunConfig
 from resnet_core.data import DataBundle
-from resnet_core.devices import configure_backends, needs_grad_scaler, resolve_amp, resolve_device
+from resnet_core.compiled import compiled_step_model
+from resnet_core.devices import configure_backends, needs_grad_scaler, resolve_amp, resolve_device, resolve_sync_every
 from resnet_core.fused import (
     FusedModel,
     build_fused,
@@ -94,6 +95,7 @@ class GroupTrainer:
     scaler: torch.amp.GradScaler | None = None
     iteration: int = 0
     masks_diverged: bool = False  # hooks zero the diverged members' gradient slices
+    sync_every: int = 0  # steps between host reads of the running losses; 0: epoch end only
 
     @property
     def run(self) -> RunConfig:
@@ -123,7 +125,7 @@ def make_group_trainer(runs: Sequence[RunConfig], data: DataBundle) -> GroupTrai
         members=[Member(r, torch.Generator(device=device).manual_seed(r.seed)) for r in runs],
         device=device,
         model=model,
-        step_model=engine._step_model(model, run.train.compile),
+        step_model=compiled_step_model(model, run, device, amp_dtype, data.num_classes, "fused", len(runs)),
         optimizer=build_optimizer(model, run.train),
         data=data,
         budget=make_budget(run.train, len(data.train_y)),
@@ -133,6 +135,7 @@ def make_group_trainer(runs: Sequence[RunConfig], data: DataBundle) -> GroupTrai
         stages=fused_stage_parameters(model),
         alive=torch.ones(len(runs), dtype=torch.bool, device=device),
         scaler=torch.amp.GradScaler(device.type) if needs_grad_scaler(amp_dtype) else None,
+        sync_every=resolve_sync_every(run.train.sync_every, device),
     )
 
 
@@ -213,7 +216,7 @@ def train_group_epoch(trainer: GroupTrainer, bar=None) -> list[dict[str, Any] | 
         trainer.iteration += 1
         if bar is not None:
             bar.update(1)
-        if (step + 1) % engine.DIVERGENCE_CHECK_EVERY == 0:
+        if trainer.sync_every and (step + 1) % trainer.sync_every == 0:
             _mark_diverged(trainer, (loss_sum / seen).tolist())
     seconds = time.perf_counter() - start
     _mark_diverged(trainer, (loss_sum / seen).tolist())
@@ -336,10 +339,12 @@ def _resume_members(trainer: GroupTrainer, ckpts: list[Path]) -> list[int]:
     return failed
 
 
-def _save_members(trainer: GroupTrainer, ckpts: list[Path]) -> None:
+def _save_members(trainer: GroupTrainer, ckpts: list[Path], epoch: int) -> None:
+    """Every live member's checkpoint, every ``checkpoint_every`` epochs (as ``engine.fit`` saves a run's)."""
+    due = epoch % trainer.run.train.checkpoint_every == 0
     for k, (member, path) in enumerate(zip(trainer.members, ckpts)):
         if member.error is None:
-            save_checkpoint(member_view(trainer, k), path)
+            checkpoint_if_due(member_view(trainer, k), path, due)
 
 
 # ----------------------------------------------------------------------------------- records
@@ -383,8 +388,7 @@ def _group_loop(trainer: GroupTrainer, ckpts: list[Path], progress: bool) -> Non
             for member, m in zip(trainer.members, metrics):
                 if m is not None:
                     member.history.append(m)
-            if trainer.run.train.checkpoint:
-                _save_members(trainer, ckpts)
+            _save_members(trainer, ckpts, max(len(member.history) for member in trainer.members))
             if progress:
                 bar.write(_epoch_lines(trainer, metrics))
 
