@@ -40,8 +40,9 @@ from distributed import Client, Event, Future, KilledWorker, LocalCluster, Worke
 
 from resnet_core.config import RunConfig
 from resnet_core.identity import run_id
-from resnet_core.devices import available_cpus, pin_device, resolve_device, share_compile_threads, worker_devices
+from resnet_core.devices import available_cpus, prepare_worker, resolve_device, worker_devices
 from resnet_core.engine import fit
+from resnet_core.gpu_memory import fit_retrying_oom
 from resnet_core.runner import Outcome, outcome_of, runs_bar, split_done, tally, worker_data
 from resnet_core.schedules import make_budget
 from resnet_core.store import (
@@ -207,15 +208,6 @@ def _reply(record: RunRecord, scratch: str) -> dict[str, Any]:
     return {"record": values, "checkpoint": ckpt.read_bytes() if ckpt.exists() else None}
 
 
-def _use_device(device: torch.device, task: Task, worker) -> None:
-    """Set in the task's own thread: OpenMP keeps the thread count, CUDA the current device, per thread."""
-    threads = _task_threads(task.threads, worker)
-    if device.type == "cpu":
-        torch.set_num_threads(threads)
-    pin_device(device)  # stray allocations (cuDNN workspaces) land on the run's GPU
-    share_compile_threads(threads)
-
-
 def train_remote(task: Task) -> dict[str, Any] | None:
     """Worker body: fit one run in a scratch directory and return what the driver stores.
 
@@ -228,8 +220,7 @@ def train_remote(task: Task) -> dict[str, Any] | None:
         return None
     run = dataclasses.replace(task.run, device=device_here(task.run.device, worker))
     try:
-        device = resolve_device(run.device)
-        _use_device(device, task, worker)
+        prepare_worker(resolve_device(run.device), _task_threads(task.threads, worker))  # in the task's thread
         data = worker_data(run.data, run.device)
         total = make_budget(run.train, len(data.train_y)).total_iterations
     except (ValueError, OSError) as exc:
@@ -240,7 +231,7 @@ def train_remote(task: Task) -> dict[str, Any] | None:
 
     with tempfile.TemporaryDirectory(prefix="resnet_core_run_") as scratch:
         _seed_scratch(scratch, task)
-        return _reply(fit(run, callbacks=[interrupted], results_dir=scratch, data=data), scratch)
+        return _reply(fit_retrying_oom(fit, run, callbacks=[interrupted], results_dir=scratch, data=data), scratch)
 
 
 # ------------------------------------------------------------------------------ the driver

@@ -51,9 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                + ", ".join(f"{b.name} ({b.note})" for b in GRID_BUDGETS.values())})
     length = parser.add_mutually_exclusive_group()
     add_flags(length, "epochs", "iterations")
-    add_flags(parser, "data", "subset", "val_size", "device", "workers", "workers_per_gpu", "threads", "results", "set",
-              "quiet", "dry_run", help={"workers": "parallel runs (default 0: one per GPU slot, or 1 on a CPU); "
-                                                  "not used with --dask"})
+    add_flags(parser, "data", "subset", "val_size", "device", "workers", "workers_per_gpu", "gpu_memory_fraction",
+              "threads", "results", "set", "quiet", "dry_run",
+              help={"workers": "parallel runs (default 0: one per GPU slot, or 1 on a CPU); not used with --dask"})
     parser.add_argument("--dask", metavar="ADDRESS", help="run on a Dask cluster: a scheduler address (tcp://HOST:8786) "
                         "or local:N for a local cluster of N worker processes")
     return parser
@@ -241,7 +241,7 @@ def run_local(args: argparse.Namespace, spec: grids.GridSpec, cells: list[grids.
     save_manifest(args.results, spec, cells, budget)
     return run_all(runs, args.results, workers=args.workers, device=args.device,
                    workers_per_gpu=args.workers_per_gpu, desc=spec.name, threads=args.threads,
-                   progress=not args.quiet)
+                   progress=not args.quiet, memory_fraction=args.gpu_memory_fraction)
 
 
 def dask_runner():
@@ -274,7 +274,7 @@ def write_and_print_report(results: str, grid_name: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    check_parallelism(args.workers, args.workers_per_gpu, args.threads)
+    check_parallelism(args.workers, args.workers_per_gpu, args.threads, args.gpu_memory_fraction)
     if args.dask:
         dask_runner().local_workers(args.dask)  # a malformed local:N is a usage error too
     spec = build_spec(args)

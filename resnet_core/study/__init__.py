@@ -21,7 +21,7 @@ from resnet_core.study.common import (
 )
 from resnet_core.study.compare import compare_specs
 from resnet_core.study.final import (
-    FinalStage, final_config, final_interval, final_runs, final_table, train_final,
+    FinalStage, final_config, final_interval, final_runs, final_table, train_final, train_finals,
 )
 from resnet_core.study.figures import (
     history_figure, importance_figure, isolation_figure, learning_curves_figure, parallel_figure, slice_figure,
@@ -79,7 +79,7 @@ __all__ = [
     "RetryStaleTrial", "run_labels", "run_study", "run_worker", "SAMPLERS", "scrub", "search_history_text",
     "SearchSpace", "Setup", "slice_figure", "space_path", "SPACES_DIR", "spec_from_study", "stale_reason",
     "state_counts", "storage_error", "study_markdown", "StudyRequest", "StudySpec", "top_params", "top_trials",
-    "train_final", "FinalStage", "final_config", "final_interval", "trial_config", "TrialFailed", "TrialProgress", "trials_table", "unencoded_at",
+    "train_final", "train_finals", "FinalStage", "final_config", "final_interval", "trial_config", "TrialFailed", "TrialProgress", "trials_table", "unencoded_at",
     "unmarked_reason", "url_passwords", "validate_space", "worker_jobs", "worker_sampler", "worker_threads",
     "WorkerJob", "write_compare_report", "write_reports", "write_study_report",
 ]
