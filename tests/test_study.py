@@ -590,7 +590,7 @@ def test_the_objective_trains_through_an_injected_fit_and_leaves_globals_alone(t
     optuna.logging.set_verbosity(optuna.logging.INFO)
     threads = torch.get_num_threads()
     counts = st.run_study(setup.spec, 3, ["cpu"], data=data, progress=False, fit=fake_fit)
-    timing = st.estimate(setup.spec, setup.train_size, setup.eval_size, "cpu", 3, 1, threads=threads + 1)
+    timing = st.estimate(setup.spec, setup.train_size, setup.eval_size, ["cpu"], 3, threads=threads + 1)
     assert optuna.logging.get_verbosity() == optuna.logging.INFO  # only a CLI or a worker's entry sets it
     assert torch.get_num_threads() == threads and timing["per_trial_s"] > 0
     assert counts["complete"] == 3
@@ -620,3 +620,36 @@ def test_a_study_created_before_a_new_config_field_goes_on(tmp_path, space):
     study.set_user_attr("base_config", old)
     again, created = st.create_study(setup.spec)
     assert not created and again.study_name == study.study_name
+
+
+def test_workers_sharing_a_gpu_count_as_one_gpu_unless_a_measurement_says_otherwise():
+    from resnet_core.devices import parallel_throughput
+
+    assert parallel_throughput(["cpu"] * 3) == (3.0, "")  # each CPU worker has its own share of the cores
+    assert parallel_throughput(["cuda:0", "cuda:1"]) == (2.0, "2 workers on 2 GPUs, one per GPU")
+    count, line = parallel_throughput(["cuda:0"] * 3)
+    assert count == 1.0
+    assert line == ("shared GPUs: 3 workers on 1 GPU counted as 1 GPU at full speed "
+                    "(workers sharing a GPU take turns; no measurement of concurrent processes)")
+    count, line = parallel_throughput(["cuda:0", "cuda:1"] * 2, concurrency={2: 1.6, 3: 2.0})
+    assert count == pytest.approx(3.2) and "2 processes on one GPU measured at 1.60x one process" in line
+
+
+def test_the_study_estimate_and_plan_line_say_how_shared_gpus_count(tmp_path, space, monkeypatch):
+    planning = sys.modules["resnet_core.study.plan"]  # the package's name "plan" is the function
+
+    setup, _ = st.plan(tiny_request(tmp_path, space))
+    monkeypatch.setattr(planning, "measure_step_rate", lambda run, steps: 1000.0)  # no GPU here to measure
+
+    def estimate(devices, **kwargs):
+        return st.estimate(setup.spec, setup.train_size, setup.eval_size, devices, 12, **kwargs)
+
+    one = estimate(["cuda:0"])
+    assert estimate(["cuda:0"] * 3)["total_s"] == pytest.approx(one["total_s"])  # they take turns
+    assert estimate(["cuda:0", "cuda:1", "cuda:2"])["total_s"] == pytest.approx(one["total_s"] / 3)
+    measured = estimate(["cuda:0"] * 2, concurrency={2: 1.5})
+    assert measured["total_s"] == pytest.approx(one["total_s"] / 1.5)
+    lines = st.plan_lines(setup, setup.spec, 12, 0, ["cuda:0"] * 3, estimate(["cuda:0"] * 3))
+    assert lines[-1].startswith("time     measured 1,000 training images/s")
+    assert lines[-1].endswith("; shared GPUs: 3 workers on 1 GPU counted as 1 GPU at full speed "
+                              "(workers sharing a GPU take turns; no measurement of concurrent processes)")

@@ -149,8 +149,8 @@ def final_stage(args: argparse.Namespace, budget) -> st.FinalStage:
 
 def _print_plan(setup, specs, targets, devices, args, stage: st.FinalStage) -> None:
     done = [st.current_counts(s)["finished"] for s in specs]
-    timing = st.estimate(setup.spec, setup.train_size, setup.eval_size, devices[0],
-                         sum(max(0, t - d) for t, d in zip(targets, done)), len(devices), args.threads)
+    timing = st.estimate(setup.spec, setup.train_size, setup.eval_size, devices,
+                         sum(max(0, t - d) for t, d in zip(targets, done)), args.threads)
     for line in st.plan_lines(setup, setup.spec, sum(targets), sum(done), devices, timing):
         print(line)
     if args.compare:
