@@ -7,6 +7,10 @@ and reports are those of a local run. Workers need the package installed and the
 under the same ``data.source``: a directory that exists at that path on every worker, or a
 torchvision name (``cifar10``) whose files are already in place there.
 
+Each worker process runs one task at a time (``dask worker --nthreads 1``; a worker with more is
+refused): runs in one process share torch's process-wide state, and one run's
+``torch._dynamo.reset()`` would clear another's compiled model.
+
 Lost workers: when a worker dies mid-run the scheduler re-runs its tasks elsewhere, up to
 ``distributed.scheduler.allowed-failures`` deaths per task; when it gives up (``KilledWorker``)
 the driver resubmits the run, at most ``RESUBMITS`` times. Other exceptions on a worker are
@@ -160,6 +164,43 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+# ------------------------------------------------------------------------- what workers have
+
+def _device_type(requested: str, dask_worker) -> str:
+    """The device type a run asking for ``requested`` gets on this worker (runs via ``client.run``)."""
+    try:
+        return resolve_device(device_here(requested, dask_worker)).type
+    except ValueError:
+        return "unavailable"
+
+
+def cluster_device_type(client: Client, requested: str = "auto") -> str:
+    """The device type runs asking for ``requested`` get on the cluster's workers (not this driver's):
+    ``cuda`` when every worker has a GPU for them; a cluster of mixed workers counts as ``cpu``."""
+    types = set(client.run(_device_type, requested, on_error="ignore").values())
+    if not types:
+        raise ValueError(f"--budget auto: the Dask cluster at {client.scheduler.address} has no workers yet to "
+                         "ask for their devices; give --budget quick, standard or paper")
+    return types.pop() if len(types) == 1 else "cpu"
+
+
+def _threads_error(address: str, nthreads: int) -> str:
+    return (f"Dask worker {address} runs {nthreads} tasks at once: runs in one process share torch's "
+            "process-wide state (a run's torch._dynamo.reset() clears another's compiled model); "
+            "start workers with `dask worker --nthreads 1`")
+
+
+def check_one_task_per_worker(client: Client) -> None:
+    """One-line ValueError when a worker process runs several tasks at once (``--nthreads`` > 1)."""
+    for address, nthreads in client.run(_task_slots, on_error="ignore").items():
+        if nthreads > 1:
+            raise ValueError(_threads_error(address, nthreads))
+
+
+def _task_slots(dask_worker) -> int:
+    return dask_worker.state.nthreads
+
+
 # --------------------------------------------------------------------------------- threads
 
 def _host(address: str) -> str:
@@ -218,6 +259,8 @@ def train_remote(task: Task) -> dict[str, Any] | None:
     stop = Event(task.stop)
     if stop.is_set():
         return None
+    if worker.state.nthreads > 1:  # a worker that joined after the driver's check
+        return {"error": _threads_error(worker.address, worker.state.nthreads)}
     run = dataclasses.replace(task.run, device=device_here(task.run.device, worker))
     try:
         prepare_worker(resolve_device(run.device), _task_threads(task.threads, worker))  # in the task's thread
@@ -335,9 +378,11 @@ def run_all_dask(
 ) -> list[Outcome]:
     """:func:`resnet_core.runner.run_all` on a Dask cluster: same skipping, records and outcomes.
 
-    ``threads``: torch threads per CPU run (default: each host's cores over its task slots).
+    ``threads``: torch threads per CPU run (default: each host's cores over its task slots). A
+    worker that runs several tasks at once is refused (one line naming the fix).
     """
     results_dir = Path(results_dir)
+    check_one_task_per_worker(client)
     done, pending = split_done(runs, results_dir)
     outcomes = {o.run_id: o for o in done}
     plan: Threads = threads if threads is not None else threads_by_host(client)

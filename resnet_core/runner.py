@@ -106,9 +106,14 @@ class WorkerPool:
         return self.threads or max(1, available_cpus() // len(self.devices))
 
 
-@functools.lru_cache(maxsize=1)
+# Data configs a worker keeps loaded: a worker alternating between a few (a --compare pair, a grid
+# over subsets) reloads none of them, while a device never holds more than a handful of datasets.
+WORKER_DATA_CONFIGS = 3
+
+
+@functools.lru_cache(maxsize=WORKER_DATA_CONFIGS)
 def worker_data(cfg: DataConfig, device: str) -> DataBundle:
-    """Data loaded once per worker process and device (consecutive runs share the split)."""
+    """Data loaded once per worker process, data config and device (later runs share the split)."""
     return load_data(cfg, resolve_device(device))
 
 
