@@ -13,6 +13,8 @@ import torch
 from resnet_core.store import RunRecord, write_record
 
 OOM_ERROR = "OutOfMemoryError"  # the type name fit writes at the start of a failed record's error
+# Allocation failures inside CUDA libraries come as RuntimeErrors with these words.
+OOM_TEXTS = ("CUDA error: out of memory", "CUBLAS_STATUS_ALLOC_FAILED")
 
 
 def check_memory_fraction(fraction: float | None) -> None:
@@ -32,7 +34,8 @@ def limit_memory(device: torch.device, fraction: float | None) -> None:
 
 def out_of_memory(record: RunRecord) -> bool:
     """Whether ``record`` is a run that failed because its device ran out of memory."""
-    return record.status == "failed" and (record.error or "").startswith(OOM_ERROR)
+    error = record.error or ""
+    return record.status == "failed" and (error.startswith(OOM_ERROR) or any(text in error for text in OOM_TEXTS))
 
 
 def release_cached_memory() -> None:

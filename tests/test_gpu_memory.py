@@ -13,7 +13,7 @@ from resnet_core.commands import grid as grid_command
 from resnet_core.commands import study as study_command
 from resnet_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from resnet_core.engine import fit
-from resnet_core.gpu_memory import fit_retrying_oom
+from resnet_core.gpu_memory import fit_retrying_oom, out_of_memory
 from resnet_core.identity import run_id
 from resnet_core.runner import WorkerPool, train_all
 from resnet_core.store import RunRecord, find_record
@@ -60,6 +60,16 @@ def test_a_run_out_of_memory_twice_is_failed_with_a_line_saying_what_to_change(t
                                    "run fewer workers per GPU (--workers-per-gpu) or a smaller batch")
     assert "\n" not in record.error and OOM_MESSAGE in record.error
     assert find_record(tmp_path, record.run_id).error == record.error  # what the report reads
+
+
+def test_allocation_failures_inside_cuda_libraries_count_as_out_of_memory():
+    def failed(error: str) -> RunRecord:
+        return RunRecord("r", "failed", {}, error=error)
+
+    assert out_of_memory(failed("RuntimeError: CUDA error: out of memory\nCUDA kernel errors might be ..."))
+    assert out_of_memory(failed("RuntimeError: CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate`"))
+    assert not out_of_memory(failed("RuntimeError: shapes cannot be multiplied"))
+    assert not out_of_memory(RunRecord("r", "diverged", {}, error="OutOfMemoryError: never mind"))
 
 
 def test_other_failures_are_not_retried(tmp_path):
