@@ -654,3 +654,40 @@ def test_the_study_estimate_and_plan_line_say_how_shared_gpus_count(tmp_path, sp
     assert lines[-1].startswith("time     measured 1,000 training images/s")
     assert lines[-1].endswith("; shared GPUs: 3 workers on 1 GPU counted as 1 GPU at full speed "
                               "(workers sharing a GPU take turns; no measurement of concurrent processes)")
+
+
+def bench_result(path: Path, rows: list[tuple[str, int, int, float]]) -> Path:
+    """A benchmark result as ``python -m resnet_core.bench --json`` writes it: (mode, batch, k, aggregate)."""
+    path.write_text(json.dumps({"model": "resnet20", "device": "cuda", "rows": [
+        {"mode": mode, "batch": batch, "k": k, "aggregate_ips": ips, "vs_eager": None, "note": "", "rounds_ips": []}
+        for mode, batch, k, ips in rows]}))
+    return path
+
+
+def test_the_speed_up_of_workers_sharing_a_gpu_comes_from_a_benchmarks_processes_rows(tmp_path):
+    result = bench_result(tmp_path / "bench.json", [
+        ("eager", 128, 1, 1000.0), ("processes", 128, 1, 900.0), ("processes", 128, 2, 1350.0),
+        ("processes", 512, 1, 3000.0), ("processes", 512, 2, 3000.0)])
+    assert st.concurrency_from_bench(result, 128) == {1: 1.0, 2: pytest.approx(1.5)}  # over one process
+    assert st.concurrency_from_bench(result, 400) == {1: 1.0, 2: 1.0}  # the nearest measured batch
+    no_single = bench_result(tmp_path / "two.json", [("eager", 128, 1, 1000.0), ("processes", 128, 2, 1500.0)])
+    assert st.concurrency_from_bench(no_single, 128) == {2: 1.5}  # over the in-process eager row
+    for bad in (bench_result(tmp_path / "none.json", [("eager", 128, 1, 1000.0)]), tmp_path / "missing.json"):
+        with pytest.raises(ValueError, match=f"^--concurrency-from {bad}: ") as refused:
+            st.concurrency_from_bench(bad, 128)
+        assert "\n" not in str(refused.value)
+
+
+def test_the_study_plan_counts_shared_gpus_at_a_benchmarks_measured_speed_up(tmp_path, space, capsys, monkeypatch):
+    import torch
+
+    from resnet_core.commands import study as command
+
+    result = bench_result(tmp_path / "bench.json", [("processes", 50, 1, 900.0), ("processes", 50, 3, 1800.0)])
+    monkeypatch.setattr(command, "worker_devices", lambda workers, device, per_gpu: ["cuda:0"] * 3)  # no GPU here
+    monkeypatch.setattr(sys.modules["resnet_core.study.plan"], "measure_step_rate", lambda run, steps: 1000.0)
+    monkeypatch.setattr(command, "resolve_device", lambda name: torch.device("cpu"))
+    assert run_cli(command.main, tiny_args(tmp_path, space, "--trials", "2", "--dry-run",
+                                           "--concurrency-from", str(result))) == 0
+    assert ("shared GPUs: 3 workers on 1 GPU counted as 2 GPUs at full speed "
+            "(3 processes on one GPU measured at 2.00x one process)") in capsys.readouterr().out

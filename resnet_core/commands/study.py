@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
               help={"seed": "sampler seed and the run seed of every trial (default 0)",
                     "budget": "auto (quick on a CPU, standard on a GPU), "
                               + ", ".join(f"{b.name} ({b.note})" for b in STUDY_BUDGETS.values())})
+    add("--concurrency-from", metavar="BENCH_JSON", help="a benchmark result with --processes rows (python -m "
+        "resnet_core.bench --processes 1,2,4 --json PATH): the time estimate counts workers sharing a GPU at its "
+        "measured speed-up (default: as one GPU, since without MPS they take turns)")
     add("--timeout", type=float, help="start no new trial after this many seconds")
     add("--stale-after", type=float, default=600.0, help="seconds without a heartbeat before a trial on another "
                                                            "host counts as dead and is retried (RDB storages beat "
@@ -149,8 +152,10 @@ def final_stage(args: argparse.Namespace, budget) -> st.FinalStage:
 
 def _print_plan(setup, specs, targets, devices, args, stage: st.FinalStage) -> None:
     done = [st.current_counts(s)["finished"] for s in specs]
+    measured = (st.concurrency_from_bench(args.concurrency_from, setup.spec.base.train.batch_size)
+                if args.concurrency_from else None)
     timing = st.estimate(setup.spec, setup.train_size, setup.eval_size, devices,
-                         sum(max(0, t - d) for t, d in zip(targets, done)), args.threads)
+                         sum(max(0, t - d) for t, d in zip(targets, done)), args.threads, measured)
     for line in st.plan_lines(setup, setup.spec, sum(targets), sum(done), devices, timing):
         print(line)
     if args.compare:

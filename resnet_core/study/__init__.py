@@ -30,7 +30,7 @@ from resnet_core.study.figures import (
 from resnet_core.study.journal import InterruptSafeJournal, RepairingJournalFile, damaged_tail, deferred_interrupts
 from resnet_core.study.objective import Objective, matching_data
 from resnet_core.study.plan import (
-    Setup, StudyRequest, check_resumable, current_counts, estimate, plan, plan_lines,
+    Setup, StudyRequest, check_resumable, concurrency_from_bench, current_counts, estimate, plan, plan_lines,
 )
 from resnet_core.study.recovery import (
     RetryStaleTrial, heartbeat_settings, recover_stale_trials, requeue, stale_reason, unmarked_reason,
@@ -79,7 +79,7 @@ __all__ = [
     "RetryStaleTrial", "run_labels", "run_study", "run_worker", "SAMPLERS", "scrub", "search_history_text",
     "SearchSpace", "Setup", "slice_figure", "space_path", "SPACES_DIR", "spec_from_study", "stale_reason",
     "state_counts", "storage_error", "study_markdown", "StudyRequest", "StudySpec", "top_params", "top_trials",
-    "train_final", "train_finals", "FinalStage", "final_config", "final_interval", "trial_config", "TrialFailed", "TrialProgress", "trials_table", "unencoded_at",
+    "train_final", "FinalStage", "final_config", "final_interval", "trial_config", "TrialFailed", "TrialProgress", "trials_table", "unencoded_at",
     "unmarked_reason", "url_passwords", "validate_space", "worker_jobs", "worker_sampler", "worker_threads",
-    "WorkerJob", "write_compare_report", "write_reports", "write_study_report",
+    "WorkerJob", "write_compare_report", "write_reports", "write_study_report", "train_finals", "concurrency_from_bench",
 ]

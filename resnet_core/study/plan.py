@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -223,6 +224,29 @@ def estimate(spec: StudySpec, train_size: int, eval_size: int, devices: Sequence
     evaluation = eval_size / (3 * rate)  # one validation pass; inference ~3x a training step
     parallel, sharing = parallel_throughput(devices, concurrency)
     at_once = max(1.0, min(parallel, trials))
+    expected = epochs * per_epoch + passes * evaluation
     full = trials * (per_trial + evaluation * len(set(run.train.val_epochs or ()) | {spec.budget_epochs}))
-    return {"images_per_s": rate, "per_trial_s": per_trial, "total_s": (epochs * per_epoch + passes * evaluation) / at_once,
-            "full_s": full / at_once, "parallel": parallel, "sharing": sharing}
+    return {"images_per_s": rate, "per_trial_s": per_trial, "total_s": expected / at_once, "full_s": full / at_once,
+            "parallel": parallel, "sharing": sharing}
+
+
+def concurrency_from_bench(path: str | Path, batch: int) -> dict[int, float]:
+    """``{n: speed-up}`` of n worker processes sharing one device over one process, from a benchmark
+    result (``python -m resnet_core.bench --processes 1,2,4 --json PATH``) at its batch size nearest
+    ``batch``: the aggregate images/s of its ``processes`` rows over the one-process row (the
+    in-process eager row where ``--processes`` did not include 1). A file that is not such a result
+    is a one-line ValueError."""
+    try:
+        rows = [r for r in json.loads(Path(path).read_text())["rows"] if r.get("aggregate_ips")]
+        measured = {r["batch"] for r in rows if r["mode"] == "processes"}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"--concurrency-from {path}: not a benchmark result with --processes rows "
+                         f"({type(exc).__name__}: {exc})") from None
+    if not measured:
+        raise ValueError(f"--concurrency-from {path}: the benchmark measured no --processes rows")
+    nearest = min(measured, key=lambda b: (abs(b - batch), b))
+    at = {(r["mode"], r["k"]): r["aggregate_ips"] for r in rows if r["batch"] == nearest}
+    one = at.get(("processes", 1)) or at.get(("eager", 1))
+    if not one:
+        raise ValueError(f"--concurrency-from {path}: no one-process figure at batch {nearest} to compare with")
+    return {k: ips / one for (mode, k), ips in sorted(at.items()) if mode == "processes"}
