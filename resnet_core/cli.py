@@ -74,6 +74,8 @@ SHARED_FLAGS: dict[str, Flag] = {flag.dest: flag for flag in (
          minimum=0, meaning="worker processes"),
     Flag("--workers-per-gpu", "at most this many workers per GPU (default 1; more --workers than GPU slots "
          "is an error)", int, default=1, minimum=1, meaning="workers per GPU"),
+    Flag("--gpu-memory-fraction", "cap each worker process at this share of its GPU's memory (0-1; default no "
+         "cap): a run that outgrows it fails alone instead of starving the other runs on the GPU", float),
     Flag("--threads", "CPU threads per worker (default: the cores this process may use / workers); CPU "
          "results repeat bit for bit only at the same thread count", int, minimum=1,
          meaning="CPU threads per worker"),

@@ -7,6 +7,10 @@ and reports are those of a local run. Workers need the package installed and the
 under the same ``data.source``: a directory that exists at that path on every worker, or a
 torchvision name (``cifar10``) whose files are already in place there.
 
+Each worker process runs one task at a time (``dask worker --nthreads 1``; a worker with more is
+refused): runs in one process share torch's process-wide state, and one run's
+``torch._dynamo.reset()`` would clear another's compiled model.
+
 Lost workers: when a worker dies mid-run the scheduler re-runs its tasks elsewhere, up to
 ``distributed.scheduler.allowed-failures`` deaths per task; when it gives up (``KilledWorker``)
 the driver resubmits the run, at most ``RESUBMITS`` times. Other exceptions on a worker are
@@ -40,8 +44,9 @@ from distributed import Client, Event, Future, KilledWorker, LocalCluster, Worke
 
 from resnet_core.config import RunConfig
 from resnet_core.identity import run_id
-from resnet_core.devices import available_cpus, pin_device, resolve_device, share_compile_threads, worker_devices
+from resnet_core.devices import available_cpus, prepare_worker, resolve_device, worker_devices
 from resnet_core.engine import fit
+from resnet_core.gpu_memory import fit_retrying_oom
 from resnet_core.runner import Outcome, outcome_of, runs_bar, split_done, tally, worker_data
 from resnet_core.schedules import make_budget
 from resnet_core.store import (
@@ -159,6 +164,43 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+# ------------------------------------------------------------------------- what workers have
+
+def _device_type(requested: str, dask_worker) -> str:
+    """The device type a run asking for ``requested`` gets on this worker (runs via ``client.run``)."""
+    try:
+        return resolve_device(device_here(requested, dask_worker)).type
+    except ValueError:
+        return "unavailable"
+
+
+def cluster_device_type(client: Client, requested: str = "auto") -> str:
+    """The device type runs asking for ``requested`` get on the cluster's workers (not this driver's):
+    ``cuda`` when every worker has a GPU for them; a cluster of mixed workers counts as ``cpu``."""
+    types = set(client.run(_device_type, requested, on_error="ignore").values())
+    if not types:
+        raise ValueError(f"--budget auto: the Dask cluster at {client.scheduler.address} has no workers yet to "
+                         "ask for their devices; give --budget quick, standard or paper")
+    return types.pop() if len(types) == 1 else "cpu"
+
+
+def _threads_error(address: str, nthreads: int) -> str:
+    return (f"Dask worker {address} runs {nthreads} tasks at once: runs in one process share torch's "
+            "process-wide state (a run's torch._dynamo.reset() clears another's compiled model); "
+            "start workers with `dask worker --nthreads 1`")
+
+
+def check_one_task_per_worker(client: Client) -> None:
+    """One-line ValueError when a worker process runs several tasks at once (``--nthreads`` > 1)."""
+    for address, nthreads in client.run(_task_slots, on_error="ignore").items():
+        if nthreads > 1:
+            raise ValueError(_threads_error(address, nthreads))
+
+
+def _task_slots(dask_worker) -> int:
+    return dask_worker.state.nthreads
+
+
 # --------------------------------------------------------------------------------- threads
 
 def _host(address: str) -> str:
@@ -207,15 +249,6 @@ def _reply(record: RunRecord, scratch: str) -> dict[str, Any]:
     return {"record": values, "checkpoint": ckpt.read_bytes() if ckpt.exists() else None}
 
 
-def _use_device(device: torch.device, task: Task, worker) -> None:
-    """Set in the task's own thread: OpenMP keeps the thread count, CUDA the current device, per thread."""
-    threads = _task_threads(task.threads, worker)
-    if device.type == "cpu":
-        torch.set_num_threads(threads)
-    pin_device(device)  # stray allocations (cuDNN workspaces) land on the run's GPU
-    share_compile_threads(threads)
-
-
 def train_remote(task: Task) -> dict[str, Any] | None:
     """Worker body: fit one run in a scratch directory and return what the driver stores.
 
@@ -226,10 +259,11 @@ def train_remote(task: Task) -> dict[str, Any] | None:
     stop = Event(task.stop)
     if stop.is_set():
         return None
+    if worker.state.nthreads > 1:  # a worker that joined after the driver's check
+        return {"error": _threads_error(worker.address, worker.state.nthreads)}
     run = dataclasses.replace(task.run, device=device_here(task.run.device, worker))
     try:
-        device = resolve_device(run.device)
-        _use_device(device, task, worker)
+        prepare_worker(resolve_device(run.device), _task_threads(task.threads, worker))  # in the task's thread
         data = worker_data(run.data, run.device)
         total = make_budget(run.train, len(data.train_y)).total_iterations
     except (ValueError, OSError) as exc:
@@ -240,7 +274,7 @@ def train_remote(task: Task) -> dict[str, Any] | None:
 
     with tempfile.TemporaryDirectory(prefix="resnet_core_run_") as scratch:
         _seed_scratch(scratch, task)
-        return _reply(fit(run, callbacks=[interrupted], results_dir=scratch, data=data), scratch)
+        return _reply(fit_retrying_oom(fit, run, callbacks=[interrupted], results_dir=scratch, data=data), scratch)
 
 
 # ------------------------------------------------------------------------------ the driver
@@ -344,9 +378,11 @@ def run_all_dask(
 ) -> list[Outcome]:
     """:func:`resnet_core.runner.run_all` on a Dask cluster: same skipping, records and outcomes.
 
-    ``threads``: torch threads per CPU run (default: each host's cores over its task slots).
+    ``threads``: torch threads per CPU run (default: each host's cores over its task slots). A
+    worker that runs several tasks at once is refused (one line naming the fix).
     """
     results_dir = Path(results_dir)
+    check_one_task_per_worker(client)
     done, pending = split_done(runs, results_dir)
     outcomes = {o.run_id: o for o in done}
     plan: Threads = threads if threads is not None else threads_by_host(client)

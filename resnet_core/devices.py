@@ -7,8 +7,9 @@ import os
 import platform
 import re
 import sys
+from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -256,6 +257,49 @@ def worker_devices(n_workers: int, requested: str = "auto", workers_per_gpu: int
         raise ValueError(f"--workers {count} is more than the {slots} GPU slot(s) here ({len(gpus)} GPU(s) x "
                          f"--workers-per-gpu {workers_per_gpu}): lower --workers or raise --workers-per-gpu")
     return [f"cuda:{gpus[i % len(gpus)]}" for i in range(count)]
+
+
+def parallel_throughput(devices: Sequence[str], concurrency: Mapping[int, float] | None = None) -> tuple[float, str]:
+    """(runs' worth of training the workers on ``devices`` do at once, how GPUs shared were counted).
+
+    CPU workers each train on their own share of the cores: one each. Workers sharing one GPU take
+    turns on it unless CUDA MPS is running (NVIDIA, Multi-Process Service docs: without it, kernels
+    of different processes do not run concurrently), so n of them count as one GPU's throughput
+    times ``concurrency[n]``: the measured aggregate images/s of n processes on one GPU over one
+    process's (the benchmark's ``--processes``), 1 where n was not measured. ``""``: no GPU.
+    """
+    kinds = [_device_kind(d) for d in devices]
+    gpus = Counter(d for d, kind in zip(devices, kinds) if kind != "cpu")
+    factors = {n: float((concurrency or {}).get(n, 1.0)) for n in set(gpus.values())}
+    count = kinds.count("cpu") + sum(factors[n] for n in gpus.values())
+    if not gpus:
+        return float(count), ""
+    workers, on = _count(len(devices), "worker"), _count(len(gpus), "GPU")
+    if max(gpus.values()) == 1:
+        return count, f"{workers} on {on}, one per GPU"
+    measured = sorted(n for n in factors if n > 1 and n in (concurrency or {}))
+    why = (", ".join(f"{n} processes on one GPU measured at {factors[n]:.2f}x one process" for n in measured)
+           if measured else "workers sharing a GPU take turns; no measurement of concurrent processes")
+    return count, f"shared GPUs: {workers} on {on} counted as {count:g} GPU{'s' * (count != 1)} at full speed ({why})"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
+def _device_kind(device: str) -> str:
+    return resolve_device(device).type if device == "auto" else torch.device(device).type
+
+
+def prepare_worker(device: torch.device, threads: int) -> None:
+    """Set up the calling thread to train on ``device`` as one of several workers: ``threads``
+    torch threads for a CPU run (its share of the cores), the run's GPU as the current device, and
+    its share of the compile pool. OpenMP keeps the thread count and CUDA the current device per
+    thread, so call this in the thread that trains."""
+    if device.type == "cpu":
+        torch.set_num_threads(threads)
+    pin_device(device)  # stray allocations (cuDNN workspaces) land on the run's GPU
+    share_compile_threads(threads)
 
 
 def share_compile_threads(threads: int) -> None:

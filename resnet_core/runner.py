@@ -12,8 +12,9 @@ Parallelism is joblib's loky backend, one process per worker, one run at a time 
 several GPUs each run claims a free device slot (``devices.worker_devices``) with an exclusive file
 lock, so a GPU never gets more than ``workers_per_gpu`` runs however the runs finish. On the CPU
 each worker gets ``cores // workers`` threads so that workers do not fight over cores (CPU results
-are bitwise repeatable only at the same thread count: ``threads`` pins it). The same runs on a Dask
-cluster: :mod:`resnet_core.dask_runner`.
+are bitwise repeatable only at the same thread count: ``threads`` pins it). A run that runs out of
+GPU memory is tried once more (:mod:`resnet_core.gpu_memory`). A study's final stage trains here
+too, on the study's devices and threads. The same runs on a Dask cluster: :mod:`resnet_core.dask_runner`.
 """
 
 from __future__ import annotations
@@ -35,12 +36,14 @@ from joblib import Parallel, delayed
 from resnet_core.config import DataConfig, RunConfig
 from resnet_core.identity import run_id
 from resnet_core.data import DataBundle, load_data
-from resnet_core.devices import available_cpus, pin_device, resolve_device, share_compile_threads, worker_devices
-from resnet_core.engine import check_fits_data, fit
+from resnet_core.devices import available_cpus, prepare_worker, resolve_device, worker_devices
+from resnet_core.engine import check_fits_data
+from resnet_core.engine import fit as engine_fit
 from resnet_core.fused_fit import fit_group
+from resnet_core.gpu_memory import check_memory_fraction, fit_all_retrying_oom, limit_memory
 from resnet_core.migrate import print_migration
 from resnet_core.progress import progress_bar
-from resnet_core.store import FINAL_STATUSES, RunRecord, claim_holder, claim_run, find_record
+from resnet_core.store import FINAL_STATUSES, RunRecord, claim_run, find_record
 
 BUSY = "busy"  # not an outcome: another process holds the run's claim (train_run's answer, never returned)
 CLAIM_POLL_S = 2.0  # seconds between looks at runs another driver is training
@@ -91,9 +94,31 @@ def split_done(runs: Sequence[RunConfig], results_dir: str | Path) -> tuple[list
 
 # ------------------------------------------------------------------------------ the workers
 
-@functools.lru_cache(maxsize=1)
+@dataclass(frozen=True)
+class WorkerPool:
+    """How the worker processes train: one device slot per worker, torch threads per run (None: the
+    cores this process may use over the workers), an optional cap on each process's share of its
+    GPU's memory, the function that trains one run (a worker unpickles it: a top-level function), and
+    whether runs that differ only in their seed train as one fused model (:func:`fuses`)."""
+
+    devices: tuple[str, ...]
+    threads: int | None = None
+    memory_fraction: float | None = None
+    fit: Callable[..., RunRecord] = engine_fit
+    fuse: bool = False
+
+    def threads_each(self) -> int:
+        return self.threads or max(1, available_cpus() // len(self.devices))
+
+
+# Data configs a worker keeps loaded: a worker alternating between a few (a --compare pair, a grid
+# over subsets) reloads none of them, while a device never holds more than a handful of datasets.
+WORKER_DATA_CONFIGS = 3
+
+
+@functools.lru_cache(maxsize=WORKER_DATA_CONFIGS)
 def worker_data(cfg: DataConfig, device: str) -> DataBundle:
-    """Data loaded once per worker process and device (consecutive runs share the split)."""
+    """Data loaded once per worker process, data config and device (later runs share the split)."""
     return load_data(cfg, resolve_device(device))
 
 
@@ -118,7 +143,7 @@ def _device_slot(devices: tuple[str, ...], lock_dir: str | None) -> Iterator[str
     raise RuntimeError(f"no free device slot among {len(devices)}: more concurrent runs than workers")
 
 
-def train_run(run: RunConfig, results_dir: str, devices: tuple[str, ...], threads: int, lock_dir: str | None) -> Outcome:
+def train_run(run: RunConfig, results_dir: str, pool: WorkerPool, lock_dir: str | None) -> Outcome:
     """Worker body: claim the run (status BUSY if another process has it), then a device; load (or
     reuse) the data and fit it, unless the claim's previous holder finished it meanwhile."""
     with claim_run(results_dir, run_id(run)) as claimed:
@@ -127,16 +152,15 @@ def train_run(run: RunConfig, results_dir: str, devices: tuple[str, ...], thread
         record = finished(run, results_dir)
         if record is not None:
             return outcome_of(record, trained_now=False)
-        return _train_claimed([run], results_dir, devices, threads, lock_dir)[0]
+        return _train_claimed([run], results_dir, pool, lock_dir)[0]
 
 
-def train_job(runs: list[RunConfig], results_dir: str, devices: tuple[str, ...], threads: int,
-              lock_dir: str | None) -> list[Outcome]:
+def train_job(runs: list[RunConfig], results_dir: str, pool: WorkerPool, lock_dir: str | None) -> list[Outcome]:
     """Worker body for one job: a run alone (:func:`train_run`), or a fused group (runs equal but for the
     seed, trained as one model): every run is claimed first, and those this process holds and that are
     not finished train together; the others are BUSY or their finished outcome."""
     if len(runs) == 1:
-        return [train_run(runs[0], results_dir, devices, threads, lock_dir)]
+        return [train_run(runs[0], results_dir, pool, lock_dir)]
     with contextlib.ExitStack() as stack:
         outcomes, todo = {}, []
         for run in runs:
@@ -147,8 +171,30 @@ def train_job(runs: list[RunConfig], results_dir: str, devices: tuple[str, ...],
             else:
                 todo.append(run)
         if todo:
-            outcomes.update((o.run_id, o) for o in _train_claimed(todo, results_dir, devices, threads, lock_dir))
+            outcomes.update((o.run_id, o) for o in _train_claimed(todo, results_dir, pool, lock_dir))
         return [outcomes[run_id(run)] for run in runs]
+
+
+def _train_claimed(runs: list[RunConfig], results_dir: str, pool: WorkerPool, lock_dir: str | None) -> list[Outcome]:
+    """Train claimed runs on a free device slot: one with ``pool.fit``, several as one fused group."""
+    previous = torch.get_num_threads()
+    try:
+        with _device_slot(pool.devices, lock_dir) as device:
+            resolved = resolve_device(device)
+            prepare_worker(resolved, pool.threads_each())
+            limit_memory(resolved, pool.memory_fraction)
+            runs = [dataclasses.replace(run, device=device) for run in runs]
+            try:
+                data = worker_data(runs[0].data, device)
+            except Exception:  # noqa: BLE001 - fit loads again and records the failure as a result
+                data = None
+            if len(runs) == 1:
+                train = lambda: [pool.fit(runs[0], results_dir=results_dir, data=data)]  # noqa: E731
+            else:
+                train = lambda: fit_group(runs, results_dir=results_dir, data=data)  # noqa: E731
+            return [outcome_of(r, trained_now=True) for r in fit_all_retrying_oom(train, results_dir)]
+    finally:
+        torch.set_num_threads(previous)  # one worker trains in the caller's process: its setting comes back
 
 
 def fusion_jobs(runs: Sequence[RunConfig], fuse: bool, max_members: int = MAX_FUSED) -> list[list[RunConfig]]:
@@ -162,6 +208,12 @@ def fusion_jobs(runs: Sequence[RunConfig], fuse: bool, max_members: int = MAX_FU
     return [members[i:i + max_members] for members in groups.values() for i in range(0, len(members), max_members)]
 
 
+def check_fuse(setting: str) -> None:
+    """One-line ValueError for a ``--fuse`` setting other than auto, on and off."""
+    if setting not in FUSE_SETTINGS:
+        raise ValueError(f"fuse={setting!r} is invalid: expected one of {', '.join(FUSE_SETTINGS)}")
+
+
 def fuses(setting: str, devices: Sequence[str]) -> bool:
     """Whether ``--fuse`` ``setting`` (auto, on, off) fuses on ``devices``: auto fuses on GPUs only.
 
@@ -169,53 +221,19 @@ def fuses(setting: str, devices: Sequence[str]) -> bool:
     (``python -m resnet_core.bench``; the numbers are in docs/scaling.md); on a GPU a small ResNet
     leaves the device mostly idle and one fused model fills it (HFTA, Wang et al., MLSys 2021).
     """
-    if setting not in FUSE_SETTINGS:
-        raise ValueError(f"fuse={setting!r} is invalid: expected one of {', '.join(FUSE_SETTINGS)}")
+    check_fuse(setting)
     if setting != "auto":
         return setting == "on"
     return all(resolve_device(d).type == "cuda" for d in devices)
 
 
-def train_once(run: RunConfig, results_dir: str | Path, train: Callable[[], RunRecord]) -> RunRecord:
-    """``train()`` while holding the run's claim, for a driver that trains one run at a time in its own
-    process (a study's final stage): while another process holds the claim this waits for it, then
-    returns the record it finished (a run whose holder died or failed is trained here)."""
-    identity = run_id(run)
-    said = False
-    while True:
-        with claim_run(results_dir, identity) as claimed:
-            if claimed:
-                record = finished(run, results_dir)
-                return record if record is not None else train()
-        if not said:
-            print(f"waiting for run {identity}, which another process is training "
-                  f"({claim_holder(results_dir, identity)})", file=sys.stderr, flush=True)
-            said = True
-        time.sleep(CLAIM_POLL_S)
-
-
-def _train_claimed(runs: list[RunConfig], results_dir: str, devices: tuple[str, ...], threads: int,
-                   lock_dir: str | None) -> list[Outcome]:
-    with _device_slot(devices, lock_dir) as device:
-        resolved = resolve_device(device)
-        if resolved.type == "cpu":
-            torch.set_num_threads(threads)
-        pin_device(resolved)  # stray allocations (cuDNN workspaces) land on the run's GPU
-        share_compile_threads(threads)
-        runs = [dataclasses.replace(run, device=device) for run in runs]
-        try:
-            data = worker_data(runs[0].data, device)
-        except Exception:  # noqa: BLE001 - fit loads again and records the failure as a result
-            data = None
-        if len(runs) == 1:
-            return [outcome_of(fit(runs[0], results_dir=results_dir, data=data), trained_now=True)]
-        return [outcome_of(r, trained_now=True) for r in fit_group(runs, results_dir=results_dir, data=data)]
-
-
 # ------------------------------------------------------------------------------ the driver
 
-def check_parallelism(workers: int, workers_per_gpu: int = 1, threads: int | None = None) -> None:
-    """One-line ValueError for a negative worker count, a zero per-GPU share or a zero thread count."""
+def check_parallelism(workers: int, workers_per_gpu: int = 1, threads: int | None = None,
+                      memory_fraction: float | None = None) -> None:
+    """One-line ValueError for a negative worker count, a zero per-GPU share, a zero thread count or
+    a GPU memory share outside (0, 1]."""
+    check_memory_fraction(memory_fraction)
     if workers < 0 or workers_per_gpu < 1:
         raise ValueError(f"workers={workers}, workers_per_gpu={workers_per_gpu} is invalid: "
                          "expected workers >= 0 and workers_per_gpu >= 1")
@@ -274,6 +292,7 @@ def run_all(
     progress: bool = True,
     desc: str = "runs",
     threads: int | None = None,
+    memory_fraction: float | None = None,
     fuse: str = "auto",
 ) -> list[Outcome]:
     """Train every run not yet finished, ``workers`` at a time; returns outcomes in ``runs`` order.
@@ -281,27 +300,35 @@ def run_all(
     A failed or diverged run is an outcome, never an exception. Ctrl-C propagates (exit 130 in
     the command lines); records of finished runs are on disk, a run cut off keeps its last
     epoch's checkpoint, and a rerun resumes the rest. ``threads``: torch threads per CPU run
-    (default ``cores // workers``). ``fuse``: auto, on or off: runs that differ only in their seed
-    train as one fused model (:func:`fuses`).
+    (default ``cores // workers``); ``memory_fraction``: each worker's share of its GPU's memory;
+    ``fuse``: auto, on or off (:func:`fuses`).
     """
-    check_parallelism(workers, workers_per_gpu, threads)
+    check_parallelism(workers, workers_per_gpu, threads, memory_fraction)
     devices = plan_devices(workers, device, workers_per_gpu)
+    pool = WorkerPool(devices, threads, memory_fraction, fuse=fuses(fuse, devices))
+    return train_all(runs, results_dir, pool, progress, desc)
+
+
+def train_all(runs: Sequence[RunConfig], results_dir: str | Path, pool: WorkerPool, progress: bool = True,
+              desc: str = "runs") -> list[Outcome]:
+    """:func:`run_all` on the worker ``pool``'s devices: one process per device slot (in this
+    process when there is one slot); a run another process is training is waited for and its
+    record read back."""
     print_migration(results_dir, runs)  # runs stored under an older run-id schema count as done
     done, pending = split_done(runs, results_dir)
-    threads = threads or max(1, available_cpus() // len(devices))
-    fused = fuses(fuse, devices)
+    pool = dataclasses.replace(pool, threads=pool.threads_each())  # counted here: every worker gets the same
     outcomes = {o.run_id: o for o in done}
     # An absolute path: worker processes need not share the caller's working directory.
     where = str(Path(results_dir).resolve())
     with tempfile.TemporaryDirectory(prefix="resnet_core_slots_") as lock_dir, \
             runs_bar(len(runs), len(done), progress, desc) as bar:
-        parallel = Parallel(n_jobs=len(devices), backend="loky", return_as="generator_unordered",
+        parallel = Parallel(n_jobs=len(pool.devices), backend="loky", return_as="generator_unordered",
                             pre_dispatch="n_jobs", batch_size=1)
         waiting = 0
         while pending:
             busy = set()
-            jobs = fusion_jobs(pending, fused)
-            for job_outcomes in parallel(delayed(train_job)(job, where, devices, threads, lock_dir) for job in jobs):
+            jobs = fusion_jobs(pending, pool.fuse)
+            for job_outcomes in parallel(delayed(train_job)(job, where, pool, lock_dir) for job in jobs):
                 for outcome in job_outcomes:
                     if outcome.status == BUSY:
                         busy.add(outcome.run_id)

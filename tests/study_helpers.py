@@ -14,7 +14,7 @@ from pathlib import Path
 from resnet_core.config import RunConfig, parse_assignments
 from resnet_core.identity import run_id
 from resnet_core.engine import fit
-from resnet_core.store import RunRecord
+from resnet_core.store import RunRecord, write_record
 from resnet_core.study import StudyRequest
 
 TINY_SETTINGS = ["depth=8", "widths=4,8,16", "batch_size=50", "eval_batch_size=500", "cycle_momentum=false"]
@@ -59,3 +59,21 @@ def fake_fit(run: RunConfig, callbacks=(), results_dir="results", data=None, pro
 
 def fake_error(lr: float) -> float:
     return 10 + 5 * abs(math.log10(lr) + 1)  # lowest at lr = 0.1
+
+
+def side_by_side_fit(run: RunConfig, callbacks=(), results_dir="results", data=None, progress=False) -> RunRecord:
+    """No training: waits (up to 60 s) until two processes are inside this function, then writes a
+    completed record whose provenance names its process and torch thread count. A driver that
+    trains its runs one after another in one process waits out the minute."""
+    import torch
+
+    inside = Path(results_dir) / "inside"
+    inside.mkdir(parents=True, exist_ok=True)
+    (inside / str(os.getpid())).touch()
+    deadline = time.monotonic() + 60
+    while len(list(inside.iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    record = RunRecord(run_id(run), "completed", {"seed": run.seed}, final={"test_error": 10.0},
+                       provenance={"pid": os.getpid(), "threads": torch.get_num_threads()})
+    write_record(results_dir, record)
+    return record

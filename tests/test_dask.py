@@ -172,3 +172,48 @@ def test_local_workers_get_different_gpus(monkeypatch):
     assert dask_runner.device_here("cpu", worker) == "cpu" and dask_runner.device_here("cuda:0", worker) == "cuda:0"
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     assert dask_runner.local_gpu_devices(4) == ()  # no GPUs: workers keep the runs' own device
+
+
+def one_worker(threads: int = 1) -> LocalCluster:
+    return LocalCluster(n_workers=1, threads_per_worker=threads, processes=True, dashboard_address=None)
+
+
+def test_a_worker_running_several_tasks_at_once_is_refused_in_one_line(grid, tmp_path):
+    runs = [c.run for c in expand(load_grid(str(grid), tmp_path), OVERRIDES, BUDGET)]
+    with one_worker(threads=2) as cluster, Client(cluster) as client, pytest.raises(ValueError) as refused:
+        run_all_dask(runs, tmp_path / "results", client, threads=1, progress=False)
+    message = str(refused.value)
+    assert "runs 2 tasks at once" in message and "torch._dynamo.reset()" in message
+    assert message.endswith("start workers with `dask worker --nthreads 1`") and "\n" not in message
+    assert not (tmp_path / "results" / "runs").exists()  # refused before anything trained
+
+
+def test_budget_auto_goes_by_the_devices_of_the_cluster_workers(grid, tmp_path):
+    import torch
+
+    from resnet_core import dask_runner
+
+    command = driver("run")
+    args = command.parse_args(["--grid", str(grid), "--dask", "local:1"])
+    with one_worker() as cluster, Client(cluster) as client:
+        assert dask_runner.cluster_device_type(client) == "cpu"
+        client.run(lambda: setattr(torch.cuda, "is_available", lambda: True))  # the worker now has a "GPU"
+        assert dask_runner.cluster_device_type(client) == "cuda"  # this driver has none: the workers' answer
+        assert dask_runner.cluster_device_type(client, "cpu") == "cpu"  # runs asking for the CPU get the CPU
+        budget, why = command.choose_budget(args, command.build_spec(args), client)
+    assert budget.name == "paper" and "CUDA" in why
+
+
+def test_a_worker_alternating_between_two_data_configs_loads_each_once(grid, tmp_path):
+    from resnet_core import runner
+
+    runs = [c.run for c in expand(load_grid(str(grid), tmp_path), OVERRIDES, BUDGET)]
+    short = dataclasses.replace(runs[0].train, epochs=1)
+    other = dataclasses.replace(runs[0].data, val_size=50)
+    runs = [dataclasses.replace(run, train=short, data=other if i % 2 else run.data) for i, run in enumerate(runs)]
+    with one_worker() as cluster, Client(cluster) as client:
+        for run in runs:  # one after another on the one worker: data A, B, A, B
+            (outcome,) = run_all_dask([run], tmp_path, client, threads=1, progress=False)
+            assert outcome.status == "completed"
+        loads = client.run(lambda: runner.worker_data.cache_info().misses)
+    assert list(loads.values()) == [2]

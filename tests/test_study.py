@@ -302,7 +302,7 @@ def test_failed_and_diverged_trials_do_not_stop_the_study(tmp_path, space):
         calls.append(run)
         if len(calls) == 1:
             return RunRecord(run_id="x", status="diverged", config={}, error="training loss became nan at iteration 3")
-        if len(calls) == 2:
+        if len(calls) in (2, 3):  # out of memory again when retried: the trial fails
             return RunRecord(run_id="y", status="failed", config={}, error="OutOfMemoryError: CUDA out of memory")
         return fit(run, callbacks, results_dir, data, progress)
 
@@ -313,7 +313,8 @@ def test_failed_and_diverged_trials_do_not_stop_the_study(tmp_path, space):
     study = load(tmp_path)
     assert states(study) == ["FAIL", "FAIL", "COMPLETE", "COMPLETE"]
     assert "diverged: training loss became nan" in study.trials[0].user_attrs["fail_reason"]
-    assert "CUDA out of memory" in study.trials[1].user_attrs["fail_reason"]
+    assert "out of memory twice" in study.trials[1].user_attrs["fail_reason"]
+    assert "CUDA out of memory" in study.trials[1].user_attrs["fail_reason"] and len(calls) == 5
     assert "CUDA out of memory" in (tmp_path / "studies" / "tiny" / "report.md").read_text()
 
 
@@ -590,7 +591,7 @@ def test_the_objective_trains_through_an_injected_fit_and_leaves_globals_alone(t
     optuna.logging.set_verbosity(optuna.logging.INFO)
     threads = torch.get_num_threads()
     counts = st.run_study(setup.spec, 3, ["cpu"], data=data, progress=False, fit=fake_fit)
-    timing = st.estimate(setup.spec, setup.train_size, setup.eval_size, "cpu", 3, 1, threads=threads + 1)
+    timing = st.estimate(setup.spec, setup.train_size, setup.eval_size, ["cpu"], 3, threads=threads + 1)
     assert optuna.logging.get_verbosity() == optuna.logging.INFO  # only a CLI or a worker's entry sets it
     assert torch.get_num_threads() == threads and timing["per_trial_s"] > 0
     assert counts["complete"] == 3
@@ -620,3 +621,73 @@ def test_a_study_created_before_a_new_config_field_goes_on(tmp_path, space):
     study.set_user_attr("base_config", old)
     again, created = st.create_study(setup.spec)
     assert not created and again.study_name == study.study_name
+
+
+def test_workers_sharing_a_gpu_count_as_one_gpu_unless_a_measurement_says_otherwise():
+    from resnet_core.devices import parallel_throughput
+
+    assert parallel_throughput(["cpu"] * 3) == (3.0, "")  # each CPU worker has its own share of the cores
+    assert parallel_throughput(["cuda:0", "cuda:1"]) == (2.0, "2 workers on 2 GPUs, one per GPU")
+    count, line = parallel_throughput(["cuda:0"] * 3)
+    assert count == 1.0
+    assert line == ("shared GPUs: 3 workers on 1 GPU counted as 1 GPU at full speed "
+                    "(workers sharing a GPU take turns; no measurement of concurrent processes)")
+    count, line = parallel_throughput(["cuda:0", "cuda:1"] * 2, concurrency={2: 1.6, 3: 2.0})
+    assert count == pytest.approx(3.2) and "2 processes on one GPU measured at 1.60x one process" in line
+
+
+def test_the_study_estimate_and_plan_line_say_how_shared_gpus_count(tmp_path, space, monkeypatch):
+    planning = sys.modules["resnet_core.study.plan"]  # the package's name "plan" is the function
+
+    setup, _ = st.plan(tiny_request(tmp_path, space))
+    monkeypatch.setattr(planning, "measure_step_rate", lambda run, steps: 1000.0)  # no GPU here to measure
+
+    def estimate(devices, **kwargs):
+        return st.estimate(setup.spec, setup.train_size, setup.eval_size, devices, 12, **kwargs)
+
+    one = estimate(["cuda:0"])
+    assert estimate(["cuda:0"] * 3)["total_s"] == pytest.approx(one["total_s"])  # they take turns
+    assert estimate(["cuda:0", "cuda:1", "cuda:2"])["total_s"] == pytest.approx(one["total_s"] / 3)
+    measured = estimate(["cuda:0"] * 2, concurrency={2: 1.5})
+    assert measured["total_s"] == pytest.approx(one["total_s"] / 1.5)
+    lines = st.plan_lines(setup, setup.spec, 12, 0, ["cuda:0"] * 3, estimate(["cuda:0"] * 3))
+    assert lines[-1].startswith("time     measured 1,000 training images/s")
+    assert lines[-1].endswith("; shared GPUs: 3 workers on 1 GPU counted as 1 GPU at full speed "
+                              "(workers sharing a GPU take turns; no measurement of concurrent processes)")
+
+
+def bench_result(path: Path, rows: list[tuple[str, int, int, float]]) -> Path:
+    """A benchmark result as ``python -m resnet_core.bench --json`` writes it: (mode, batch, k, aggregate)."""
+    path.write_text(json.dumps({"model": "resnet20", "device": "cuda", "rows": [
+        {"mode": mode, "batch": batch, "k": k, "aggregate_ips": ips, "vs_eager": None, "note": "", "rounds_ips": []}
+        for mode, batch, k, ips in rows]}))
+    return path
+
+
+def test_the_speed_up_of_workers_sharing_a_gpu_comes_from_a_benchmarks_processes_rows(tmp_path):
+    result = bench_result(tmp_path / "bench.json", [
+        ("eager", 128, 1, 1000.0), ("processes", 128, 1, 900.0), ("processes", 128, 2, 1350.0),
+        ("processes", 512, 1, 3000.0), ("processes", 512, 2, 3000.0)])
+    assert st.concurrency_from_bench(result, 128) == {1: 1.0, 2: pytest.approx(1.5)}  # over one process
+    assert st.concurrency_from_bench(result, 400) == {1: 1.0, 2: 1.0}  # the nearest measured batch
+    no_single = bench_result(tmp_path / "two.json", [("eager", 128, 1, 1000.0), ("processes", 128, 2, 1500.0)])
+    assert st.concurrency_from_bench(no_single, 128) == {2: 1.5}  # over the in-process eager row
+    for bad in (bench_result(tmp_path / "none.json", [("eager", 128, 1, 1000.0)]), tmp_path / "missing.json"):
+        with pytest.raises(ValueError, match=f"^--concurrency-from {bad}: ") as refused:
+            st.concurrency_from_bench(bad, 128)
+        assert "\n" not in str(refused.value)
+
+
+def test_the_study_plan_counts_shared_gpus_at_a_benchmarks_measured_speed_up(tmp_path, space, capsys, monkeypatch):
+    import torch
+
+    from resnet_core.commands import study as command
+
+    result = bench_result(tmp_path / "bench.json", [("processes", 50, 1, 900.0), ("processes", 50, 3, 1800.0)])
+    monkeypatch.setattr(command, "worker_devices", lambda workers, device, per_gpu: ["cuda:0"] * 3)  # no GPU here
+    monkeypatch.setattr(sys.modules["resnet_core.study.plan"], "measure_step_rate", lambda run, steps: 1000.0)
+    monkeypatch.setattr(command, "resolve_device", lambda name: torch.device("cpu"))
+    assert run_cli(command.main, tiny_args(tmp_path, space, "--trials", "2", "--dry-run",
+                                           "--concurrency-from", str(result))) == 0
+    assert ("shared GPUs: 3 workers on 1 GPU counted as 2 GPUs at full speed "
+            "(3 processes on one GPU measured at 2.00x one process)") in capsys.readouterr().out

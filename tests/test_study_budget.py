@@ -15,6 +15,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from optuna.distributions import FloatDistribution
 from scipy import stats
 from statsmodels.stats.proportion import proportion_confint
@@ -26,7 +27,7 @@ from resnet_core.commands import study as run_driver
 from resnet_core.schedules import make_budget
 from resnet_core.identity import run_id
 from resnet_core.store import RunRecord, claim_run, find_record, load_runs, write_record
-from study_helpers import tiny_request
+from study_helpers import side_by_side_fit, tiny_request
 
 from test_study import _quiet_env, space  # noqa: F401  (fixtures: the tiny space, a per-session cache)
 from test_study import _pruned_at
@@ -237,11 +238,17 @@ def test_a_better_trial_after_the_final_stage_is_the_one_best_trial_and_the_repo
     assert find_record(tmp_path, best["final"]["run_ids"][0]).config["train"]["lr"] == pytest.approx(0.05)
 
 
-def test_a_second_driver_waits_for_the_final_run_the_first_is_training_and_reads_its_record(tmp_path, space):
-    setup, _ = st.plan(tiny_request(tmp_path, space, epochs=1))
-    study = optuna.create_study()  # in memory: one COMPLETE trial to re-train
+def one_trial_study() -> optuna.Study:
+    """In memory: one COMPLETE trial to re-train."""
+    study = optuna.create_study()
     study.add_trial(optuna.trial.create_trial(value=10.0, params={"lr": 0.1, "momentum": 0.9}, distributions={
         "lr": FloatDistribution(0.01, 0.2, log=True), "momentum": FloatDistribution(0.5, 0.9)}))
+    return study
+
+
+def test_a_second_driver_waits_for_the_final_run_the_first_is_training_and_reads_its_record(tmp_path, space):
+    setup, _ = st.plan(tiny_request(tmp_path, space, epochs=1))
+    study = one_trial_study()
     stage = st.FinalStage(1, epochs=1)
     (run,) = st.final_runs(setup.spec, study, stage)
     trained, answer = [], {}
@@ -262,3 +269,31 @@ def test_a_second_driver_waits_for_the_final_run_the_first_is_training_and_reads
     assert not second.is_alive() and trained == []
     assert [r.final["test_error"] for r in answer["records"]] == [9.0]  # the first driver's record
     assert study.user_attrs["final_run_ids"] == [run_id(run)]
+
+
+def test_the_final_stage_trains_with_the_threads_of_the_study_workers(tmp_path, space, capsys):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the driver's own count, which the final runs must not take
+    try:
+        code = run_cli(run_driver.main, tiny_args(tmp_path, space, "--trials", "1", "--final-seeds", "1",
+                                                  "--final-epochs", "1", "--threads", "1"))
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0, capsys.readouterr().err
+    study = optuna.load_study(study_name="tiny", storage=st.open_storage(str(tmp_path / "studies" / "tiny.log"), 600))
+    (final,) = study.user_attrs["final_run_ids"]
+    trial = study.trials[0].user_attrs["run_id"]
+    assert find_record(tmp_path, trial).provenance["threads"] == 1
+    assert find_record(tmp_path, final).provenance["threads"] == 1  # the workers' setting, as the trials had
+
+
+def test_the_final_seeds_train_side_by_side_in_worker_processes(tmp_path, space):
+    setup, _ = st.plan(tiny_request(tmp_path, space, epochs=1))
+    study = one_trial_study()
+    records = st.train_final(setup.spec, study, st.FinalStage(2, epochs=1), ["cpu", "cpu"], threads=1, progress=False,
+                             fit=side_by_side_fit)  # returns only once two processes were in it at the same time
+    pids = {record.provenance["pid"] for record in records}
+    assert len(pids) == 2 and os.getpid() not in pids
+    assert [record.provenance["threads"] for record in records] == [1, 1]
+    assert [record.config["seed"] for record in records] == [st.FINAL_SEED_BASE, st.FINAL_SEED_BASE + 1]
+    assert study.user_attrs["final_run_ids"] == [record.run_id for record in records]

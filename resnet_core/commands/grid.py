@@ -21,6 +21,7 @@ error (reported before anything trains), 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import sys
 import time
@@ -51,9 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                + ", ".join(f"{b.name} ({b.note})" for b in GRID_BUDGETS.values())})
     length = parser.add_mutually_exclusive_group()
     add_flags(length, "epochs", "iterations")
-    add_flags(parser, "data", "subset", "val_size", "device", "workers", "workers_per_gpu", "threads", "fuse", "results", "set",
-              "quiet", "dry_run", help={"workers": "parallel runs (default 0: one per GPU slot, or 1 on a CPU); "
-                                                  "not used with --dask"})
+    add_flags(parser, "data", "subset", "val_size", "device", "workers", "workers_per_gpu", "gpu_memory_fraction",
+              "threads", "fuse", "results", "set", "quiet", "dry_run",
+              help={"workers": "parallel runs (default 0: one per GPU slot, or 1 on a CPU); not used with --dask"})
     parser.add_argument("--dask", metavar="ADDRESS", help="run on a Dask cluster: a scheduler address (tcp://HOST:8786) "
                         "or local:N for a local cluster of N worker processes")
     return parser
@@ -81,9 +82,13 @@ def length_axis(spec: grids.GridSpec) -> str | None:
     return names[0] if names else None
 
 
-def choose_budget(args: argparse.Namespace, spec: grids.GridSpec) -> tuple[Budget, str]:
-    """The budget (``--budget``, with --epochs/--iterations/--subset replacing its length) and why."""
-    device_type = resolve_device(args.device).type if not args.dask else "cpu"
+def choose_budget(args: argparse.Namespace, spec: grids.GridSpec, client=None) -> tuple[Budget, str]:
+    """The budget (``--budget``, with --epochs/--iterations/--subset replacing its length) and why;
+    with --dask, ``auto`` goes by the devices of the cluster's workers (``client``), not this driver's."""
+    if client is None:
+        device_type = resolve_device(args.device).type
+    else:
+        device_type = dask_runner().cluster_device_type(client, args.device) if args.budget == AUTO else "cpu"
     budget, why = resolve_grid_budget(args.budget, device_type)
     axis = length_axis(spec)
     if axis and (args.epochs is not None or args.iterations is not None):
@@ -255,7 +260,7 @@ def run_local(args: argparse.Namespace, spec: grids.GridSpec, cells: list[grids.
     save_manifest(args.results, spec, cells, budget)
     return run_all(runs, args.results, workers=args.workers, device=args.device,
                    workers_per_gpu=args.workers_per_gpu, desc=spec.name, threads=args.threads,
-                   progress=not args.quiet, fuse=args.fuse)
+                   progress=not args.quiet, memory_fraction=args.gpu_memory_fraction, fuse=args.fuse)
 
 
 def dask_runner():
@@ -267,14 +272,17 @@ def dask_runner():
     return module
 
 
-def run_dask(args: argparse.Namespace, spec: grids.GridSpec, cells: list[grids.Cell], budget: dict):
+def run_dask(args: argparse.Namespace, spec: grids.GridSpec, cells: list[grids.Cell], budget: dict, client):
     """The cells on a Dask cluster. The device and the data are the workers' (this driver needs neither)."""
-    dask = dask_runner()
-    with dask.dask_client(args.dask) as client:
-        workers = len(client.scheduler_info(n_workers=-1)["workers"])
-        print(f"dask scheduler {client.scheduler.address}: {workers} worker(s) now" + ("" if workers else ", waiting for some"))
-        save_manifest(args.results, spec, cells, budget)
-        return dask.run_all_dask([c.run for c in cells], args.results, client, threads=args.threads, desc=spec.name)
+    workers = len(client.scheduler_info(n_workers=-1)["workers"])
+    print(f"dask scheduler {client.scheduler.address}: {workers} worker(s) now" + ("" if workers else ", waiting for some"))
+    save_manifest(args.results, spec, cells, budget)
+    return dask_runner().run_all_dask([c.run for c in cells], args.results, client, threads=args.threads, desc=spec.name)
+
+
+def cluster(args: argparse.Namespace):
+    """The Dask client of ``--dask`` for the whole command (None without it): --budget auto asks its workers."""
+    return dask_runner().dask_client(args.dask) if args.dask else contextlib.nullcontext(None)
 
 
 def write_and_print_report(results: str, grid_name: str) -> None:
@@ -288,13 +296,19 @@ def write_and_print_report(results: str, grid_name: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    check_parallelism(args.workers, args.workers_per_gpu, args.threads)
+    check_parallelism(args.workers, args.workers_per_gpu, args.threads, args.gpu_memory_fraction)
     if args.dask:
         dask_runner().local_workers(args.dask)  # a malformed local:N is a usage error too
     spec = build_spec(args)
     if args.data is None and not grid_sets_data(spec):
         args.data = default_data_source()  # $RESNET_CORE_DATA, recorded in every run's config
-    budget, why = choose_budget(args, spec)
+    with cluster(args) as client:
+        return run_grid(args, spec, client)
+
+
+def run_grid(args: argparse.Namespace, spec: grids.GridSpec, client) -> int:
+    """Plan, train (locally, or on the Dask ``client``) and report the grid; returns the exit code."""
+    budget, why = choose_budget(args, spec, client)
     # Records and checkpoints named by an older run-id schema are renamed before anything is counted
     # (a dry run writes nothing: it says what would be renamed).
     migration = print_migration(args.results, (cell.run for cell in grids.iter_cells(spec, overrides(args), budget)),
@@ -318,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     print(fusion_line(args, len(spec.seeds)))
     chosen = {"name": budget.name, "why": why, "length": budget.length_text(axis), "note": budget.note}
     check_writable(args.results)
-    outcomes = run_dask(args, spec, cells, chosen) if args.dask else run_local(args, spec, cells, chosen)
+    outcomes = run_dask(args, spec, cells, chosen, client) if args.dask else run_local(args, spec, cells, chosen)
     code = print_summary(cells, outcomes)
     write_and_print_report(args.results, spec.name)
     return code

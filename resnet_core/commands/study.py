@@ -37,6 +37,7 @@ from resnet_core.cli import UsageError, add_flags, check_flags, check_positive_s
 from resnet_core.config import default_data_source, parse_assignments
 from resnet_core.devices import resolve_device, worker_devices
 from resnet_core.migrate import print_migration
+from resnet_core.runner import WorkerPool, check_fuse, check_parallelism, fuses
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,10 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--allow-change", action="store_true", help="go on with another --sampler/--pruner than the study used "
                                                     "so far (the report says from which trial)")
     add_flags(parser, "seed", "budget", "epochs", "data", "subset", "val_size", "device", "workers", "workers_per_gpu",
-              "threads", "results", "set", "quiet", "dry_run",
+              "gpu_memory_fraction", "threads", "fuse", "results", "set", "quiet", "dry_run",
               help={"seed": "sampler seed and the run seed of every trial (default 0)",
                     "budget": "auto (quick on a CPU, standard on a GPU), "
                               + ", ".join(f"{b.name} ({b.note})" for b in STUDY_BUDGETS.values())})
+    add("--concurrency-from", metavar="BENCH_JSON", help="a benchmark result with --processes rows (python -m "
+        "resnet_core.bench --processes 1,2,4 --json PATH): the time estimate counts workers sharing a GPU at its "
+        "measured speed-up (default: as one GPU, since without MPS they take turns)")
     add("--timeout", type=float, help="start no new trial after this many seconds")
     add("--stale-after", type=float, default=600.0, help="seconds without a heartbeat before a trial on another "
                                                            "host counts as dead and is retried (RDB storages beat "
@@ -101,8 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for spec, target in zip(specs, targets):
         st.run_study(spec, target, devices, timeout=args.timeout, data=data if single else None,
-                     progress=not args.quiet, threads=args.threads, allow_change=args.allow_change)
-    _final_stage(specs, stage, devices[0], data if single else None, progress=not args.quiet)
+                     progress=not args.quiet, threads=args.threads, allow_change=args.allow_change,
+                     memory_fraction=args.gpu_memory_fraction)
+    pool = WorkerPool(tuple(devices), args.threads, args.gpu_memory_fraction, fuse=fuses(args.fuse, devices))
+    _final_stage(specs, stage, pool, not args.quiet)
     out = st.write_reports(setup.spec.name, setup.spec.storage, args.results, figures=not args.no_figures)
     reached = _print_outcome(specs, targets, out)
     for warning in st.report_warnings(setup.spec.storage, args.results):
@@ -124,6 +130,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise UsageError(f"--final-epochs {args.final_epochs}: expected an integer >= 1")
     check_flags(args)
     check_positive_seconds(args, "timeout", "stale_after")
+    check_parallelism(args.workers, args.workers_per_gpu, args.threads, args.gpu_memory_fraction)
+    check_fuse(args.fuse)
 
 
 def _data_device(device: str) -> str:
@@ -146,8 +154,10 @@ def final_stage(args: argparse.Namespace, budget) -> st.FinalStage:
 
 def _print_plan(setup, specs, targets, devices, args, stage: st.FinalStage) -> None:
     done = [st.current_counts(s)["finished"] for s in specs]
-    timing = st.estimate(setup.spec, setup.train_size, setup.eval_size, devices[0],
-                         sum(max(0, t - d) for t, d in zip(targets, done)), len(devices), args.threads)
+    measured = (st.concurrency_from_bench(args.concurrency_from, setup.spec.base.train.batch_size)
+                if args.concurrency_from else None)
+    timing = st.estimate(setup.spec, setup.train_size, setup.eval_size, devices,
+                         sum(max(0, t - d) for t, d in zip(targets, done)), args.threads, measured)
     for line in st.plan_lines(setup, setup.spec, sum(targets), sum(done), devices, timing):
         print(line)
     if args.compare:
@@ -157,13 +167,14 @@ def _print_plan(setup, specs, targets, devices, args, stage: st.FinalStage) -> N
     sys.stdout.flush()
 
 
-def _final_stage(specs, stage: st.FinalStage, device, data, progress: bool) -> None:
-    """The best config of each (sub-)study re-trained (finished runs are found, not trained again)."""
+def _final_stage(specs, stage: st.FinalStage, pool: WorkerPool, progress: bool) -> None:
+    """The best config of each (sub-)study re-trained by the trials' workers, every value's seeds at
+    once (finished runs are found, not trained again)."""
     if stage.seeds == 0:
         return
-    for spec in specs:
-        study = optuna.load_study(study_name=spec.name, storage=st.open_storage(spec.storage, spec.stale_after))
-        records = st.train_final(spec, study, stage, _data_device(device), data, progress=progress)
+    studies = [(spec, optuna.load_study(study_name=spec.name, storage=st.open_storage(spec.storage, spec.stale_after)))
+               for spec in specs]
+    for (spec, _), records in zip(studies, st.train_finals(studies, stage, pool, progress)):
         if not records:
             print(f"{spec.name}: no COMPLETE trial, no final stage")
 

@@ -21,7 +21,7 @@ from resnet_core.study.common import (
 )
 from resnet_core.study.compare import compare_specs
 from resnet_core.study.final import (
-    FinalStage, final_config, final_interval, final_runs, final_table, train_final,
+    FinalStage, final_config, final_interval, final_runs, final_table, train_final, train_finals,
 )
 from resnet_core.study.figures import (
     history_figure, importance_figure, isolation_figure, learning_curves_figure, parallel_figure, slice_figure,
@@ -30,7 +30,7 @@ from resnet_core.study.figures import (
 from resnet_core.study.journal import InterruptSafeJournal, RepairingJournalFile, damaged_tail, deferred_interrupts
 from resnet_core.study.objective import Objective, matching_data
 from resnet_core.study.plan import (
-    Setup, StudyRequest, check_resumable, current_counts, estimate, plan, plan_lines,
+    Setup, StudyRequest, check_resumable, concurrency_from_bench, current_counts, estimate, plan, plan_lines,
 )
 from resnet_core.study.recovery import (
     RetryStaleTrial, heartbeat_settings, recover_stale_trials, requeue, stale_reason, unmarked_reason,
@@ -81,5 +81,5 @@ __all__ = [
     "state_counts", "storage_error", "study_markdown", "StudyRequest", "StudySpec", "top_params", "top_trials",
     "train_final", "FinalStage", "final_config", "final_interval", "trial_config", "TrialFailed", "TrialProgress", "trials_table", "unencoded_at",
     "unmarked_reason", "url_passwords", "validate_space", "worker_jobs", "worker_sampler", "worker_threads",
-    "WorkerJob", "write_compare_report", "write_reports", "write_study_report",
+    "WorkerJob", "write_compare_report", "write_reports", "write_study_report", "train_finals", "concurrency_from_bench",
 ]

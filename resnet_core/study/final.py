@@ -5,10 +5,9 @@ runs are where a study's test error comes from; ``--compare`` runs the same stag
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import optuna
 import pandas as pd
@@ -17,11 +16,11 @@ from optuna.trial import TrialState
 from resnet_core.config import RunConfig, apply_overrides, resolve_field
 from resnet_core.engine import fit as engine_fit
 from resnet_core.migrate import current_run_ids
-from resnet_core.runner import train_once
-from resnet_core.store import find_record, load_runs
+from resnet_core.identity import run_id
+from resnet_core.runner import WorkerPool, train_all
+from resnet_core.store import RunRecord, find_record, load_runs
 from resnet_core.schedules import make_budget
 from resnet_core.study.common import FINAL_SEED_BASE
-from resnet_core.study.objective import matching_data
 from resnet_core.study.spec import StudySpec, trial_config
 
 
@@ -70,18 +69,32 @@ def final_runs(spec: StudySpec, study: optuna.Study, stage: FinalStage) -> list[
     return [dataclasses.replace(best, seed=FINAL_SEED_BASE + i) for i in range(stage.seeds)]
 
 
-def train_final(spec: StudySpec, study: optuna.Study, stage: FinalStage, device: str, data: Any = None,
-                progress: bool = True, fit: Callable[..., Any] = engine_fit) -> list:
-    """Train (or find: a finished run is not trained again) the final runs with ``fit``, each under its
-    claim (a second driver on the study waits for the run the first is training); the study records
-    their run ids, so its report finds them."""
-    runs = [dataclasses.replace(r, device=device) for r in final_runs(spec, study, stage)]
-    records = [train_once(run, spec.results, functools.partial(fit, run, results_dir=spec.results,
-                                                                data=matching_data(data, run.data), progress=progress))
-               for run in runs]
-    if records:
-        study.set_user_attr("final_run_ids", [r.run_id for r in records])
-        study.set_user_attr("final_trial", study.best_trial.number)
+def train_final(spec: StudySpec, study: optuna.Study, stage: FinalStage, devices: str | Sequence[str],
+                threads: int | None = None, progress: bool = True, fit: Callable[..., Any] = engine_fit,
+                memory_fraction: float | None = None) -> list[RunRecord]:
+    """:func:`train_finals` of one study (``devices``: one device string or the workers' list)."""
+    workers = (devices,) if isinstance(devices, str) else tuple(devices)
+    return train_finals([(spec, study)], stage, WorkerPool(workers, threads, memory_fraction, fit), progress)[0]
+
+
+def train_finals(studies: Sequence[tuple[StudySpec, optuna.Study]], stage: FinalStage, pool: WorkerPool,
+                 progress: bool = True) -> list[list[RunRecord]]:
+    """Train (or find: a finished run is not trained again) the final runs of every study (a
+    --compare group's values together) in the worker ``pool``: the trials' device slots, threads
+    and memory cap, one run per worker at a time. A run another process is training is waited for
+    and its record read. Each study records its final run ids, so its report finds them."""
+    runs = [final_runs(spec, study, stage) for spec, study in studies]
+    results = {spec.results for spec, _ in studies}
+    if len(results) > 1:
+        raise ValueError(f"the final stage trains into one results folder; these studies use {sorted(results)}")
+    if any(runs):
+        train_all([run for group in runs for run in group], results.pop(), pool, progress, desc="final stage")
+    records = []
+    for (spec, study), group in zip(studies, runs):
+        records.append([find_record(spec.results, run_id(run)) for run in group])
+        if group:
+            study.set_user_attr("final_run_ids", [r.run_id for r in records[-1]])
+            study.set_user_attr("final_trial", study.best_trial.number)
     return records
 
 

@@ -17,6 +17,7 @@ from resnet_core.identity import run_id
 from resnet_core.data import load_data
 from resnet_core.devices import resolve_device
 from resnet_core.engine import fit as engine_fit
+from resnet_core.gpu_memory import fit_retrying_oom
 from resnet_core.schedules import make_budget
 from resnet_core.store import checkpoint_path
 from resnet_core.study.common import TrialFailed
@@ -56,7 +57,8 @@ class Objective:
             return self._fail(trial, f"data could not be loaded: {type(exc).__name__}: {exc}")
         epochs = make_budget(run.train, len(data.train_y)).epochs
         trial.set_user_attr("budget_epochs", epochs)
-        record = self.fit(run, callbacks=[self._callback(trial, epochs)], results_dir=self.spec.results, data=data)
+        record = fit_retrying_oom(self.fit, run, callbacks=[self._callback(trial, epochs)],
+                                  results_dir=self.spec.results, data=data)
         return self._outcome(trial, record)
 
     def _mark(self, trial: optuna.Trial) -> None:

@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import optuna
 import torch
@@ -13,6 +14,7 @@ import torch
 from resnet_core.budgets import Budget
 from resnet_core.config import RunConfig, apply_overrides, resolve_field
 from resnet_core.data import load_data, pool_size, training_images
+from resnet_core.devices import parallel_throughput
 from resnet_core.engine import check_fits_data, estimate_seconds, measure_step_rate
 from resnet_core.runner import check_writable
 from resnet_core.schedules import make_budget
@@ -162,7 +164,7 @@ def current_counts(spec: StudySpec) -> dict[str, int]:
 
 
 def plan_lines(setup: Setup, spec: StudySpec, target: int, done: int, devices: list[str],
-               timing: Mapping[str, float] | None) -> list[str]:
+               timing: Mapping[str, Any] | None) -> list[str]:
     """What will run, for the console before training starts."""
     base = spec.base
     length = f"{base.train.epochs} epochs" if base.train.epochs else f"{base.train.iterations} iterations"
@@ -182,7 +184,8 @@ def plan_lines(setup: Setup, spec: StudySpec, target: int, done: int, devices: l
     if timing:
         lines.append(f"time     measured {timing['images_per_s']:,.0f} training images/s -> "
                      f"~{timing['per_trial_s']:.0f} s per full trial, ~{timing['total_s'] / 60:.1f} min expected "
-                     f"for the trials to run (~{timing['full_s'] / 60:.1f} min if none were pruned)")
+                     f"for the trials to run (~{timing['full_s'] / 60:.1f} min if none were pruned)"
+                     + (f"; {timing['sharing']}" if timing.get("sharing") else ""))
     return lines
 
 
@@ -201,15 +204,17 @@ def rung_line(spec: StudySpec, trials: int) -> str:
             f"a sampler that keeps finding better trials trains more")
 
 
-def estimate(spec: StudySpec, train_size: int, eval_size: int, device: str, trials: int, workers: int,
-             threads: int | None = None) -> dict[str, float]:
+def estimate(spec: StudySpec, train_size: int, eval_size: int, devices: Sequence[str], trials: int,
+             threads: int | None = None, concurrency: Mapping[int, float] | None = None) -> dict[str, Any]:
     """Seconds per trial and in all from a short measured step rate (pruning makes it shorter),
-    measured with the threads one worker will have (this process's own thread count is restored).
+    measured on ``devices[0]`` with the threads one worker will have (this process's own thread
+    count is restored). Workers sharing a GPU count as that GPU's throughput times its measured
+    ``concurrency`` (:func:`resnet_core.devices.parallel_throughput`).
     """
     previous = torch.get_num_threads()
-    torch.set_num_threads(worker_threads(workers, threads))
+    torch.set_num_threads(worker_threads(len(devices), threads))
     try:
-        run = trial_config(spec, {}, device)
+        run = trial_config(spec, {}, devices[0])
         rate = measure_step_rate(run, steps=5)
     finally:
         torch.set_num_threads(previous)
@@ -217,7 +222,31 @@ def estimate(spec: StudySpec, train_size: int, eval_size: int, device: str, tria
     epochs, passes = expected_work(trials, *spec.pruner_shape())
     per_epoch = per_trial / max(1, spec.budget_epochs)
     evaluation = eval_size / (3 * rate)  # one validation pass; inference ~3x a training step
-    expected = (epochs * per_epoch + passes * evaluation) / max(1, min(workers, max(1, trials)))
+    parallel, sharing = parallel_throughput(devices, concurrency)
+    at_once = max(1.0, min(parallel, trials))
+    expected = epochs * per_epoch + passes * evaluation
     full = trials * (per_trial + evaluation * len(set(run.train.val_epochs or ()) | {spec.budget_epochs}))
-    return {"images_per_s": rate, "per_trial_s": per_trial, "total_s": expected,
-            "full_s": full / max(1, min(workers, max(1, trials)))}
+    return {"images_per_s": rate, "per_trial_s": per_trial, "total_s": expected / at_once, "full_s": full / at_once,
+            "parallel": parallel, "sharing": sharing}
+
+
+def concurrency_from_bench(path: str | Path, batch: int) -> dict[int, float]:
+    """``{n: speed-up}`` of n worker processes sharing one device over one process, from a benchmark
+    result (``python -m resnet_core.bench --processes 1,2,4 --json PATH``) at its batch size nearest
+    ``batch``: the aggregate images/s of its ``processes`` rows over the one-process row (the
+    in-process eager row where ``--processes`` did not include 1). A file that is not such a result
+    is a one-line ValueError."""
+    try:
+        rows = [r for r in json.loads(Path(path).read_text())["rows"] if r.get("aggregate_ips")]
+        measured = {r["batch"] for r in rows if r["mode"] == "processes"}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"--concurrency-from {path}: not a benchmark result with --processes rows "
+                         f"({type(exc).__name__}: {exc})") from None
+    if not measured:
+        raise ValueError(f"--concurrency-from {path}: the benchmark measured no --processes rows")
+    nearest = min(measured, key=lambda b: (abs(b - batch), b))
+    at = {(r["mode"], r["k"]): r["aggregate_ips"] for r in rows if r["batch"] == nearest}
+    one = at.get(("processes", 1)) or at.get(("eager", 1))
+    if not one:
+        raise ValueError(f"--concurrency-from {path}: no one-process figure at batch {nearest} to compare with")
+    return {k: ips / one for (mode, k), ips in sorted(at.items()) if mode == "processes"}

@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 
 from resnet_core.devices import available_cpus, pin_device, resolve_device, share_compile_threads
 from resnet_core.engine import fit as engine_fit
+from resnet_core.gpu_memory import limit_memory
 from resnet_core.progress import progress_bar
 from resnet_core.study.common import MAX_CONSECUTIVE_FAILURES, TrialFailed, say
 from resnet_core.study.objective import Objective
@@ -41,6 +42,7 @@ class WorkerJob:
     deadline: float | None = None  # time.time() after which no new trial starts
     fresh: bool = False  # this invocation created the study (its workers get the reproducible seeds)
     fit: Callable[..., Any] = engine_fit  # trains a trial; a spawned worker unpickles it: a top-level function
+    memory_fraction: float | None = None  # this process's share of its GPU's memory (None: no cap)
 
 
 def resumed_seed(seed: int, worker: int, existing_trials: int, salt: str = "") -> tuple[int, int]:
@@ -96,7 +98,9 @@ def run_worker(job: WorkerJob, data: Any = None, on_trial: Callable[[optuna.Stud
 
 
 def _run_trials(job: WorkerJob, data: Any, on_trial: Callable[[optuna.Study], None] | None) -> int:
-    pin_device(resolve_device(job.device))
+    device = resolve_device(job.device)
+    pin_device(device)
+    limit_memory(device, job.memory_fraction)
     spec = job.spec
     storage = open_storage(spec.storage, spec.stale_after)
     study = optuna.load_study(study_name=spec.name, storage=storage, sampler=optuna.samplers.RandomSampler(),
@@ -192,11 +196,12 @@ def worker_threads(n_workers: int, requested: int | None = None) -> int:
 
 def worker_jobs(spec: StudySpec, target: int, devices: list[str], timeout: float | None,
                 threads: int | None = None, fresh: bool = False,
-                fit: Callable[..., Any] = engine_fit) -> list[WorkerJob]:
+                fit: Callable[..., Any] = engine_fit, memory_fraction: float | None = None) -> list[WorkerJob]:
     """One job per device slot."""
     deadline = time.time() + timeout if timeout else None
     per_worker = worker_threads(len(devices), threads)
-    return [WorkerJob(spec, target, device, i, per_worker, deadline, fresh, fit) for i, device in enumerate(devices)]
+    return [WorkerJob(spec, target, device, i, per_worker, deadline, fresh, fit, memory_fraction)
+            for i, device in enumerate(devices)]
 
 
 class TrialProgress:
@@ -222,14 +227,15 @@ class TrialProgress:
 def run_study(spec: StudySpec, target: int, devices: list[str], timeout: float | None = None,
               data: Any = None, progress: bool = True, poll_s: float = 2.0,
               threads: int | None = None, allow_change: bool = False,
-              fit: Callable[..., Any] = engine_fit) -> dict[str, int]:
+              fit: Callable[..., Any] = engine_fit, memory_fraction: float | None = None) -> dict[str, int]:
     """Run workers (in this process when there is one, else one spawned process each) until the
     study has ``target`` finished trials; returns the final counts. ``allow_change``: see
     :func:`create_study`; ``fit`` trains each trial (with several devices it goes to spawned
-    processes, so it must be a top-level function).
+    processes, so it must be a top-level function); ``memory_fraction``: each worker's share of
+    its GPU's memory.
     """
     study, created = create_study(spec, allow_change)
-    jobs = worker_jobs(spec, target, devices, timeout, threads, fresh=created, fit=fit)
+    jobs = worker_jobs(spec, target, devices, timeout, threads, fresh=created, fit=fit, memory_fraction=memory_fraction)
     bar = TrialProgress(study, target, progress)
     try:
         if len(jobs) == 1:
