@@ -38,7 +38,7 @@ from resnet_core.grid_report import build_grid_report, skipped_warning, write_re
 from resnet_core.reports import plural
 from resnet_core.migrate import print_migration
 from resnet_core.runner import (
-    MAX_FUSED, check_parallelism, check_writable, finished, fuses, plan_devices, preload_data, run_all, split_done,
+    MAX_FUSED, check_fuse, check_parallelism, check_writable, finished, fuses, plan_devices, preload_data, run_all, split_done,
 )
 from resnet_core.store import misnamed_warning, runs_dir
 
@@ -297,6 +297,7 @@ def write_and_print_report(results: str, grid_name: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_parallelism(args.workers, args.workers_per_gpu, args.threads, args.gpu_memory_fraction)
+    check_fuse(args.fuse)
     if args.dask:
         dask_runner().local_workers(args.dask)  # a malformed local:N is a usage error too
     spec = build_spec(args)
