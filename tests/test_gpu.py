@@ -207,3 +207,20 @@ def test_dask_local_workers_train_on_the_gpus(tmp_path):
     used = set(load_runs(tmp_path / "results")["provenance.device"])
     expected = {f"cuda:{i}" for i in range(min(2, torch.cuda.device_count()))}
     assert used <= expected and used  # every worker its own GPU, indexed (not the bare current "cuda")
+
+
+def test_a_fused_group_trains_its_seeds_on_the_gpu_like_runs_alone(tmp_path):
+    """bf16 and channels_last by default: each member completes with its run's id and the group in
+    its provenance; fp32 members match their runs alone to float noise at the end of one epoch."""
+    from resnet_core.fused_fit import fit_group
+
+    runs = [dataclasses.replace(RUN, seed=s) for s in (0, 1, 2)]
+    records = fit_group(runs, results_dir=tmp_path / "bf16")
+    assert [r.status for r in records] == ["completed"] * 3
+    assert [r.run_id for r in records] == [run_id(r) for r in runs]
+    assert all(r.provenance["fused_group"]["size"] == 3 and r.provenance["device_type"] == "cuda" for r in records)
+    fp32 = [with_train(r, amp="off") for r in runs]
+    together = fit_group(fp32, results_dir=tmp_path / "fp32")
+    alone = [fit(r, results_dir=tmp_path / "alone") for r in fp32]
+    for a, b in zip(together, alone):
+        assert a.final["train_loss"] == pytest.approx(b.final["train_loss"], abs=1e-3)

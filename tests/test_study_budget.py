@@ -297,3 +297,16 @@ def test_the_final_seeds_train_side_by_side_in_worker_processes(tmp_path, space)
     assert [record.provenance["threads"] for record in records] == [1, 1]
     assert [record.config["seed"] for record in records] == [st.FINAL_SEED_BASE, st.FINAL_SEED_BASE + 1]
     assert study.user_attrs["final_run_ids"] == [record.run_id for record in records]
+
+
+def test_the_final_seeds_train_as_one_fused_group_under_fuse_on(tmp_path, space, capsys):
+    code = run_cli(run_driver.main, tiny_args(tmp_path, space, "--trials", "1", "--final-seeds", "2",
+                                              "--final-epochs", "1", "--threads", "1", "--fuse", "on"))
+    assert code == 0, capsys.readouterr().err
+    study = optuna.load_study(study_name="tiny", storage=st.open_storage(str(tmp_path / "studies" / "tiny.log"), 600))
+    finals = [find_record(tmp_path, rid) for rid in study.user_attrs["final_run_ids"]]
+    assert [r.status for r in finals] == ["completed", "completed"]
+    assert [r.provenance["fused_group"]["member"] for r in finals] == [0, 1]
+    assert finals[0].provenance["fused_group"]["run_ids"] == [r.run_id for r in finals]
+    assert run_cli(run_driver.main, tiny_args(tmp_path, space, "--trials", "1", "--fuse", "maybe")) == 2
+    assert "fuse='maybe' is invalid" in capsys.readouterr().err
