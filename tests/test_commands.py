@@ -26,7 +26,7 @@ MAINS = {"resnet-grid": (grid.main, ["--grid", "degradation"]), "resnet-study": 
 VALUES = {"data": ("synthetic:300", "synthetic:300"), "subset": ("120", 120), "val_size": ("40", 40),
           "epochs": ("2", 2), "iterations": ("30", 30), "budget": ("quick", "quick"), "seed": ("3", 3),
           "seeds": ("2", 2), "device": ("cpu", "cpu"), "workers": ("1", 1), "workers_per_gpu": ("2", 2),
-          "gpu_memory_fraction": ("0.5", 0.5), "threads": ("1", 1), "results": ("out", "out"), "set": ("depth=8", ["depth=8"])}
+          "gpu_memory_fraction": ("0.5", 0.5), "threads": ("1", 1), "fuse": ("off", "off"), "results": ("out", "out"), "set": ("depth=8", ["depth=8"])}
 
 
 def flags_of(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
@@ -57,7 +57,7 @@ def test_shared_flags_have_the_shared_default_and_parse_alike(command):
 
 def test_the_commands_share_one_default_for_workers_and_budget():
     grid_flags, study_flags = flags_of(grid.build_parser()), flags_of(study.build_parser())
-    for name in ("workers", "workers_per_gpu", "gpu_memory_fraction", "budget", "device", "results", "threads"):
+    for name in ("workers", "workers_per_gpu", "gpu_memory_fraction", "budget", "device", "results", "threads", "fuse"):
         assert grid_flags[name].default == study_flags[name].default
 
 
