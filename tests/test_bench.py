@@ -1,0 +1,141 @@
+"""python -m resnet_core.bench: every requested row in the table and the JSON, fused rows' per-member
+and aggregate figures, the fused step's arithmetic, no host reads inside a measurement, one-line
+errors. Tiny sizes on the CPU; no assertion on any speed."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from resnet_core import bench
+from resnet_core.cli import run_cli
+from resnet_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from resnet_core.engine import _random_bundle, make_trainer, train_step
+
+TINY = ["--model", "resnet20", "--device", "cpu", "--steps", "1", "--rounds", "1", "--warmup", "0"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def rows_of(path) -> list[dict]:
+    return json.loads(path.read_text())["rows"]
+
+
+def test_every_requested_row_is_in_the_table_and_the_json(tmp_path, capsys):
+    path = tmp_path / "new" / "bench.json"
+    argv = TINY + ["--batch", "4,8", "--modes", "eager,cudagraphs,fused1,fused3,eager", "--json", str(path)]
+    assert bench.main(argv) == 0
+    rows, table = rows_of(path), capsys.readouterr().out
+    expected = [(mode, batch, k) for batch in (4, 8) for mode, k in (("eager", 1), ("cudagraphs", 1), ("fused1", 1),
+                                                                     ("fused3", 3))]
+    assert [(r["mode"], r["batch"], r["k"]) for r in rows] == expected  # the repeated eager: one row
+    assert all(f"| {mode} | {batch} | {k} |" in table for mode, batch, k in expected)
+    for row in rows:
+        if row["mode"] == "cudagraphs":  # CUDA only
+            assert row["aggregate_ips"] is None and row["note"] == "n/a (CUDA only)" and row["vs_eager"] is None
+        else:
+            assert row["aggregate_ips"] > 0 and row["k"] * row["per_run_ips"] == pytest.approx(row["aggregate_ips"])
+            assert row["vs_eager"] == pytest.approx(row["aggregate_ips"] / rows[expected.index(("eager", row["batch"], 1))]
+                                                    ["aggregate_ips"])
+
+
+def test_concurrent_processes_are_one_row_per_batch(tmp_path):
+    path = tmp_path / "bench.json"
+    assert bench.main(TINY + ["--batch", "4", "--modes", "", "--processes", "2", "--json", str(path)]) == 0
+    (row,) = rows_of(path)
+    assert (row["mode"], row["batch"], row["k"]) == ("processes", 4, 2)
+    assert row["aggregate_ips"] > 0 and 2 * row["per_run_ips"] == pytest.approx(row["aggregate_ips"])
+
+
+def test_a_mode_that_fails_is_a_row_saying_so_and_the_others_run(tmp_path, monkeypatch):
+    real = bench.setup
+
+    def setup(request, mode, batch):
+        if mode.fused:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+        return real(request, mode, batch)
+
+    monkeypatch.setattr(bench, "setup", setup)
+    path = tmp_path / "bench.json"
+    assert bench.main(TINY + ["--batch", "4", "--modes", "eager,fused3", "--json", str(path)]) == 1
+    eager, fused = rows_of(path)
+    assert eager["aggregate_ips"] > 0
+    assert fused["aggregate_ips"] is None and fused["note"] == "failed: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
+
+
+def test_past_the_time_limit_no_row_is_set_up():
+    request = bench.BenchRequest(device="cpu", modes=(bench.parse_mode("eager"),), batches=(4,), time_limit=1.0)
+    (row,) = bench._in_process_rows(request, torch.device("cpu"), started=time.perf_counter() - 2.0)
+    assert row.aggregate_ips is None and row.note == "skipped (time limit)"
+
+
+def recording(name: str, real, reads: list[str]):
+    def read(self, *args, **kwargs):
+        reads.append(name)
+        return real(self, *args, **kwargs)
+    return read
+
+
+def test_a_measurement_never_reads_the_device_from_the_host(monkeypatch):
+    """Review point 6 of issue 24: no epoch restarts with a host read inside a measurement, however
+    many steps it runs (more steps than the pool holds batches)."""
+    request = bench.BenchRequest(device="cpu", batches=(4,))
+    loops = [bench.setup(request, bench.parse_mode(name), 4) for name in ("eager", "fused2")]
+    reads: list[str] = []
+    for method in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, method, recording(method, getattr(torch.Tensor, method), reads))
+    for loop in loops:
+        loop.run(2 * bench.POOL_BATCHES + 1)
+    monkeypatch.undo()
+    assert reads == []
+    assert loops[0].done == loops[1].done == 2 * bench.POOL_BATCHES + 1
+    assert loops[1].sums[0].shape == (2,) and loops[1].sums[2].shape[0] == 2  # per member
+
+
+def test_the_fused_step_trains_each_member_on_its_own_batch():
+    run = RunConfig(model=ModelConfig(depth=8, widths=(4, 8, 16)), device="cpu", data=DataConfig(source="synthetic"),
+                    train=TrainConfig(epochs=1, batch_size=4, augment="none", amp="off"))
+    images = torch.randint(0, 256, (2, 4, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (2, 4))
+    data = _random_bundle(images.flatten(0, 1), labels.flatten(), 10)
+    losses, correct = bench.fused_train_step(bench._fused_trainer(make_trainer(run, data), 2), images, labels)
+    for k in range(2):  # member k starts as a separate run of seed k
+        loss, right = train_step(make_trainer(dataclasses.replace(run, seed=k), data), images[k], labels[k])
+        assert losses[k].item() == pytest.approx(loss.item(), abs=1e-4) and correct[k].item() == right.item()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--modes", "eager,fused0"], "--modes 'fused0' is invalid"),
+    (["--modes", "turbo"], "--modes 'turbo' is invalid: expected eager, compiled, cudagraphs or fusedK"),
+    (["--batch", "128,0"], "--batch '128,0' is invalid"),
+    (["--processes", "two"], "--processes 'two' is invalid"),
+    (["--steps", "many"], "--steps: invalid int value"),
+    (["--rounds", "0"], "--rounds 0"),
+    (["--modes", ""], "nothing to measure"),
+    (["--model", "resnet21"], "unknown model preset 'resnet21'"),
+    (["--time-limit", "0"], "--time-limit 0.0"),
+])
+def test_a_bad_flag_is_one_line_and_exit_2(argv, message, capsys):
+    assert run_cli(bench.main, ["--device", "cpu", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_the_command_line_refuses_a_bad_mode_in_one_line():
+    done = subprocess.run([sys.executable, "-m", "resnet_core.bench", "--modes", "eager,fastest"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == ["error: --modes 'fastest' is invalid: expected eager, compiled, "
+                                                "cudagraphs or fusedK (K >= 1 members, e.g. fused3)"]
