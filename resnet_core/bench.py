@@ -95,7 +95,7 @@ class BenchRequest:
     steps: int = 20
     rounds: int = 3
     warmup: int = 5
-    time_limit: float | None = None  # seconds: no setup starts after it, no round after the first
+    time_limit: float | None = None  # seconds: no setup that would end after it, no round after the first
 
     def run_config(self, batch: int) -> RunConfig:
         train = TrainConfig(epochs=1, batch_size=batch)  # the engine's defaults: channels_last, amp auto
@@ -218,20 +218,7 @@ def images_per_s(loop: Loop, steps: int, members: int) -> float:
 
 def _in_process_rows(request: BenchRequest, device: torch.device, started: float) -> list[Row]:
     """Every (batch, mode) row measured in this process, rounds alternating over the rows."""
-    loops: dict[tuple[int, Mode], Loop] = {}
-    notes: dict[tuple[int, Mode], str] = {}
-    for batch in request.batches:
-        for mode in request.modes:
-            key = (batch, mode)
-            if mode.cuda_only and device.type != "cuda":
-                notes[key] = "n/a (CUDA only)"
-            elif _past(request, started):
-                notes[key] = "skipped (time limit)"
-            else:
-                try:
-                    loops[key] = _ready(request, mode, batch)
-                except Exception as exc:  # noqa: BLE001 - one row fails (say out of memory), the others run
-                    notes[key] = failure_note(exc)
+    loops, notes = _set_up(request, device, started)
     rates: dict[tuple[int, Mode], list[float]] = {key: [] for key in loops}
     for round_index in range(request.rounds):
         if round_index and _past(request, started):
@@ -240,6 +227,29 @@ def _in_process_rows(request: BenchRequest, device: torch.device, started: float
             rates[key].append(images_per_s(loop, request.steps, key[1].members))
     return [median_row(mode.name, batch, mode.members, rates.get((batch, mode)), notes.get((batch, mode), ""))
             for batch in request.batches for mode in request.modes]
+
+
+def _set_up(request: BenchRequest, device: torch.device, started: float) -> tuple[dict, dict[tuple[int, Mode], str]]:
+    """Each row's loop, set up and warmed up, or a note saying why not. Compiled rows come last and
+    a setup starts only if the longest of its kind so far (compiled or not) would end within
+    --time-limit: compiling takes longest, so a tight limit leaves out compiled rows, not the rest."""
+    loops: dict[tuple[int, Mode], Loop] = {}
+    notes: dict[tuple[int, Mode], str] = {}
+    longest = {False: 0.0, True: 0.0}
+    keys = [(batch, mode) for batch in request.batches for mode in request.modes]
+    for key in sorted(keys, key=lambda k: k[1].compile_mode is not None):
+        compiled, began = key[1].compile_mode is not None, time.perf_counter()
+        if key[1].cuda_only and device.type != "cuda":
+            notes[key] = "n/a (CUDA only)"
+        elif _past(request, started, reserve=longest[compiled]):
+            notes[key] = "skipped (time limit)"
+        else:
+            try:
+                loops[key] = _ready(request, key[1], key[0])
+            except Exception as exc:  # noqa: BLE001 - one row fails (say out of memory), the others run
+                notes[key] = failure_note(exc)
+            longest[compiled] = max(longest[compiled], time.perf_counter() - began)
+    return loops, notes
 
 
 def _ready(request: BenchRequest, mode: Mode, batch: int) -> Loop:
@@ -256,8 +266,9 @@ def failure_note(exc: BaseException) -> str:
     return f"failed: {type(exc).__name__}" + (f": {lines[0][:200]}" if lines else "")
 
 
-def _past(request: BenchRequest, started: float) -> bool:
-    return request.time_limit is not None and time.perf_counter() - started > request.time_limit
+def _past(request: BenchRequest, started: float, reserve: float = 0.0) -> bool:
+    """Whether --time-limit has passed (or would have, ``reserve`` seconds from now)."""
+    return request.time_limit is not None and time.perf_counter() - started + reserve > request.time_limit
 
 
 def median_row(mode: str, batch: int, k: int, rates: list[float] | None, note: str = "") -> Row:
@@ -343,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--steps", type=int, default=20, help="steps per measurement")
     add("--rounds", type=int, default=3, help="alternating rounds; the median is reported")
     add("--warmup", type=int, default=5, help="untimed steps per row first (compiling happens here)")
-    add("--time-limit", type=float, help="seconds: no row is set up after this, and no round after the first")
+    add("--time-limit", type=float, help="seconds: no row is set up that would not be ready by then (compiled rows "
+                                          "are set up last), and no round after the first starts after it")
     add("--json", type=Path, help="also write the result as JSON to this file")
     return parser
 

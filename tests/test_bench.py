@@ -8,7 +8,7 @@ import dataclasses
 import json
 import subprocess
 import sys
-import time
+import types
 
 import pytest
 import torch
@@ -75,10 +75,29 @@ def test_a_mode_that_fails_is_a_row_saying_so_and_the_others_run(tmp_path, monke
     assert fused["aggregate_ips"] is None and fused["note"] == "failed: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
 
 
-def test_past_the_time_limit_no_row_is_set_up():
-    request = bench.BenchRequest(device="cpu", modes=(bench.parse_mode("eager"),), batches=(4,), time_limit=1.0)
-    (row,) = bench._in_process_rows(request, torch.device("cpu"), started=time.perf_counter() - 2.0)
-    assert row.aggregate_ips is None and row.note == "skipped (time limit)"
+def test_under_a_time_limit_compiled_rows_are_set_up_last_and_left_out_first(monkeypatch):
+    clock, order = [0.0], []
+
+    def ready(request, mode, batch):  # setting up takes 1 s, compiling 10 s
+        order.append((mode.name, batch))
+        clock[0] += 10.0 if mode.compile_mode else 1.0
+        return object()
+
+    monkeypatch.setattr(bench, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(bench, "_ready", ready)
+    def measure(loop, steps, members):  # a measurement takes 1 s
+        clock[0] += 1.0
+        return 100.0 * members
+
+    monkeypatch.setattr(bench, "images_per_s", measure)
+    modes = tuple(map(bench.parse_mode, ["compiled", "eager", "fused2"]))
+    request = bench.BenchRequest(device="cpu", modes=modes, batches=(4, 8), time_limit=15.0)
+    rows = bench._in_process_rows(request, torch.device("cpu"), started=0.0)
+    assert order == [("eager", 4), ("fused2", 4), ("eager", 8), ("fused2", 8), ("compiled", 4)]
+    assert [(r.mode, r.batch, r.aggregate_ips, r.note) for r in rows] == [
+        ("compiled", 4, 100.0, ""), ("eager", 4, 100.0, ""), ("fused2", 4, 200.0, ""),
+        ("compiled", 8, None, "skipped (time limit)"), ("eager", 8, 100.0, ""), ("fused2", 8, 200.0, "")]
+    assert all(len(r.rounds_ips) == 1 for r in rows if r.aggregate_ips)  # past the limit: no second round
 
 
 def recording(name: str, real, reads: list[str]):
