@@ -46,6 +46,7 @@ from resnet_core.devices import device_name, resolve_amp, resolve_device, sync
 from resnet_core.engine import (
     GRAD_NORM_EVERY, Trainer, _backward_and_step, _random_bundle, _sampled_grad_norms, make_trainer, train_step,
 )
+from resnet_core.fused import build_fused, fused_stage_parameters, member_grad_norms, stack_inputs
 from resnet_core.models import resolve_model
 from resnet_core.schedules import build_optimizer, lr_at, set_lr
 
@@ -159,9 +160,10 @@ def fused_train_step(trainer: Trainer, images: torch.Tensor, labels: torch.Tenso
     (summed loss, number correct), each (K,). The loss is the sum of the members' mean losses, so
     each member's gradient is its own (docs/DESIGN.md, "Fused runs")."""
     k, n = labels.shape
-    x = trainer.train_transform(images.flatten(0, 1), trainer.generator).contiguous(memory_format=trainer.memory_format)
+    x = trainer.train_transform(images.flatten(0, 1), trainer.generator)  # (K*N, C, H, W)
+    x = stack_inputs(x.view(k, n, *x.shape[1:]).unbind(0), trainer.memory_format)  # laid out for the fused convs
     with trainer.autocast():
-        logits = trainer.step_model(x.view(k, n, *x.shape[1:]))  # (K, N, classes)
+        logits = trainer.step_model(x)  # (K, N, classes)
     losses = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="none",
                              label_smoothing=trainer.run.train.label_smoothing).view(k, n).mean(dim=1)
     trainer.optimizer.zero_grad(set_to_none=True)
@@ -172,20 +174,10 @@ def fused_train_step(trainer: Trainer, images: torch.Tensor, labels: torch.Tenso
 def _fused_trainer(trainer: Trainer, members: int) -> Trainer:
     """The engine's trainer with its model replaced by K members (seeds 0..K-1) as one FusedModel;
     augmentation, autocast, scaler and data stay the engine's."""
-    from resnet_core.fused import build_fused, fused_stage_parameters
-
     model = build_fused(trainer.run.model, list(range(members)), trainer.data.num_classes, trainer.device,
                         trainer.memory_format)
     return dataclasses.replace(trainer, model=model, step_model=model, optimizer=build_optimizer(model, trainer.run.train),
                                stages=fused_stage_parameters(model))
-
-
-def _grad_norm_fn(mode: Mode) -> Callable[[dict], torch.Tensor]:
-    if not mode.fused:
-        return _sampled_grad_norms
-    from resnet_core.fused import member_grad_norms
-
-    return member_grad_norms
 
 
 def setup(request: BenchRequest, mode: Mode, batch: int) -> Loop:
@@ -200,7 +192,8 @@ def setup(request: BenchRequest, mode: Mode, batch: int) -> Loop:
         trainer.step_model = torch.compile(trainer.model, mode=mode.compile_mode, dynamic=False)
     trainer.step_model.train()
     orders = [torch.randperm(pool, generator=trainer.generator, device=trainer.device) for _ in range(mode.members)]
-    return Loop(trainer, fused_train_step if mode.fused else train_step, _grad_norm_fn(mode),
+    return Loop(trainer, fused_train_step if mode.fused else train_step,
+                member_grad_norms if mode.fused else _sampled_grad_norms,
                 torch.stack(orders) if mode.fused else orders[0], mark_cudagraph_step=mode.cuda_only)
 
 

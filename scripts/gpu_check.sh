@@ -48,12 +48,12 @@ log="$out/gpu_check.log"
 if [ "${GPU_CHECK_SMOKE:-0}" = 1 ]; then
   device=cpu
   data="${data:-synthetic:256}"
-  bench=(--batch 8 --steps 2 --rounds 1 --warmup 1 --modes eager,cudagraphs,fused1,fused3)
+  bench=(--batch 8 --steps 1 --rounds 1 --warmup 0 --modes eager,cudagraphs,fused2)
   processes=()
   small=(--subset 64 --val-size 32 --batch-size 8)
   train_iterations=4
   fused_iterations=2
-  study=(--trials 2 --budget quick --epochs 1 --subset 64 --val-size 32 --set depth=8 --timeout 60)
+  study=(--trials 1 --budget quick --epochs 1 --subset 64 --val-size 32 --set depth=8 --timeout 60)
 else
   device=cuda
   data="${data:-${RESNET_CORE_DATA:-}}"
