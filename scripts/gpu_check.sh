@@ -74,7 +74,7 @@ part() {
   shift
   wanted "$name" || return 0
   echo "== $name (at most ${LIMIT[$name]} s): $*" | tee -a "$log"
-  timeout "${LIMIT[$name]}" "$@" 2>&1 | tee "$work/$name.log" | tee -a "$log" > /dev/null
+  timeout "${LIMIT[$name]}" "$@" 2>&1 | tee "$work/$name.log" | tee -a "$log"
   rc=${PIPESTATUS[0]}
   printf '%s\tran\t%s\t%s\t%s\t\n' "$name" "$rc" "$((SECONDS - started))" "${LIMIT[$name]}" >> "$work/parts.tsv"
   echo "== $name: exit status $rc after $((SECONDS - started)) s" | tee -a "$log"
