@@ -1,10 +1,10 @@
-"""K runs of one architecture trained as one module (docs/DESIGN.md, "Fused runs").
+"""K runs of one architecture trained as one module (docs/DESIGN.md, "Models").
 
 A :class:`FusedModel` holds every parameter and buffer of its K members stacked on a new leading
 dim K and runs them with ``torch.func.vmap`` over ``torch.func.functional_call`` on a skeleton: a
 copy of member 0 whose own tensors live on the meta device and are never read. The members are
 ordinary :func:`~resnet_core.models.build_model` modules, so every variant of the family fuses
-without layer code of its own, and the fused step is exactly HFTA's (Wang et al., MLSys 2021):
+without layer code of its own, and the fused step computes what HFTA (Wang et al., MLSys 2021) builds by hand:
 vmap's batching rules turn the K members' operators into single wide ones. In torch's source
 (pytorch/pytorch, ``aten/src/ATen/functorch``):
 
@@ -12,23 +12,28 @@ vmap's batching rules turn the K members' operators into single wide ones. In to
   folds the member dim into the channels (``(N, K*C_in, H, W)``), multiplies ``groups`` by K, folds
   the weights into the output channels (``(K*C_out, C_in, kh, kw)``) and calls one
   ``at::convolution``: one grouped convolution. Autograd sees that op, so the backward is the
-  grouped convolution's.
+  grouped convolution's. With a shared input (``forward_shared``) the first convolution is one
+  convolution with K*C_out outputs.
 - ``BatchRulesNorm.cpp``, ``batch_norm_batch_rule``: folds the member dim into the channels, calls
   one ``native_batch_norm`` over K*C channels with a unit weight and zero bias, and applies each
   member's gamma and beta as a separate multiply and add. The stacked running stats are flattened to
   K*C by a view and updated in place, so each member keeps its own (BatchNorm's statistics are per
-  channel, so K*C channels are K independent norms). Only stacked, contiguous buffers keep the
-  in-place update: the rule refuses unbatched running stats in training mode.
-- The head's ``F.linear`` with a batched weight becomes a batched matmul; ReLU, pooling and option
-  A's pad act on the batched tensor directly.
+  channel, so K*C channels are K independent norms). The update reaches the stacked buffers only
+  because they are contiguous (the rule calls ``.contiguous()`` on the flattened view); it refuses
+  unbatched running stats in training mode.
+- The head's ``F.linear`` with a batched weight becomes a batched matmul plus a separate bias add;
+  ReLU, pooling and option A's pad act on the batched tensor directly. Under autocast the bias add
+  falls outside autocast's cast list, so the fused logits are fp32 where a separate model's are
+  bf16 (the cross-entropy is computed in fp32 either way). With channels_last inputs the pool's
+  ``as_strided_`` has no batching rule: torch warns once and loops over the members (metadata only).
 
 Each member's computation is its own: no operator mixes members, so a member whose weights turn NaN
 leaves the others' outputs and gradients untouched. A loss that is the sum of the members' mean
 losses gives each member exactly its own gradient; SGD and Adam(W) act element-wise, so one
 optimizer over the stacked tensors is K optimizers sharing lr and weight decay.
 
-Layout: the fastest input is ``(K, N, C, H, W)`` stored as ``(N, K, C, H, W)`` (channels last:
-``(N, H, W, K, C)``), which the batching rules fold into ``(N, K*C, H, W)`` without a copy;
+Layout: an input ``(K, N, C, H, W)`` stored as ``(N, K, C, H, W)`` (channels last:
+``(N, H, W, K, C)``) is folded into ``(N, K*C, H, W)`` by a view, not a copy;
 :func:`stack_inputs` builds it. ``.to(memory_format=...)`` lays each member's slice of a stacked conv
 weight out in that format (``nn.Module.to`` refuses channels_last on 5-d tensors).
 """
@@ -49,7 +54,7 @@ _SEP = "__"  # parameter names cannot hold ".": "layer1.0.conv1.weight" is regis
 
 
 def _first_difference(members: Sequence[nn.Module]) -> str | None:
-    """A one-line description of the first tensor whose name or shape differs from member 0's."""
+    """One line naming the first tensor (name or shape) or module line in which a member differs from member 0."""
     reference = {name: tuple(t.shape) for name, t in members[0].state_dict().items()}
     for k, member in enumerate(members[1:], 1):
         shapes = {name: tuple(t.shape) for name, t in member.state_dict().items()}
@@ -241,7 +246,10 @@ def _load_shared(slot: dict, key: str, value, k: int, index: int) -> None:
 
 
 def load_member_optimizer_state(optimizer: torch.optim.Optimizer, k: int, member_state: dict) -> None:
-    """Write a member's optimizer state (as a separate run saves it) into slice k of ``optimizer``'s state."""
+    """Write a member's optimizer state (as a separate run saves it) into slice k of ``optimizer``'s state.
+
+    Slices missing from a fresh optimizer start at zero; the param groups (lr, weight decay) stay the
+    fused optimizer's, which every member shares."""
     params = _fused_params(optimizer)
     for index, entry in member_state["state"].items():
         if not 0 <= int(index) < len(params):
