@@ -337,7 +337,8 @@ def _ints(flag: str, text: str, minimum: int) -> tuple[int, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m resnet_core.bench", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="python -m resnet_core.bench", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("--model", default="resnet20", help="model preset (python -m resnet_core.models --table)")
     add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
