@@ -1,5 +1,6 @@
-"""Checkpoints of a training run: model, optimizer, RNG states, iteration and history after each
-epoch, written atomically; a run resumed from one continues exactly (or says why it cannot)."""
+"""Checkpoints of a training run: model, optimizer, RNG states, iteration and history after an
+epoch (every ``checkpoint_every``), written atomically; a run resumed from one continues exactly
+(or says why it cannot)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,19 @@ def save_checkpoint(trainer: Trainer, path: Path) -> None:
         buffer,
     )
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def checkpoint_if_due(trainer: Trainer, path: Path, due: bool) -> bool:
+    """Save the checkpoint when it is ``due`` and the run keeps checkpoints; whether it was saved.
+
+    The engine saves every ``checkpoint_every`` epochs (TrainConfig), not after each: a checkpoint
+    is an fsynced write, which a GPU epoch of well under a second feels. A kill loses the epochs
+    trained since the last one.
+    """
+    if due and trainer.run.train.checkpoint:
+        save_checkpoint(trainer, path)
+        return True
+    return False
 
 
 def load_checkpoint(trainer: Trainer, path: Path) -> bool:

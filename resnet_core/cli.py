@@ -77,6 +77,8 @@ SHARED_FLAGS: dict[str, Flag] = {flag.dest: flag for flag in (
     Flag("--threads", "CPU threads per worker (default: the cores this process may use / workers); CPU "
          "results repeat bit for bit only at the same thread count", int, minimum=1,
          meaning="CPU threads per worker"),
+    Flag("--fuse", "train runs that differ only in their seed as one fused model: auto (on GPUs only), on or "
+         "off (default auto); records and run ids are the same either way", str, default="auto"),
     Flag("--results", "results directory: run records in DIR/runs, reports below it (default results)",
          str, default="results"),
     Flag("--set", "fix a config field for every run, e.g. --set depth=56 --set amp=off (repeatable)",

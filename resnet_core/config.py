@@ -24,7 +24,10 @@ from resnet_core.data import DATA_ENV_VAR
 from resnet_core.splits import DEFAULT_VAL_SIZE
 
 from resnet_core import augment, blocks, schedules  # registries only: none of them imports this module at run time
-from resnet_core.validation import DEVICE_PATTERN, DEVICES_ALLOWED, check_choice, check_positive, check_seed, fail
+from resnet_core.devices import COMPILE_MODES
+from resnet_core.validation import (
+    DEVICE_PATTERN, DEVICES_ALLOWED, check_choice, check_count, check_positive, check_seed, fail,
+)
 
 # The allowed values come from the registries that build them, so a new entry there is a valid
 # config value at once, and no list here can drift from them.
@@ -177,6 +180,13 @@ class TrainConfig:
     ``val_epochs`` names the epochs (numbered from 1) after which validation is measured; the run's
     last epoch always is. ``None`` measures it after every epoch. A study trial lists only the epochs
     its pruner reads, so it spends no time on numbers nobody uses.
+
+    Three settings change how a run is executed, not what it computes (NON_IDENTITY_FIELDS):
+    ``sync_every`` is the steps between reads of the running loss to the host (the divergence check,
+    the progress bar's loss), 0 at the epoch's end only, ``None`` the device type's default
+    (devices.STEP_DEFAULTS); ``checkpoint_every`` the epochs between checkpoints: a run stopped by a
+    callback (a pruned trial) also leaves one at its last epoch, and a kill (Ctrl-C) loses the epochs
+    trained since the last one; ``compile_mode`` is torch.compile's mode when ``compile`` is set.
     """
 
     epochs: int | None = 10
@@ -204,18 +214,19 @@ class TrainConfig:
     checkpoint: bool = True
     test_eval: str = "every_epoch"
     val_epochs: tuple[int, ...] | None = None
+    sync_every: int | None = None
+    checkpoint_every: int = 1
+    compile_mode: str = "default"
 
     def __post_init__(self) -> None:
         if (self.epochs is None) == (self.iterations is None):
             fail("epochs", self.epochs, "set exactly one of epochs and iterations")
-        for name in ("epochs", "iterations"):
+        for name in ("epochs", "iterations", "sync_every"):  # None: not set
             if getattr(self, name) is not None:
-                value = getattr(self, name)
-                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                    fail(name, value, "expected an integer >= 1")
-        for name in ("batch_size", "eval_batch_size"):
-            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                fail(name, getattr(self, name), "expected an integer >= 1")
+                check_count(name, getattr(self, name), 0 if name == "sync_every" else 1)
+        for name in ("batch_size", "eval_batch_size", "checkpoint_every"):
+            check_count(name, getattr(self, name), 1)
+        check_choice("compile_mode", self.compile_mode, COMPILE_MODES)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("schedule", self.schedule, SCHEDULES)
         object.__setattr__(self, "augment", current_name(self.augment, "augment"))
@@ -272,7 +283,8 @@ class RunConfig:
 
 SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
 # Fields that do not change what is computed: excluded from the run's identity hash.
-NON_IDENTITY_FIELDS = {"device", "data.cache_dir", "data.root", "data.download", "train.checkpoint"}
+NON_IDENTITY_FIELDS = {"device", "data.cache_dir", "data.root", "data.download", "train.checkpoint",
+                       "train.sync_every", "train.checkpoint_every", "train.compile_mode"}
 
 
 @functools.lru_cache(maxsize=1)  # fixed by the dataclasses; a grid resolves names once per cell

@@ -7,6 +7,7 @@ import os
 import platform
 import re
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -67,6 +68,47 @@ def available_cpus() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+# ----------------------------------------------------------------------- per-device-type defaults
+
+@dataclass(frozen=True)
+class StepDefaults:
+    """How a device type runs the training step where the run's config leaves it open.
+
+    ``sync_every``: steps between reads of the running loss to the host (the finiteness check and
+    the progress bar's loss); 0 reads it at the epoch's end only (``TrainConfig.sync_every``).
+    """
+
+    sync_every: int
+
+
+# Why each value: a CPU executes each op before the next Python line, so a host read waits for
+# nothing and 20 steps keep the progress bar's loss current through a slow epoch (issue 24's
+# closing note measures the CPU step). A CUDA read drains the launch queue, which a launch-bound
+# small net feels at every read: 0 keeps the queue full for the whole epoch. The CUDA value is not
+# measured on this machine; scripts/gpu_check.sh measures it. MPS also runs asynchronously but is
+# unmeasured, so it keeps the CPU's value. torch.compile's mode has no per-device default:
+# "default" everywhere until the GPU check measures "reduce-overhead" (COMPILE_MODES).
+STEP_DEFAULTS = {"cpu": StepDefaults(sync_every=20), "cuda": StepDefaults(sync_every=0),
+                 "mps": StepDefaults(sync_every=20)}
+
+# torch.compile's modes (torch.compile docs): "default" compiles Inductor kernels; "reduce-overhead"
+# also replays the step as CUDA graphs (one launch instead of one per kernel; CUDA only, more memory);
+# "max-autotune" also times alternative kernels while compiling (longer compiles).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
+
+def step_defaults(device: torch.device) -> StepDefaults:
+    """The step defaults of ``device``'s type; a type without an entry is a one-line ValueError."""
+    if device.type not in STEP_DEFAULTS:
+        raise ValueError(f"device {device} has no step defaults: expected a device type of {', '.join(STEP_DEFAULTS)}")
+    return STEP_DEFAULTS[device.type]
+
+
+def resolve_sync_every(setting: int | None, device: torch.device) -> int:
+    """Steps between host reads of the running loss: the run's ``sync_every``, else the device's default."""
+    return setting if setting is not None else step_defaults(device).sync_every
 
 
 # ------------------------------------------------------------------------------- precision

@@ -21,11 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from resnet_core import augment as augment_module
-from resnet_core.checkpoints import load_checkpoint, save_checkpoint
+from resnet_core.checkpoints import checkpoint_if_due, load_checkpoint
+from resnet_core.compiled import compiled_step_model
 from resnet_core.config import RunConfig, to_dict
 from resnet_core.identity import run_id
 from resnet_core.data import DataBundle, load_data
-from resnet_core.devices import configure_backends, needs_grad_scaler, resolve_amp, resolve_device, sync
+from resnet_core.devices import (
+    configure_backends, needs_grad_scaler, resolve_amp, resolve_device, resolve_sync_every, sync,
+)
 from resnet_core.models import build_model, count_macs, count_parameters, stage_parameters
 from resnet_core.progress import progress_bar
 from resnet_core.provenance import collect_provenance
@@ -39,7 +42,6 @@ from resnet_core.store import (
 )
 
 Callback = Callable[[dict[str, Any]], Any]
-DIVERGENCE_CHECK_EVERY = 20  # steps between finiteness checks (each check syncs the device)
 # Steps between samples of the per-stage gradient norms. A sample costs ~17 small kernel launches,
 # as much as a launch-bound resnet20 step; every 10th step keeps the epoch mean at ~1/10 the cost.
 GRAD_NORM_EVERY = 10
@@ -71,6 +73,8 @@ class Trainer:
     iteration: int = 0
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     resumed_from: str | None = None  # device type of a checkpoint written on another device type
+    sync_every: int = 0  # steps between host reads of the running loss (finiteness check); 0: epoch end only
+    pad_eval: bool = False  # pad a short last eval batch to full size (a compiled model sees one eval shape)
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -97,7 +101,7 @@ def make_trainer(run: RunConfig, data: DataBundle) -> Trainer:
         run=run,
         device=device,
         model=model,
-        step_model=_step_model(model, run.train.compile),
+        step_model=compiled_step_model(model, run, device, amp_dtype, data.num_classes),
         optimizer=build_optimizer(model, run.train),
         data=data,
         budget=make_budget(run.train, len(data.train_y)),
@@ -107,6 +111,8 @@ def make_trainer(run: RunConfig, data: DataBundle) -> Trainer:
         eval_transform=augment_module.make_eval_transform(data.mean, data.std, run.train.normalize),
         stages=stage_parameters(model),
         scaler=torch.amp.GradScaler(device.type) if needs_grad_scaler(amp_dtype) else None,
+        sync_every=resolve_sync_every(run.train.sync_every, device),
+        pad_eval=run.train.compile,
     )
 
 
@@ -120,20 +126,6 @@ def check_fits_data(run: RunConfig, classes: int, channels: int) -> None:
     if run.model.num_classes is not None and run.model.num_classes < classes:
         raise ValueError(f"num_classes={run.model.num_classes} is invalid: the data have {classes} classes; "
                          f"expected num_classes >= {classes}, or none to follow the data")
-
-
-def _step_model(model: nn.Module, compile: bool) -> nn.Module:
-    """The module the steps call: ``torch.compile``'d from empty Dynamo caches when asked.
-
-    Dynamo's caches and recompile counters are per process. A long-lived worker compiling a new
-    model per trial (a continuous ``width_multiplier``) would pile up guards and recompile until
-    ``torch._dynamo.config.recompile_limit``, then silently run eager (torch.compiler
-    troubleshooting docs); a worker runs one run at a time, so each run starts from a reset.
-    """
-    if not compile:
-        return model
-    torch._dynamo.reset()
-    return torch.compile(model)
 
 
 # ------------------------------------------------------------------------------- one epoch
@@ -185,6 +177,16 @@ def _backward_and_step(trainer: Trainer, loss: torch.Tensor) -> None:
     trainer.scaler.update()
 
 
+def apply_schedule(trainer: Trainer) -> float:
+    """Set the optimizer's learning rate (and momentum, when it cycles) for the trainer's next iteration."""
+    train, total = trainer.run.train, trainer.budget.total_iterations
+    lr = lr_at(trainer.iteration, total, train)
+    set_lr(trainer.optimizer, lr)
+    if train.cycle_momentum:
+        set_momentum(trainer.optimizer, momentum_at(trainer.iteration, total, train))
+    return lr
+
+
 def train_one_epoch(trainer: Trainer, bar=None) -> dict[str, Any]:
     """One pass (or the budget's remainder) over a fresh permutation of the training split.
 
@@ -202,10 +204,7 @@ def train_one_epoch(trainer: Trainer, bar=None) -> dict[str, Any]:
     seen = 0  # images trained on: a split smaller than a batch gives one short step, not a full batch
     start = time.perf_counter()
     for step in range(steps):
-        lr = lr_at(trainer.iteration, budget.total_iterations, trainer.run.train)
-        set_lr(trainer.optimizer, lr)
-        if trainer.run.train.cycle_momentum:
-            set_momentum(trainer.optimizer, momentum_at(trainer.iteration, budget.total_iterations, trainer.run.train))
+        lr = apply_schedule(trainer)
         index = order[step * batch:(step + 1) * batch]
         step_loss, step_correct = train_step(trainer, data.train_x[index], data.train_y[index])
         seen += len(index)
@@ -216,7 +215,7 @@ def train_one_epoch(trainer: Trainer, bar=None) -> dict[str, Any]:
         trainer.iteration += 1
         if bar is not None:
             bar.update(1)
-        if (step + 1) % DIVERGENCE_CHECK_EVERY == 0:
+        if trainer.sync_every and (step + 1) % trainer.sync_every == 0:
             running_loss = loss_sum.item() / seen
             if not math.isfinite(running_loss):
                 raise Diverged(f"training loss became {running_loss} at iteration {trainer.iteration}")
@@ -250,11 +249,22 @@ def evaluate(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor) -> tu
     for start in range(0, len(labels), size):
         x = trainer.eval_transform(images[start:start + size]).contiguous(memory_format=trainer.memory_format)
         y = labels[start:start + size]
-        with trainer.autocast():
-            logits = trainer.step_model(x)
+        logits = _eval_logits(trainer, x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
         correct += (logits.argmax(dim=1) == y).sum()
     return loss_sum.item() / len(labels), 100.0 * (1 - correct.item() / len(labels))
+
+
+def _eval_logits(trainer: Trainer, x: torch.Tensor) -> torch.Tensor:
+    """Logits of one evaluation batch. Under ``pad_eval`` a short last batch is padded with zero
+    images to the full ``eval_batch_size`` and their rows dropped, so a compiled model meets one
+    evaluation shape in every run and split. In eval mode every layer treats each image alone
+    (BatchNorm uses its running statistics), so the padding changes no image's logits."""
+    rows, size = len(x), trainer.run.train.eval_batch_size
+    if trainer.pad_eval and rows < size:
+        x = torch.cat([x, x.new_zeros((size - rows, *x.shape[1:]))]).contiguous(memory_format=trainer.memory_format)
+    with trainer.autocast():
+        return trainer.step_model(x)[:rows]
 
 
 def run_epoch(trainer: Trainer, bar=None) -> dict[str, Any]:
@@ -333,12 +343,12 @@ def _train_loop(trainer: Trainer, callbacks: Iterable[Callback], ckpt: Path, pro
         while trainer.iteration < trainer.budget.total_iterations:
             metrics = run_epoch(trainer, bar if progress else None)
             trainer.history.append(metrics)
-            if trainer.run.train.checkpoint:
-                save_checkpoint(trainer, ckpt)
+            saved = checkpoint_if_due(trainer, ckpt, due=metrics["epoch"] % trainer.run.train.checkpoint_every == 0)
             if progress:
                 bar.write(_epoch_line(metrics))
             stops = [bool(cb(metrics)) for cb in callbacks]  # every callback sees every epoch
             if any(stops):
+                checkpoint_if_due(trainer, ckpt, due=not saved)  # a stopped run (a pruned trial) resumes from here
                 return "callback"
     return None
 

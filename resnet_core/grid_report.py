@@ -35,9 +35,14 @@ from resnet_core.store import atomic_write_bytes, atomic_write_text, load_histor
 Kind = Callable[[pd.DataFrame, pd.DataFrame, Mapping[str, Any]], KindOutput]
 
 
+GENERIC_CURVES = ("Train error (dashed) and validation error (solid) per epoch, mean over completed seeds "
+                  "(generic grids measure the test set at the end only: grid.REPORT_MEASUREMENTS).")
+
+
 def generic_kind(table: pd.DataFrame, histories: pd.DataFrame, manifest: Mapping[str, Any]) -> KindOutput:
-    """Learning curves per cell; nothing grid-specific."""
-    return KindOutput(figures={"curves": plot_learning_curves(histories, table, hue="cell")})
+    """Learning curves per cell, on validation error (the test set is measured once, at the end)."""
+    return KindOutput(figures={"curves": plot_learning_curves(histories, table, hue="cell", held_out="val")},
+                      captions={"curves": GENERIC_CURVES})
 
 
 # The names a grid file's ``report`` key may take (grid.REPORTS lists the same names for validation).
@@ -45,7 +50,6 @@ KINDS: dict[str, Kind] = {"generic": generic_kind, "degradation": degradation_ki
 CAPTIONS = {
     "test_error_by_cell": "Final test error per cell: mean over completed seeds (n per cell in its label), bars a "
                           "95% t-interval clipped to the possible 0-100%.",
-    "curves": "Train error (dashed) and test error (solid) per epoch, mean over completed seeds.",
     **DEGRADATION_CAPTIONS,
 }
 

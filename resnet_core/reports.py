@@ -362,14 +362,16 @@ def header_lines(table: pd.DataFrame, manifest: Mapping[str, Any], skipped: Sequ
 
 # --------------------------------------------------------------------------------- figures
 
-def _curve_frame(histories: pd.DataFrame, table: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
-    """Per-epoch train/test error of the grid's completed runs in long form (split = train|test)."""
+def _curve_frame(histories: pd.DataFrame, table: pd.DataFrame, keys: Sequence[str], held_out: str = "test") -> pd.DataFrame:
+    """Per-epoch train and held-out (test or val) error of the grid's completed runs in long form
+    (split = train|test or train|val); epochs that did not measure the held-out set have no point."""
     done = table.loc[table["status"] == "completed", ["run_id", *keys]]
     if histories.empty or done.empty:
         return pd.DataFrame(columns=["run_id", *keys, "epoch", "iteration", "split", "error"])
-    merged = histories.merge(done, on="run_id")
-    long = merged.melt(id_vars=["run_id", *keys, "epoch", "iteration"], value_vars=["train_error", "test_error"],
-                       var_name="split", value_name="error")
+    merged = histories.merge(done, on="run_id").reindex(columns=["run_id", *keys, "epoch", "iteration", "train_error",
+                                                                 f"{held_out}_error"])
+    long = merged.melt(id_vars=["run_id", *keys, "epoch", "iteration"], value_vars=["train_error", f"{held_out}_error"],
+                       var_name="split", value_name="error").dropna(subset=["error"])
     long["split"] = long["split"].str.replace("_error", "")
     return long
 
@@ -390,9 +392,14 @@ def _panels(data: pd.DataFrame, panel: str | None) -> list[Any]:
     return [p for p in order if p in present]
 
 
-def plot_learning_curves(histories: pd.DataFrame, table: pd.DataFrame, hue: str, panel: str | None = None) -> Figure:
-    """Fig.-6 style: train error dashed, test error solid, one line per ``hue``, mean over seeds."""
-    data = _curve_frame(histories, table, [hue] + ([panel] if panel else []))
+HELD_OUT_NAMES = {"test": "test", "val": "validation"}
+
+
+def plot_learning_curves(histories: pd.DataFrame, table: pd.DataFrame, hue: str, panel: str | None = None,
+                         held_out: str = "test") -> Figure:
+    """Fig.-6 style: train error dashed, ``held_out`` (test or val) error solid, one line per ``hue``,
+    mean over seeds."""
+    data = _curve_frame(histories, table, [hue] + ([panel] if panel else []), held_out)
     panels, x = _panels(data, panel), x_axis(table)
     with sns.axes_style("whitegrid"):
         fig = Figure(figsize=(5.5 * len(panels), 4.2), layout="constrained")
@@ -400,13 +407,13 @@ def plot_learning_curves(histories: pd.DataFrame, table: pd.DataFrame, hue: str,
     for ax, value in zip(axes, panels):
         part = data if value is None else data[data[panel] == value]
         if not part.empty:
-            sns.lineplot(data=part, x=x, y="error", hue=hue, style="split", style_order=["train", "test"],
-                         dashes={"train": (4, 2), "test": ""}, errorbar=None, palette="viridis", ax=ax,
+            sns.lineplot(data=part, x=x, y="error", hue=hue, style="split", style_order=["train", held_out],
+                         dashes={"train": (4, 2), held_out: ""}, errorbar=None, palette="viridis", ax=ax,
                          markers=part[x].nunique() <= 12,  # so that a 1-epoch run still shows as a dot
                          legend="full" if ax is axes[-1] else False)
         title = "" if value is None else (str(value) if panel == "family" else f"{panel} = {value}")
         ax.set(title=title, xlabel=x, ylabel="error (%)")
-    fig.suptitle("Train error (dashed) and test error (solid), mean over completed seeds")
+    fig.suptitle(f"Train error (dashed) and {HELD_OUT_NAMES[held_out]} error (solid), mean over completed seeds")
     return fig
 
 

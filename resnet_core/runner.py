@@ -37,12 +37,15 @@ from resnet_core.identity import run_id
 from resnet_core.data import DataBundle, load_data
 from resnet_core.devices import available_cpus, pin_device, resolve_device, share_compile_threads, worker_devices
 from resnet_core.engine import check_fits_data, fit
+from resnet_core.fused_fit import fit_group
 from resnet_core.migrate import print_migration
 from resnet_core.progress import progress_bar
 from resnet_core.store import FINAL_STATUSES, RunRecord, claim_holder, claim_run, find_record
 
 BUSY = "busy"  # not an outcome: another process holds the run's claim (train_run's answer, never returned)
 CLAIM_POLL_S = 2.0  # seconds between looks at runs another driver is training
+FUSE_SETTINGS = ("auto", "on", "off")
+MAX_FUSED = 8  # members of one fused group at most: the benchmark measures groups up to 8
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,53 @@ def train_run(run: RunConfig, results_dir: str, devices: tuple[str, ...], thread
         record = finished(run, results_dir)
         if record is not None:
             return outcome_of(record, trained_now=False)
-        return _train_claimed(run, results_dir, devices, threads, lock_dir)
+        return _train_claimed([run], results_dir, devices, threads, lock_dir)[0]
+
+
+def train_job(runs: list[RunConfig], results_dir: str, devices: tuple[str, ...], threads: int,
+              lock_dir: str | None) -> list[Outcome]:
+    """Worker body for one job: a run alone (:func:`train_run`), or a fused group (runs equal but for the
+    seed, trained as one model): every run is claimed first, and those this process holds and that are
+    not finished train together; the others are BUSY or their finished outcome."""
+    if len(runs) == 1:
+        return [train_run(runs[0], results_dir, devices, threads, lock_dir)]
+    with contextlib.ExitStack() as stack:
+        outcomes, todo = {}, []
+        for run in runs:
+            if not stack.enter_context(claim_run(results_dir, run_id(run))):
+                outcomes[run_id(run)] = Outcome(run_id=run_id(run), status=BUSY)
+            elif (record := finished(run, results_dir)) is not None:
+                outcomes[run_id(run)] = outcome_of(record, trained_now=False)
+            else:
+                todo.append(run)
+        if todo:
+            outcomes.update((o.run_id, o) for o in _train_claimed(todo, results_dir, devices, threads, lock_dir))
+        return [outcomes[run_id(run)] for run in runs]
+
+
+def fusion_jobs(runs: Sequence[RunConfig], fuse: bool, max_members: int = MAX_FUSED) -> list[list[RunConfig]]:
+    """The jobs the workers take: one run each, or with ``fuse`` the runs that differ only in their
+    seed together, up to ``max_members`` a job, in the order the runs came."""
+    if not fuse:
+        return [[run] for run in runs]
+    groups: dict[RunConfig, list[RunConfig]] = {}
+    for run in runs:
+        groups.setdefault(dataclasses.replace(run, seed=0), []).append(run)
+    return [members[i:i + max_members] for members in groups.values() for i in range(0, len(members), max_members)]
+
+
+def fuses(setting: str, devices: Sequence[str]) -> bool:
+    """Whether ``--fuse`` ``setting`` (auto, on, off) fuses on ``devices``: auto fuses on GPUs only.
+
+    On the CPU a fused group of 3 resnet20s trains more slowly than the 3 runs one after another
+    (``python -m resnet_core.bench``; the numbers are in docs/scaling.md); on a GPU a small ResNet
+    leaves the device mostly idle and one fused model fills it (HFTA, Wang et al., MLSys 2021).
+    """
+    if setting not in FUSE_SETTINGS:
+        raise ValueError(f"fuse={setting!r} is invalid: expected one of {', '.join(FUSE_SETTINGS)}")
+    if setting != "auto":
+        return setting == "on"
+    return all(resolve_device(d).type == "cuda" for d in devices)
 
 
 def train_once(run: RunConfig, results_dir: str | Path, train: Callable[[], RunRecord]) -> RunRecord:
@@ -145,20 +194,22 @@ def train_once(run: RunConfig, results_dir: str | Path, train: Callable[[], RunR
         time.sleep(CLAIM_POLL_S)
 
 
-def _train_claimed(run: RunConfig, results_dir: str, devices: tuple[str, ...], threads: int,
-                   lock_dir: str | None) -> Outcome:
+def _train_claimed(runs: list[RunConfig], results_dir: str, devices: tuple[str, ...], threads: int,
+                   lock_dir: str | None) -> list[Outcome]:
     with _device_slot(devices, lock_dir) as device:
         resolved = resolve_device(device)
         if resolved.type == "cpu":
             torch.set_num_threads(threads)
         pin_device(resolved)  # stray allocations (cuDNN workspaces) land on the run's GPU
         share_compile_threads(threads)
-        run = dataclasses.replace(run, device=device)
+        runs = [dataclasses.replace(run, device=device) for run in runs]
         try:
-            data = worker_data(run.data, device)
+            data = worker_data(runs[0].data, device)
         except Exception:  # noqa: BLE001 - fit loads again and records the failure as a result
             data = None
-        return outcome_of(fit(run, results_dir=results_dir, data=data), trained_now=True)
+        if len(runs) == 1:
+            return [outcome_of(fit(runs[0], results_dir=results_dir, data=data), trained_now=True)]
+        return [outcome_of(r, trained_now=True) for r in fit_group(runs, results_dir=results_dir, data=data)]
 
 
 # ------------------------------------------------------------------------------ the driver
@@ -223,19 +274,22 @@ def run_all(
     progress: bool = True,
     desc: str = "runs",
     threads: int | None = None,
+    fuse: str = "auto",
 ) -> list[Outcome]:
     """Train every run not yet finished, ``workers`` at a time; returns outcomes in ``runs`` order.
 
     A failed or diverged run is an outcome, never an exception. Ctrl-C propagates (exit 130 in
     the command lines); records of finished runs are on disk, a run cut off keeps its last
     epoch's checkpoint, and a rerun resumes the rest. ``threads``: torch threads per CPU run
-    (default ``cores // workers``).
+    (default ``cores // workers``). ``fuse``: auto, on or off: runs that differ only in their seed
+    train as one fused model (:func:`fuses`).
     """
     check_parallelism(workers, workers_per_gpu, threads)
     devices = plan_devices(workers, device, workers_per_gpu)
     print_migration(results_dir, runs)  # runs stored under an older run-id schema count as done
     done, pending = split_done(runs, results_dir)
     threads = threads or max(1, available_cpus() // len(devices))
+    fused = fuses(fuse, devices)
     outcomes = {o.run_id: o for o in done}
     # An absolute path: worker processes need not share the caller's working directory.
     where = str(Path(results_dir).resolve())
@@ -246,12 +300,14 @@ def run_all(
         waiting = 0
         while pending:
             busy = set()
-            for outcome in parallel(delayed(train_run)(run, where, devices, threads, lock_dir) for run in pending):
-                if outcome.status == BUSY:
-                    busy.add(outcome.run_id)
-                    continue
-                outcomes[outcome.run_id] = outcome
-                bar.update(1)
+            jobs = fusion_jobs(pending, fused)
+            for job_outcomes in parallel(delayed(train_job)(job, where, devices, threads, lock_dir) for job in jobs):
+                for outcome in job_outcomes:
+                    if outcome.status == BUSY:
+                        busy.add(outcome.run_id)
+                        continue
+                    outcomes[outcome.run_id] = outcome
+                    bar.update(1)
                 bar.set_postfix_str(tally(outcomes.values()))
             # Runs another driver is training: look again in a moment (a run it finished is then
             # read back; one whose claim a dead holder left is trained here).

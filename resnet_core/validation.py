@@ -33,6 +33,12 @@ def check_positive(field_name: str, value: Any, allow_zero: bool = False) -> Non
         fail(field_name, value, "expected a finite number " + (">= 0" if allow_zero else "> 0"))
 
 
+def check_count(field_name: str, value: Any, minimum: int) -> None:
+    """An integer of at least ``minimum`` (a bool is not one)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        fail(field_name, value, f"expected an integer >= {minimum}")
+
+
 def check_seed(field_name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
         fail(field_name, value, f"expected an integer from 0 to {SEED_MAX} (2**32 - 1)")

@@ -30,11 +30,21 @@ from resnet_core.recipes import recipe
         (lambda: DataConfig(val_size=-5), r"val_size=-5"),
         (lambda: TrainConfig(test_eval="sometimes"), r"test_eval='sometimes' .*every_epoch, end, never"),
         (lambda: RunConfig(device="gpu"), r"device='gpu'"),
+        (lambda: TrainConfig(sync_every=-1), r"sync_every=-1 is invalid: expected an integer >= 0"),
+        (lambda: TrainConfig(checkpoint_every=0), r"checkpoint_every=0 is invalid: expected an integer >= 1"),
+        (lambda: TrainConfig(compile_mode="fast"), r"compile_mode='fast' .*default, reduce-overhead, max-autotune"),
     ],
 )
 def test_invalid_values_name_the_field_and_what_is_allowed(make, pattern):
     with pytest.raises(ValueError, match=pattern):
         make()
+
+
+def test_how_a_run_is_executed_is_not_part_of_its_identity():
+    run = RunConfig(data=DataConfig(source="synthetic"))
+    lean = apply_overrides(run, {"sync_every": "0", "checkpoint_every": "5", "compile_mode": "reduce-overhead"})
+    assert lean.train.sync_every == 0 and lean.train.checkpoint_every == 5
+    assert run_id(lean) == run_id(run) and apply_overrides(lean, {"sync_every": "none"}).train.sync_every is None
 
 
 def test_overrides_coerce_types_and_reject_unknown_names():

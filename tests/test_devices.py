@@ -173,3 +173,12 @@ def test_compile_threads_are_shared_among_workers(monkeypatch):
     monkeypatch.setattr(inductor, "compile_threads", inductor.compile_threads)  # restored after the test
     share_compile_threads(3)
     assert os.environ["TORCHINDUCTOR_COMPILE_THREADS"] == "3" and inductor.compile_threads == 3
+
+
+def test_the_host_sync_interval_is_a_default_per_device_type_that_the_run_can_override():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda:1")  # no CUDA call: only the device's type is read
+    assert devices.resolve_sync_every(None, cpu) == 20  # the progress bar's loss through a slow CPU epoch
+    assert devices.resolve_sync_every(None, cuda) == 0  # no host sync inside a GPU epoch
+    assert devices.resolve_sync_every(5, cuda) == 5 and devices.resolve_sync_every(0, cpu) == 0
+    with pytest.raises(ValueError, match="device meta has no step defaults: expected a device type of cpu, cuda, mps"):
+        devices.step_defaults(torch.device("meta"))

@@ -416,17 +416,6 @@ def test_the_step_rate_trains_on_the_trainers_device_copy(monkeypatch):
     assert fed_the_copy == [True, True]
 
 
-def test_each_compiled_run_starts_from_reset_dynamo_caches(monkeypatch):
-    calls = []
-    monkeypatch.setattr(torch._dynamo, "reset", lambda: calls.append("reset"))
-    monkeypatch.setattr(torch, "compile", lambda model: calls.append("compile") or model)
-    data = engine._random_bundle(torch.randint(0, 256, (128, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 10, (128,)), 10)
-    for width in (1.0, 1.5):  # a continuous width_multiplier: a new graph per trial
-        run = tiny_run(compile=True)
-        engine.make_trainer(dataclasses.replace(run, model=dataclasses.replace(run.model, width_multiplier=width)), data)
-    assert calls == ["reset", "compile", "reset", "compile"]
-
-
 def test_fit_refuses_data_loaded_for_another_data_config(tmp_path):
     data = load_data(TINY_DATA, "cpu")
     assert data.config == TINY_DATA

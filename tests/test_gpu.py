@@ -109,6 +109,22 @@ def test_compile_trains_twice_in_one_process(tmp_path):
         assert math.isfinite(record.final["train_loss"]) and record.final["train_loss"] < 2.6
 
 
+def test_a_lean_run_with_cuda_graphs_compiles_once_per_shape(tmp_path):
+    """The lean step's CUDA side: no host read inside an epoch by default, a checkpoint every 2 epochs,
+    compiled steps replayed as CUDA graphs, and a second seed of one shape compiling nothing."""
+    from torch._dynamo.utils import counters
+
+    assert make_trainer(RUN, load_data(RUN.data, "cuda")).sync_every == 0
+    graphs = []
+    for seed in (0, 1):
+        lean = with_train(epochs=2, compile=True, compile_mode="reduce-overhead", checkpoint_every=2)
+        record = fit(dataclasses.replace(lean, seed=seed), results_dir=tmp_path)
+        assert record.status == "completed", record.error
+        assert math.isfinite(record.final["train_loss"]) and record.final["train_loss"] < 2.6
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[1] == graphs[0]
+
+
 def test_resume_after_interrupt_on_the_gpu(tmp_path):
     run = with_train(epochs=3)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from resnet_core.grid import (
     with_axis,
     with_seeds,
 )
+from resnet_core.identity import identity_settings
 from resnet_core.models import PRESETS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,8 +69,11 @@ def test_degradation_cells_follow_the_paper():
 def test_seed_vs_paper_links_model_and_recipe():
     cells = expand(load_grid("tutorial-vs-paper", GRIDS))
     by_variant = {dict(c.key)["variant"]: c.run for c in cells if c.seed == 0}
-    assert by_variant["tutorial"].model == PRESETS["tutorial"] and by_variant["tutorial"].train == TUTORIAL
-    assert by_variant["resnet20-paper"].model == PRESETS["resnet20"] and by_variant["resnet20-paper"].train == PAPER
+    generic = {"test_eval": "end"}  # what the generic report reads (grid.REPORT_MEASUREMENTS)
+    assert by_variant["tutorial"].model == PRESETS["tutorial"]
+    assert by_variant["tutorial"].train == dataclasses.replace(TUTORIAL, **generic)
+    assert by_variant["resnet20-paper"].model == PRESETS["resnet20"]
+    assert by_variant["resnet20-paper"].train == dataclasses.replace(PAPER, **generic)
 
 
 def test_axis_option_adds_depth_110_with_the_paper_warmup_under_the_paper_budget():
@@ -233,3 +238,15 @@ def test_cells_that_are_one_run_are_a_plan_error_also_in_a_dry_run(tmp_path, cap
     error = capsys.readouterr().err.splitlines()[-1]  # (the plan streams: a progress line may come first)
     assert code == 2 and error.startswith("error: ")
     assert "cells 'model=resnet20' and 'model=resnet32' are the same run" in error
+
+
+def test_a_grid_measures_the_test_set_only_where_its_report_reads_it(tmp_path):
+    for cell in expand(load_grid("shortcuts", GRIDS)):  # generic: only the final test error is read
+        assert cell.run.train.test_eval == "end" and cell.run.train.val_epochs is None
+    for cell in expand(load_grid("degradation", GRIDS)):  # its curves plot the test error of every epoch
+        assert cell.run.train.test_eval == "every_epoch" and cell.run.train.val_epochs is None
+        assert not {"train.test_eval", "train.val_epochs"} & set(identity_settings(cell.run))  # ids unchanged
+    kept = write(tmp_path, 'report = "generic"\n[fixed]\ntest_eval = "every_epoch"\n[axes]\ndepth = [20]\n')
+    assert expand(load_grid(str(kept)))[0].run.train.test_eval == "every_epoch"  # the grid file's own setting wins
+    every_epoch = expand(load_grid("shortcuts", GRIDS), {"test_eval": "every_epoch"})  # --set: the ids of every-epoch runs
+    assert all("train.test_eval" not in identity_settings(cell.run) for cell in every_epoch)

@@ -128,6 +128,17 @@ def test_all_diverged_cell_is_shown_not_dropped(tmp_path):
     assert "diverged (2/2)" in report.markdown
 
 
+def test_a_generic_report_draws_validation_curves(store):
+    path, manifest = store  # generic grids measure the test set at the end only (grid.REPORT_MEASUREMENTS)
+    report = build_report(load_runs(path), load_histories(path), {**manifest, "report": "generic"})
+    curves = report.figures["curves"]
+    assert "validation error (solid)" in curves.get_suptitle() and "validation error (solid)" in report.markdown
+    drawn = [line.get_ydata() for ax in curves.axes for line in ax.get_lines() if len(line.get_ydata()) == 2]
+    assert any(np.isclose(y[0], y[1]) for y in drawn)  # a flat validation line (each run's val_error is constant)
+    assert not any(np.isclose(y[0] - y[1], 2.5) for y in drawn)  # no test line (test + 5 / epoch falls by 2.5)
+    assert "(He et al. 2015 Fig. 6)" not in report.markdown  # the degradation report's caption is its own
+
+
 def test_markdown_table_escapes_and_shapes():
     import pandas as pd
 

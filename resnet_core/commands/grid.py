@@ -27,7 +27,7 @@ import time
 
 from resnet_core import grid as grids
 from resnet_core.budgets import AUTO, GRID_BUDGETS, Budget, resolve_grid_budget
-from resnet_core.cli import add_flags, check_flags, entry
+from resnet_core.cli import UsageError, add_flags, check_flags, entry
 from resnet_core.config import DataConfig, RunConfig, default_data_source, parse_assignments, resolve_field
 from resnet_core.data import load_data
 from resnet_core.devices import resolve_device
@@ -37,7 +37,7 @@ from resnet_core.grid_report import build_grid_report, skipped_warning, write_re
 from resnet_core.reports import plural
 from resnet_core.migrate import print_migration
 from resnet_core.runner import (
-    check_parallelism, check_writable, finished, plan_devices, preload_data, run_all, split_done,
+    MAX_FUSED, check_parallelism, check_writable, finished, fuses, plan_devices, preload_data, run_all, split_done,
 )
 from resnet_core.store import misnamed_warning, runs_dir
 
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                + ", ".join(f"{b.name} ({b.note})" for b in GRID_BUDGETS.values())})
     length = parser.add_mutually_exclusive_group()
     add_flags(length, "epochs", "iterations")
-    add_flags(parser, "data", "subset", "val_size", "device", "workers", "workers_per_gpu", "threads", "results", "set",
+    add_flags(parser, "data", "subset", "val_size", "device", "workers", "workers_per_gpu", "threads", "fuse", "results", "set",
               "quiet", "dry_run", help={"workers": "parallel runs (default 0: one per GPU slot, or 1 on a CPU); "
                                                   "not used with --dask"})
     parser.add_argument("--dask", metavar="ADDRESS", help="run on a Dask cluster: a scheduler address (tcp://HOST:8786) "
@@ -117,6 +117,20 @@ def size_line(spec: grids.GridSpec, runs: int) -> str:
 
 def budget_line(budget: Budget, why: str, axis: str | None) -> str:
     return f"budget {budget.name} ({why}): {budget.length_text(axis)}; {budget.note}"
+
+
+def fusion_line(args: argparse.Namespace, seeds: int) -> str:
+    """How the grid's seeds train: as one fused model per cell, or one run at a time (``--fuse``)."""
+    if args.dask:
+        if args.fuse == "on":
+            raise UsageError("--fuse on is not available with --dask (a Dask worker trains one run at a time): "
+                             "leave --fuse out, or train on local workers")
+        return "fusion: off (a Dask cluster trains each run alone)"
+    on = fuses(args.fuse, plan_devices(args.workers, args.device, args.workers_per_gpu))
+    if not on:
+        return f"fusion: off (--fuse {args.fuse}{': not on a GPU' if args.fuse == 'auto' else ''}): each run trains alone"
+    return (f"fusion: on (--fuse {args.fuse}): the {seeds} seeds of a cell train as one model "
+            f"(at most {MAX_FUSED} a group); the estimate counts runs one at a time")
 
 
 def grid_sets_data(spec: grids.GridSpec) -> bool:
@@ -241,7 +255,7 @@ def run_local(args: argparse.Namespace, spec: grids.GridSpec, cells: list[grids.
     save_manifest(args.results, spec, cells, budget)
     return run_all(runs, args.results, workers=args.workers, device=args.device,
                    workers_per_gpu=args.workers_per_gpu, desc=spec.name, threads=args.threads,
-                   progress=not args.quiet)
+                   progress=not args.quiet, fuse=args.fuse)
 
 
 def dask_runner():
@@ -291,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         print(size_line(spec, total))
         budget, why = fit_subset(args, budget, why, spec)
         print(budget_line(budget, why, axis))
+        print(fusion_line(args, len(spec.seeds)))
         print_plan(spec, overrides(args), budget, args.results,
                    plan_devices(args.workers, args.device, args.workers_per_gpu), migration.done_ids)
         return 0
@@ -300,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         budget, cells = fitted, grids.expand(spec, overrides(args), fitted)
     print(size_line(spec, len(cells)))
     print(budget_line(budget, why, axis))
+    print(fusion_line(args, len(spec.seeds)))
     chosen = {"name": budget.name, "why": why, "length": budget.length_text(axis), "note": budget.note}
     check_writable(args.results)
     outcomes = run_dask(args, spec, cells, chosen) if args.dask else run_local(args, spec, cells, chosen)
