@@ -10,8 +10,9 @@ Modes (one row per batch size each):
               per-stage gradient norms), at the engine's defaults for the device;
   compiled    the same with the model torch.compile'd (static shapes, as within one run);
   cudagraphs  compiled with mode "reduce-overhead" (CUDA graphs): CUDA only, "n/a" elsewhere;
-  fusedK      K runs (seeds 0..K-1) as one FusedModel (resnet_core/fused.py), each member its own
-              batch of --batch images: images/s per member and in aggregate (K x per member).
+  fusedK      K runs (seeds 0..K-1) trained as one fused model by the fused trainer's step
+              (fused_fit.group_step: each member its own batch of --batch images, data order and
+              augmentation draw): images/s per member and in aggregate (K x per member).
 --processes N,...: N worker processes on the same device, each training its own model with the
 eager step, timed over one shared interval (aggregate: all their images over the span from the
 first start to the last end).
@@ -38,17 +39,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
 from resnet_core.cli import UsageError, run_cli
 from resnet_core.config import DataConfig, RunConfig, TrainConfig
 from resnet_core.devices import device_name, resolve_amp, resolve_device, sync
 from resnet_core.engine import (
-    GRAD_NORM_EVERY, Trainer, _backward_and_step, _random_bundle, _sampled_grad_norms, make_trainer, train_step,
+    GRAD_NORM_EVERY, Trainer, _random_bundle, _sampled_grad_norms, apply_schedule, make_trainer, train_step,
 )
-from resnet_core.fused import build_fused, fused_stage_parameters, member_grad_norms, stack_inputs
+from resnet_core.fused_fit import GroupTrainer, _sampled_member_grad_norms, group_step, make_group_trainer
 from resnet_core.models import resolve_model
-from resnet_core.schedules import build_optimizer, lr_at, set_lr
 
 POOL_BATCHES = 8  # device-resident batches a measurement cycles through (each member its own order)
 DEFAULT_MODES = "eager,compiled,cudagraphs,fused1,fused3,fused8"
@@ -129,11 +128,11 @@ class Row:
 @dataclass
 class Loop:
     """A trainer's steps over device-resident batches in a fixed random order, as the epoch loop
-    runs them (learning rate, step, on-device sums, sampled gradient norms) but never reading the
-    device from the host: the next batch's indices are a slice of an order drawn once."""
+    runs them (schedule, step, on-device sums, sampled gradient norms) but never reading the device
+    from the host: the next batch's indices are a slice of an order drawn once."""
 
-    trainer: Trainer
-    step: Callable[[Trainer, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    trainer: Trainer | GroupTrainer
+    step: Callable[[Any, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # (trainer, indices) -> loss, correct
     grad_norms: Callable[[dict], torch.Tensor]
     order: torch.Tensor  # (pool,) indices, or (K, pool) for a fused group
     mark_cudagraph_step: bool = False
@@ -142,59 +141,49 @@ class Loop:
 
     def run(self, n: int) -> None:
         t, batch = self.trainer, self.trainer.run.train.batch_size
-        slots, total = self.order.shape[-1] // batch, self.trainer.budget.total_iterations
+        slots = self.order.shape[-1] // batch
         for _ in range(n):
-            index = self.order[..., (self.done % slots) * batch:(self.done % slots + 1) * batch]
-            set_lr(t.optimizer, lr_at(self.done % total, total, t.run.train))
+            t.iteration = self.done % t.budget.total_iterations
+            apply_schedule(t)
             if self.mark_cudagraph_step:  # the graphs' outputs of the last step may be overwritten
                 torch.compiler.cudagraph_mark_step_begin()
-            loss, correct = self.step(t, t.data.train_x[index], t.data.train_y[index])
+            loss, correct = self.step(t, self.order[..., (self.done % slots) * batch:(self.done % slots + 1) * batch])
             self.sums[0], self.sums[1] = self.sums[0] + loss, self.sums[1] + correct
             if self.done % GRAD_NORM_EVERY == 0:
                 self.sums[2] = self.sums[2] + self.grad_norms(t.stages)
             self.done += 1
 
 
-def fused_train_step(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """engine.train_step for a fused group: uint8 (K, N, C, H, W) and labels (K, N) -> per-member
-    (summed loss, number correct), each (K,). The loss is the sum of the members' mean losses, so
-    each member's gradient is its own (docs/DESIGN.md, "Fused runs")."""
-    k, n = labels.shape
-    x = trainer.train_transform(images.flatten(0, 1), trainer.generator)  # (K*N, C, H, W)
-    x = stack_inputs(x.view(k, n, *x.shape[1:]).unbind(0), trainer.memory_format)  # laid out for the fused convs
-    with trainer.autocast():
-        logits = trainer.step_model(x)  # (K, N, classes)
-    losses = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="none",
-                             label_smoothing=trainer.run.train.label_smoothing).view(k, n).mean(dim=1)
-    trainer.optimizer.zero_grad(set_to_none=True)
-    _backward_and_step(trainer, losses.sum())
-    return losses.detach() * n, (logits.argmax(dim=-1) == labels).sum(dim=1)
+def _engine_step(trainer: Trainer, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return train_step(trainer, trainer.data.train_x[index], trainer.data.train_y[index])
 
 
-def _fused_trainer(trainer: Trainer, members: int) -> Trainer:
-    """The engine's trainer with its model replaced by K members (seeds 0..K-1) as one FusedModel;
-    augmentation, autocast, scaler and data stay the engine's."""
-    model = build_fused(trainer.run.model, list(range(members)), trainer.data.num_classes, trainer.device,
-                        trainer.memory_format)
-    return dataclasses.replace(trainer, model=model, step_model=model, optimizer=build_optimizer(model, trainer.run.train),
-                               stages=fused_stage_parameters(model))
+def _group_step(trainer: GroupTrainer, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return group_step(trainer, list(index.unbind(0)))  # member k's batch: row k
 
 
 def setup(request: BenchRequest, mode: Mode, batch: int) -> Loop:
-    """A ready-to-time loop of ``mode`` at ``batch`` on random uint8 images on the device."""
+    """A ready-to-time loop of ``mode`` at ``batch`` on random uint8 images on the device: the
+    engine's trainer, or for fusedK the fused trainer of seeds 0..K-1 (fused_fit.make_group_trainer)."""
     run = request.run_config(batch)
     pool = batch * POOL_BATCHES
     images = torch.randint(0, 256, (pool, run.model.in_channels, 32, 32), dtype=torch.uint8)
-    trainer = make_trainer(run, _random_bundle(images, torch.randint(0, 10, (pool,)), 10))
+    data = _random_bundle(images, torch.randint(0, 10, (pool,)), 10)
     if mode.fused:
-        trainer = _fused_trainer(trainer, mode.members)
+        trainer = make_group_trainer([dataclasses.replace(run, seed=k) for k in range(mode.members)], data)
+        generator = trainer.members[0].generator
+    else:
+        trainer = make_trainer(run, data)
+        generator = trainer.generator
     if mode.compile_mode is not None:
+        # What compiled.compiled_step_model builds, without its Dynamo reset on a new shape: the rows
+        # of other shapes and modes keep their compiled code in this process.
         trainer.step_model = torch.compile(trainer.model, mode=mode.compile_mode, dynamic=False)
     trainer.step_model.train()
-    orders = [torch.randperm(pool, generator=trainer.generator, device=trainer.device) for _ in range(mode.members)]
-    return Loop(trainer, fused_train_step if mode.fused else train_step,
-                member_grad_norms if mode.fused else _sampled_grad_norms,
-                torch.stack(orders) if mode.fused else orders[0], mark_cudagraph_step=mode.cuda_only)
+    orders = torch.stack([torch.randperm(pool, generator=generator, device=trainer.device) for _ in range(mode.members)])
+    return Loop(trainer, _group_step if mode.fused else _engine_step,
+                _sampled_member_grad_norms if mode.fused else _sampled_grad_norms,
+                orders if mode.fused else orders[0], mark_cudagraph_step=mode.cuda_only)
 
 
 def images_per_s(loop: Loop, steps: int, members: int) -> float:

@@ -11,7 +11,7 @@
 #   bench-resnet20  the benchmark matrix (python -m resnet_core.bench): eager, compiled, CUDA graphs,
 #   bench-resnet56  fused K = 1, 3, 8 at batch 128 and 512; 2 and 4 processes for resnet20
 #   train-resnet20  5,000 iterations of the paper recipe: images/s and the 64k-iteration extrapolation
-#   fused-resnet56  three seeds trained as one fused group, where resnet-train can (--seeds)
+#   fused-resnet56  1,000 iterations of three resnet56 seeds trained as one fused group (resnet-grid --fuse on)
 #   study           a 10-trial study at the standard budget, capped by time
 # OUTDIR (relative or absolute) gets three files: summary.md (a table a commit can hold),
 # gpu_check.json (the raw numbers) and gpu_check.log (every part's output). A failed or timed-out part
@@ -21,7 +21,7 @@
 # GPU_CHECK_SMOKE=1 runs the CPU-safe parts at tiny sizes on synthetic data (tests/test_gpu_check.py).
 set -uo pipefail
 
-declare -A LIMIT=([env]=15 [wheels]=15 [gpu-tests]=120 [bench-resnet20]=90 [bench-resnet56]=90 [train-resnet20]=55 [fused-resnet56]=40 [study]=55)
+declare -A LIMIT=([env]=15 [wheels]=15 [gpu-tests]=110 [bench-resnet20]=90 [bench-resnet56]=90 [train-resnet20]=55 [fused-resnet56]=50 [study]=55)
 
 if [ $# -lt 1 ] || [ $# -gt 2 ]; then
   echo "usage: scripts/gpu_check.sh OUTDIR [DATA]" >&2
@@ -51,6 +51,7 @@ if [ "${GPU_CHECK_SMOKE:-0}" = 1 ]; then
   bench=(--batch 8 --steps 1 --rounds 1 --warmup 0 --modes eager,cudagraphs,fused2)
   processes=()
   small=(--subset 64 --val-size 32 --batch-size 8)
+  small_grid=(--subset 64 --val-size 32 --set batch_size=8)
   train_iterations=4
   fused_iterations=2
   study=(--trials 1 --budget quick --epochs 1 --subset 64 --val-size 32 --set depth=8 --timeout 60)
@@ -60,6 +61,7 @@ else
   bench=(--batch 128,512 --steps 20 --rounds 3 --warmup 5 --modes eager,compiled,cudagraphs,fused1,fused3,fused8)
   processes=(--processes 2,4)
   small=()
+  small_grid=()
   train_iterations=5000
   fused_iterations=1000
   study=(--trials 10 --budget standard --timeout 30)
@@ -119,14 +121,11 @@ if [ -z "$data" ]; then
 else
   part train-resnet20 "$python" -m resnet_core.train --model resnet20 --recipe paper --iterations "$train_iterations" \
     --data "$data" --device "$device" --results "$work/train-resnet20" --quiet "${small[@]}"
-  if ! wanted fused-resnet56; then
-    :
-  elif "$python" -m resnet_core.train --help 2>/dev/null | grep -q -- "--seeds"; then
-    part fused-resnet56 "$python" -m resnet_core.train --model resnet56 --recipe paper --seeds 3 \
-      --iterations "$fused_iterations" --data "$data" --device "$device" --results "$work/fused-resnet56" --quiet "${small[@]}"
-  else
-    skip fused-resnet56 "resnet-train has no --seeds yet (no fused entry point); the bench's fused3 rows measure the fused step"
-  fi
+  printf 'name = "gpu-check-fused"\nreport = "generic"\n[fixed]\ndepth = 56\n[axes]\nresidual = [true]\n' \
+    > "$work/fused-resnet56.toml"  # one cell: resnet56, its 3 seeds trained as one fused group
+  part fused-resnet56 "$python" ablation/run.py --grid "$work/fused-resnet56.toml" --seeds 3 --fuse on --budget paper \
+    --iterations "$fused_iterations" --data "$data" --device "$device" --results "$work/fused-resnet56" --quiet \
+    "${small_grid[@]}"
   if has_optuna; then
     part study "$python" studies/run.py "${study[@]}" --final-seeds 0 --data "$data" --device "$device" \
       --results "$work/study" --study-name gpu-check --quiet --no-figures

@@ -89,7 +89,10 @@ def train_numbers(work: Path, name: str) -> tuple[str, dict[str, Any]]:
            "paper_seconds_steps": PAPER_ITERATIONS * batch * len(found) / sum(rates) if sum(rates) else None,
            "paper_seconds_whole": wall / iterations * PAPER_ITERATIONS if iterations else None,
            "test_error": [r["final"].get("test_error") for r in found]}
-    text = (f"{len(found)} run(s) {'/'.join(raw['statuses'])}, {iterations:,} it: {raw['images_per_s']:,.0f} img/s"
+    groups = {r["provenance"].get("fused_group", {}).get("size") for r in found}
+    raw["fused_group"] = groups == {len(found)} and len(found) > 1
+    text = (f"{len(found)} run(s) {'/'.join(raw['statuses'])}" + (" as one fused group" if raw["fused_group"] else "")
+            + f", {iterations:,} it: {raw['images_per_s']:,.0f} img/s"
             + (f" ({', '.join(f'{v:,.0f}' for v in rates)} per run)" if len(found) > 1 else "")
             + (f"; 64k it extrapolated {raw['paper_seconds_whole']:,.0f} s whole run, "
                f"{raw['paper_seconds_steps']:,.0f} s of steps" if raw["paper_seconds_whole"] else ""))

@@ -58,6 +58,7 @@ def test_the_smoke_run_fills_a_summary_with_every_part(tmp_path):
     assert verdicts["bench-resnet20"] == verdicts["bench-resnet56"] == "ok" and "FAILED" not in verdicts.values()
     summary = (out / "summary.md").read_text()
     assert "## bench-resnet56" in summary and "| fused2 | 8 | 2 |" in summary and "64k it extrapolated" in summary
+    assert "3 run(s) completed as one fused group" in summary  # fused-resnet56
     raw = json.loads((out / "gpu_check.json").read_text())
     assert [r["mode"] for r in raw["bench-resnet20"]["raw"]["rows"]] == ["eager", "cudagraphs", "fused2"]
     assert raw["train-resnet20"]["raw"]["iterations"] == 4
