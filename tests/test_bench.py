@@ -56,6 +56,15 @@ def test_concurrent_processes_are_one_row_per_batch(tmp_path):
     assert row["aggregate_ips"] > 0 and 2 * row["per_run_ips"] == pytest.approx(row["aggregate_ips"])
 
 
+def test_a_worker_process_that_fails_is_a_row_saying_so():
+    from resnet_core.bench_processes import process_rows
+
+    request = bench.BenchRequest(device="cuda:7", batches=(4, 8), steps=1, rounds=1, warmup=0)  # no such device here
+    rows = process_rows(request, 1)
+    assert [(r.mode, r.batch, r.k, r.aggregate_ips) for r in rows] == [("processes", 4, 1, None), ("processes", 8, 1, None)]
+    assert all(r.note.startswith("failed: RuntimeError: a worker process: ValueError: device='cuda:7'") for r in rows)
+
+
 def test_a_mode_that_fails_is_a_row_saying_so_and_the_others_run(tmp_path, monkeypatch):
     real = bench.setup
 
