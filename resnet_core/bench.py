@@ -1,194 +1,377 @@
-"""Training throughput, three ways, in one process side by side.
+"""Training throughput of the engine's step: modes x batch sizes, side by side in one process.
 
-    python -m resnet_core.bench --model resnet20 --device cpu [--batch-size 128] [--json]
+    python -m resnet_core.bench --model resnet20 --device cuda --batch 128,512 \\
+        --modes eager,compiled,cudagraphs,fused1,fused3,fused8 --processes 2,4 --json bench.json
 
-(a) engine:  the engine's own step with its data path (uint8 images on the device, batch
-             indexing, on-device pad-crop-flip, normalisation), at the engine's default settings
-             for the device (memory format, autocast);
-(b) model:   the same model step (same memory format, precision and batch) on float tensors
-             already in memory: the ceiling for (a);
-(c) classic: the tutorial's pipeline: a torchvision-style dataset with per-image PIL transforms
-             through a DataLoader, the model in its default memory format and fp32.
+Modes (one row per batch size each):
+  eager       the engine's step as a run trains it (engine.train_step): uint8 images indexed on the
+              device, on-device pad-crop-flip, autocast, channels_last, the optimizer step, plus what
+              the epoch loop adds per step (learning rate, loss sums on the device, the sampled
+              per-stage gradient norms), at the engine's defaults for the device;
+  compiled    the same with the model torch.compile'd (static shapes, as within one run);
+  cudagraphs  compiled with mode "reduce-overhead" (CUDA graphs): CUDA only, "n/a" elsewhere;
+  fusedK      K runs (seeds 0..K-1) trained as one fused model by the fused trainer's step
+              (fused_fit.group_step: each member its own batch of --batch images, data order and
+              augmentation draw): images/s per member and in aggregate (K x per member).
+--processes N,...: N worker processes on the same device, each training its own model with the
+eager step, timed over one shared interval (aggregate: all their images over the span from the
+first start to the last end).
 
-Rounds alternate (a), (b), (c) so that drift in machine load hits all three alike; each figure is
-the median over rounds. Performance claims come from here, never from timed tests.
+A measurement runs --steps steps after --warmup and synchronises the device only at its two ends:
+no epoch restarts and no host reads inside it. Rounds alternate the rows so that drift in machine
+load hits all alike; each figure is the median over --rounds. A mode that cannot run (out of
+memory, say) is a row saying so, the others still run, and the command exits 1. Performance claims
+come from here, never from timed tests.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import multiprocessing
+import re
 import statistics
 import sys
 import time
-from typing import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
-from resnet_core.cli import run_cli
+from resnet_core.cli import UsageError, run_cli
 from resnet_core.config import DataConfig, RunConfig, TrainConfig
-from resnet_core.devices import device_name, needs_grad_scaler, resolve_amp, resolve_device, sync
-from resnet_core.engine import _random_bundle, make_trainer, train_one_epoch
-from resnet_core.models import build_model, resolve_model
-from resnet_core.schedules import StepPlan
+from resnet_core.devices import device_name, resolve_amp, resolve_device, sync
+from resnet_core.engine import (
+    GRAD_NORM_EVERY, Trainer, _random_bundle, _sampled_grad_norms, apply_schedule, make_trainer, train_step,
+)
+from resnet_core.fused_fit import GroupTrainer, _sampled_member_grad_norms, group_step, make_group_trainer
+from resnet_core.models import resolve_model
+
+POOL_BATCHES = 8  # device-resident batches a measurement cycles through (each member its own order)
+DEFAULT_MODES = "eager,compiled,cudagraphs,fused1,fused3,fused8"
+FUSED_MODE = re.compile(r"fused([1-9][0-9]*)")
 
 
-def _rate(run_steps: Callable[[int], None], steps: int, batch: int, device: torch.device) -> float:
-    """Images/s of ``run_steps(steps)`` (after the caller's warm-up)."""
+@dataclass(frozen=True)
+class Mode:
+    """One way to train a step: ``members`` runs per step (K), ``compile_mode`` None for eager."""
+
+    name: str
+    members: int = 1
+    compile_mode: str | None = None
+    fused: bool = False
+
+    @property
+    def cuda_only(self) -> bool:
+        return self.compile_mode == "reduce-overhead"  # CUDA graphs
+
+
+NAMED_MODES = {m.name: m for m in (Mode("eager"), Mode("compiled", compile_mode="default"),
+                                     Mode("cudagraphs", compile_mode="reduce-overhead"))}
+
+
+def parse_mode(name: str) -> Mode:
+    """A mode by name: eager, compiled, cudagraphs or fusedK; else a one-line error."""
+    if name in NAMED_MODES:
+        return NAMED_MODES[name]
+    match = FUSED_MODE.fullmatch(name)
+    if match is None:
+        raise UsageError(f"--modes {name!r} is invalid: expected {', '.join(NAMED_MODES)} or fusedK "
+                         "(K >= 1 members, e.g. fused3)")
+    return Mode(name, members=int(match.group(1)), fused=True)
+
+
+@dataclass(frozen=True)
+class BenchRequest:
+    """What to measure: one model on one device, ``modes`` x ``batches``, then ``processes``."""
+
+    model: str = "resnet20"
+    device: str = "auto"
+    modes: tuple[Mode, ...] = ()
+    batches: tuple[int, ...] = (128, 512)
+    processes: tuple[int, ...] = ()
+    steps: int = 20
+    rounds: int = 3
+    warmup: int = 5
+    time_limit: float | None = None  # seconds: no setup that would end after it, no round after the first
+
+    def run_config(self, batch: int) -> RunConfig:
+        train = TrainConfig(epochs=1, batch_size=batch)  # the engine's defaults: channels_last, amp auto
+        return RunConfig(model=resolve_model(self.model), train=train, data=DataConfig(source="synthetic"),
+                         device=self.device)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table; ``aggregate_ips`` None when the mode could not run (``note`` says why)."""
+
+    mode: str
+    batch: int
+    k: int
+    aggregate_ips: float | None
+    vs_eager: float | None = None
+    note: str = ""
+    rounds_ips: tuple[float, ...] = ()
+
+    @property
+    def per_run_ips(self) -> float | None:
+        return None if self.aggregate_ips is None else self.aggregate_ips / self.k
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "per_run_ips": self.per_run_ips}
+
+
+# ------------------------------------------------------------------------------ one setup
+
+@dataclass
+class Loop:
+    """A trainer's steps over device-resident batches in a fixed random order, as the epoch loop
+    runs them (schedule, step, on-device sums, sampled gradient norms) but never reading the device
+    from the host: the next batch's indices are a slice of an order drawn once."""
+
+    trainer: Trainer | GroupTrainer
+    step: Callable[[Any, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # (trainer, indices) -> loss, correct
+    grad_norms: Callable[[dict], torch.Tensor]
+    order: torch.Tensor  # (pool,) indices, or (K, pool) for a fused group
+    mark_cudagraph_step: bool = False
+    done: int = 0
+    sums: list = dataclasses.field(default_factory=lambda: [0, 0, 0])  # loss, correct, gradient norms
+
+    def run(self, n: int) -> None:
+        t, batch = self.trainer, self.trainer.run.train.batch_size
+        slots = self.order.shape[-1] // batch
+        for _ in range(n):
+            t.iteration = self.done % t.budget.total_iterations
+            apply_schedule(t)
+            if self.mark_cudagraph_step:  # the graphs' outputs of the last step may be overwritten
+                torch.compiler.cudagraph_mark_step_begin()
+            loss, correct = self.step(t, self.order[..., (self.done % slots) * batch:(self.done % slots + 1) * batch])
+            self.sums[0], self.sums[1] = self.sums[0] + loss, self.sums[1] + correct
+            if self.done % GRAD_NORM_EVERY == 0:
+                self.sums[2] = self.sums[2] + self.grad_norms(t.stages)
+            self.done += 1
+
+
+def _engine_step(trainer: Trainer, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return train_step(trainer, trainer.data.train_x[index], trainer.data.train_y[index])
+
+
+def _group_step(trainer: GroupTrainer, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return group_step(trainer, list(index.unbind(0)))  # member k's batch: row k
+
+
+def setup(request: BenchRequest, mode: Mode, batch: int) -> Loop:
+    """A ready-to-time loop of ``mode`` at ``batch`` on random uint8 images on the device: the
+    engine's trainer, or for fusedK the fused trainer of seeds 0..K-1 (fused_fit.make_group_trainer)."""
+    run = request.run_config(batch)
+    pool = batch * POOL_BATCHES
+    images = torch.randint(0, 256, (pool, run.model.in_channels, 32, 32), dtype=torch.uint8)
+    data = _random_bundle(images, torch.randint(0, 10, (pool,)), 10)
+    if mode.fused:
+        trainer = make_group_trainer([dataclasses.replace(run, seed=k) for k in range(mode.members)], data)
+        generator = trainer.members[0].generator
+    else:
+        trainer = make_trainer(run, data)
+        generator = trainer.generator
+    if mode.compile_mode is not None:
+        # What compiled.compiled_step_model builds, without its Dynamo reset on a new shape: the rows
+        # of other shapes and modes keep their compiled code in this process.
+        trainer.step_model = torch.compile(trainer.model, mode=mode.compile_mode, dynamic=False)
+    trainer.step_model.train()
+    orders = torch.stack([torch.randperm(pool, generator=generator, device=trainer.device) for _ in range(mode.members)])
+    return Loop(trainer, _group_step if mode.fused else _engine_step,
+                _sampled_member_grad_norms if mode.fused else _sampled_grad_norms,
+                orders if mode.fused else orders[0], mark_cudagraph_step=mode.cuda_only)
+
+
+def images_per_s(loop: Loop, steps: int, members: int) -> float:
+    """Aggregate training images/s of ``steps`` steps of ``loop``, synchronised at both ends."""
+    device = loop.trainer.device
     sync(device)
     start = time.perf_counter()
-    run_steps(steps)
+    loop.run(steps)
     sync(device)
-    return steps * batch / (time.perf_counter() - start)
+    return steps * loop.trainer.run.train.batch_size * members / (time.perf_counter() - start)
 
 
-def engine_step_fn(run: RunConfig, pool: int) -> tuple[Callable[[int], None], torch.device]:
-    """(a): the engine's own epoch loop (shuffle, batch indexing, augmentation, step, per-stage
-    gradient norms, divergence checks) over uint8 images held on the device."""
-    images = torch.randint(0, 256, (pool, 3, 32, 32), dtype=torch.uint8)
-    labels = torch.randint(0, 10, (pool,))
-    trainer = make_trainer(run, _random_bundle(images, labels, 10))
+# ---------------------------------------------------------------------------- the matrix
 
-    def run_steps(n: int) -> None:
-        trainer.budget = StepPlan(steps_per_epoch=min(n, pool // run.train.batch_size), total_iterations=n, epochs=1)
-        trainer.iteration = 0
-        while trainer.iteration < n:
-            train_one_epoch(trainer)
-
-    return run_steps, trainer.device
-
-
-def model_step_fn(run: RunConfig) -> tuple[Callable[[int], None], torch.device]:
-    """(b): the same model, memory format, precision and batch on ready float tensors."""
-    device = resolve_device(run.device)
-    fmt = torch.channels_last if run.train.channels_last else torch.contiguous_format
-    model = build_model(run.model, num_classes=10).to(device=device, memory_format=fmt).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    amp = resolve_amp(run.train.amp, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=needs_grad_scaler(amp))  # fp16: as the engine steps
-    x = torch.randn(run.train.batch_size, 3, 32, 32, device=device).contiguous(memory_format=fmt)
-    y = torch.randint(0, 10, (run.train.batch_size,), device=device)
-
-    def run_steps(n: int) -> None:
-        for _ in range(n):
-            model_step()
-
-    def model_step() -> None:
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-
-    return run_steps, device
+def _in_process_rows(request: BenchRequest, device: torch.device, started: float) -> list[Row]:
+    """Every (batch, mode) row measured in this process, rounds alternating over the rows."""
+    loops, notes = _set_up(request, device, started)
+    rates: dict[tuple[int, Mode], list[float]] = {key: [] for key in loops}
+    for round_index in range(request.rounds):
+        if round_index and _past(request, started):
+            break
+        for key, loop in loops.items():
+            rates[key].append(images_per_s(loop, request.steps, key[1].members))
+    return [median_row(mode.name, batch, mode.members, rates.get((batch, mode)), notes.get((batch, mode), ""))
+            for batch in request.batches for mode in request.modes]
 
 
-class InMemoryCifarStyle(torch.utils.data.Dataset):
-    """Like torchvision.datasets.CIFAR10: HWC uint8 array in memory, PIL image per item."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform) -> None:
-        self.images, self.labels, self.transform = images, labels, transform
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int):
-        from PIL import Image
-
-        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
-
-
-def classic_step_fn(run: RunConfig, pool: int) -> tuple[Callable[[int], None], torch.device]:
-    """(c): per-image PIL transforms through a DataLoader; NCHW fp32 model (the tutorial's way)."""
-    from torchvision import transforms
-
-    device = resolve_device(run.device)
-    transform = transforms.Compose([
-        transforms.RandomCrop(32, padding=4),
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    ])
-    rng = np.random.default_rng(0)
-    dataset = InMemoryCifarStyle(rng.integers(0, 256, (pool, 32, 32, 3), dtype=np.uint8),
-                                 rng.integers(0, 10, pool), transform)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=run.train.batch_size, shuffle=True, drop_last=True)
-    model = build_model(run.model, num_classes=10).to(device).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    batches = iter(())
-
-    def run_steps(n: int) -> None:
-        for _ in range(n):
-            classic_step()
-
-    def classic_step() -> None:
-        nonlocal batches
-        try:
-            x, y = next(batches)
-        except StopIteration:
-            batches = iter(loader)
-            x, y = next(batches)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return run_steps, device
+def _set_up(request: BenchRequest, device: torch.device, started: float) -> tuple[dict, dict[tuple[int, Mode], str]]:
+    """Each row's loop, set up and warmed up, or a note saying why not. Compiled rows come last and
+    a setup starts only if the longest of its kind so far (compiled or not) would end within
+    --time-limit: compiling takes longest, so a tight limit leaves out compiled rows, not the rest."""
+    loops: dict[tuple[int, Mode], Loop] = {}
+    notes: dict[tuple[int, Mode], str] = {}
+    longest = {False: 0.0, True: 0.0}
+    keys = [(batch, mode) for batch in request.batches for mode in request.modes]
+    for key in sorted(keys, key=lambda k: k[1].compile_mode is not None):
+        compiled, began = key[1].compile_mode is not None, time.perf_counter()
+        if key[1].cuda_only and device.type != "cuda":
+            notes[key] = "n/a (CUDA only)"
+        elif _past(request, started, reserve=longest[compiled]):
+            notes[key] = "skipped (time limit)"
+        else:
+            try:
+                loops[key] = _ready(request, key[1], key[0])
+            except Exception as exc:  # noqa: BLE001 - one row fails (say out of memory), the others run
+                notes[key] = failure_note(exc)
+            longest[compiled] = max(longest[compiled], time.perf_counter() - began)
+    return loops, notes
 
 
-def benchmark(model: str, device: str, batch_size: int, steps: int, rounds: int, warmup: int) -> dict:
-    train = TrainConfig(epochs=1, batch_size=batch_size)  # the engine's defaults: channels_last, amp auto
-    run = RunConfig(model=resolve_model(model), train=train, data=DataConfig(source="synthetic"), device=device)
-    pool = max(4096, batch_size * 8)
-    fns = {"engine": engine_step_fn(run, pool), "model": model_step_fn(run), "classic": classic_step_fn(run, pool)}
-    for step, dev in fns.values():
-        _rate(step, warmup, batch_size, dev)
-    rates: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, (step, dev) in fns.items():
-            rates[name].append(_rate(step, steps, batch_size, dev))
-    resolved = resolve_device(device)
-    amp = resolve_amp(train.amp, resolved)
-    result = {f"{name}_ips": statistics.median(values) for name, values in rates.items()}
-    result.update(
-        engine_over_classic=result["engine_ips"] / result["classic_ips"],
-        engine_over_model=result["engine_ips"] / result["model_ips"],
-        model=model, batch_size=batch_size, device=str(resolved), device_name=device_name(resolved),
-        amp=str(amp).replace("torch.", "") if amp else "fp32", channels_last=train.channels_last,
-        threads=torch.get_num_threads(), torch=torch.__version__, steps=steps, rounds=rounds,
-        rounds_ips={name: [round(v, 1) for v in values] for name, values in rates.items()},
-    )
-    return result
+def _ready(request: BenchRequest, mode: Mode, batch: int) -> Loop:
+    """A set-up loop after its warm-up steps (where compilation and cuDNN's search happen)."""
+    loop = setup(request, mode, batch)
+    if request.warmup:
+        images_per_s(loop, request.warmup, mode.members)
+    return loop
+
+
+def failure_note(exc: BaseException) -> str:
+    """A row's note for a mode that could not run: the error's first line."""
+    lines = str(exc).strip().splitlines()
+    return f"failed: {type(exc).__name__}" + (f": {lines[0][:200]}" if lines else "")
+
+
+def _past(request: BenchRequest, started: float, reserve: float = 0.0) -> bool:
+    """Whether --time-limit has passed (or would have, ``reserve`` seconds from now)."""
+    return request.time_limit is not None and time.perf_counter() - started + reserve > request.time_limit
+
+
+def median_row(mode: str, batch: int, k: int, rates: list[float] | None, note: str = "") -> Row:
+    """A row of the median of ``rates`` (aggregate images/s per round); none: a row of ``note``."""
+    if not rates:
+        return Row(mode, batch, k, None, note=note)
+    return Row(mode, batch, k, statistics.median(rates), rounds_ips=tuple(round(r, 1) for r in rates))
+
+
+def _with_ratios(rows: list[Row]) -> list[Row]:
+    """Each row's aggregate over the eager row's at the same batch size (None without one)."""
+    eager = {r.batch: r.aggregate_ips for r in rows if r.mode == "eager" and r.aggregate_ips}
+    return [dataclasses.replace(r, vs_eager=r.aggregate_ips / eager[r.batch])
+            if r.aggregate_ips is not None and r.batch in eager else r for r in rows]
+
+
+def benchmark(request: BenchRequest) -> dict[str, Any]:
+    """The whole matrix: in-process rows, then each --processes count; figures and their setting."""
+    from resnet_core.bench_processes import process_rows  # spawns workers that import this module
+
+    started = time.perf_counter()
+    device = resolve_device(request.device)
+    rows = _in_process_rows(request, device, started)
+    for count in request.processes:
+        rows += process_rows(request, count, skip=_past(request, started))
+    amp = resolve_amp("auto", device)
+    return {
+        "model": request.model, "device": str(device), "device_name": device_name(device), "torch": torch.__version__,
+        "amp": str(amp).replace("torch.", "") if amp else "fp32", "channels_last": TrainConfig().channels_last,
+        "threads": torch.get_num_threads(), "steps": request.steps, "rounds": request.rounds,
+        "warmup": request.warmup, "rows": [r.as_dict() for r in _with_ratios(rows)],
+    }
+
+
+# ----------------------------------------------------------------------------- the output
+
+def _number(value: float | None, digits: int = 0) -> str:
+    return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The rows (``benchmark()["rows"]``) as a markdown table; K is the runs one measurement trains
+    (fused members, or worker processes)."""
+    lines = ["| mode | batch | K | images/s per run | aggregate images/s | vs eager |", "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        aggregate = _number(r["aggregate_ips"]) if r["aggregate_ips"] is not None else r["note"] or "n/a"
+        lines.append(f"| {r['mode']} | {r['batch']} | {r['k']} | {_number(r['per_run_ips'])} | {aggregate} "
+                     f"| {_number(r['vs_eager'], 2)} |")
+    return "\n".join(lines)
+
+
+def heading(result: dict[str, Any]) -> str:
+    return (f"{result['model']} on {result['device_name']} ({result['amp']}, channels_last={result['channels_last']}, "
+            f"{result['threads']} threads, torch {result['torch']}; median of {result['rounds']} rounds of "
+            f"{result['steps']} steps)")
+
+
+# ---------------------------------------------------------------------------- the command
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # a malformed flag: one line and exit 2, as every other error here
+        raise UsageError(message)
+
+
+def _ints(flag: str, text: str, minimum: int) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < minimum:
+        raise UsageError(f"{flag} {text!r} is invalid: expected comma-separated integers >= {minimum}")
+    return tuple(dict.fromkeys(values))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m resnet_core.bench", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("--model", default="resnet20", help="model preset (python -m resnet_core.models --table)")
+    add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    add("--modes", default=DEFAULT_MODES, help=f"comma-separated modes (default {DEFAULT_MODES}); '' for none")
+    add("--batch", default="128,512", help="comma-separated batch sizes (per run; default 128,512)")
+    add("--processes", default="", help="comma-separated counts of concurrent worker processes (default none)")
+    add("--steps", type=int, default=20, help="steps per measurement")
+    add("--rounds", type=int, default=3, help="alternating rounds; the median is reported")
+    add("--warmup", type=int, default=5, help="untimed steps per row first (compiling happens here)")
+    add("--time-limit", type=float, help="seconds: no row is set up that would not be ready by then (compiled rows "
+                                          "are set up last), and no round after the first starts after it")
+    add("--json", type=Path, help="also write the result as JSON to this file")
+    return parser
+
+
+def request_from(args: argparse.Namespace) -> BenchRequest:
+    modes = tuple(dict.fromkeys(parse_mode(m.strip()) for m in args.modes.split(",") if m.strip()))
+    processes = _ints("--processes", args.processes, 1) if args.processes.strip() else ()
+    if not modes and not processes:
+        raise UsageError("nothing to measure: give --modes, --processes or both")
+    if min(args.steps, args.rounds) < 1 or args.warmup < 0:
+        raise UsageError(f"--steps {args.steps} / --rounds {args.rounds} / --warmup {args.warmup}: expected "
+                         "--steps and --rounds >= 1 and --warmup >= 0")
+    if args.time_limit is not None and not args.time_limit > 0:
+        raise UsageError(f"--time-limit {args.time_limit}: expected a number of seconds > 0")
+    resolve_model(args.model), resolve_device(args.device)  # one line each, before anything is built
+    return BenchRequest(model=args.model, device=args.device, modes=modes, batches=_ints("--batch", args.batch, 1),
+                        processes=processes, steps=args.steps, rounds=args.rounds, warmup=args.warmup,
+                        time_limit=args.time_limit)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m resnet_core.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="resnet20")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=20, help="steps per measurement")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median is reported")
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--json", action="store_true", help="end with one JSON line")
-    args = parser.parse_args(argv)
-    if min(args.batch_size, args.steps, args.rounds) < 1 or args.warmup < 0:
-        raise ValueError("--batch-size, --steps and --rounds must be >= 1 and --warmup >= 0")
-    r = benchmark(args.model, args.device, args.batch_size, args.steps, args.rounds, args.warmup)
-    print(f"{r['model']} batch {r['batch_size']} on {r['device_name']} ({r['amp']}, "
-          f"channels_last={r['channels_last']}, {r['threads']} threads, torch {r['torch']})")
-    print(f"(a) engine step with its data path : {r['engine_ips']:8.0f} img/s")
-    print(f"(b) model step alone (ceiling)     : {r['model_ips']:8.0f} img/s")
-    print(f"(c) classic PIL + DataLoader, fp32 : {r['classic_ips']:8.0f} img/s")
-    print(f"a/c = {r['engine_over_classic']:.2f}   a/b = {r['engine_over_model']:.2f}")
-    if args.json:
-        print(json.dumps(r))
-    return 0
+    args = build_parser().parse_args(argv)
+    request = request_from(args)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)  # an unusable place: one line now, not after
+    result = benchmark(request)
+    print(heading(result))
+    print(markdown_table(result["rows"]))
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    return 1 if any(r["note"].startswith("failed") for r in result["rows"]) else 0
 
 
 if __name__ == "__main__":
+    multiprocessing.freeze_support()
     sys.exit(run_cli(main))

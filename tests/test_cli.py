@@ -1,4 +1,4 @@
-"""The train and bench command lines: exit codes, one-line errors, summaries."""
+"""The train command line: exit codes, one-line errors, summaries (the bench's: tests/test_bench.py)."""
 
 from __future__ import annotations
 
@@ -63,13 +63,3 @@ def test_diverged_run_exits_non_zero(tmp_path):
                                 "--results", str(tmp_path)])
     assert done.returncode == 1
     assert done.stdout.strip().splitlines()[-1].startswith("diverged")
-
-
-def test_bench_prints_three_figures_and_json():
-    done = run([sys.executable, "-m", "resnet_core.bench", "--model", "resnet20", "--device", "cpu",
-                "--batch-size", "32", "--steps", "2", "--rounds", "1", "--warmup", "1", "--json"])
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    for key in ("engine_ips", "model_ips", "classic_ips", "engine_over_classic", "engine_over_model"):
-        assert result[key] > 0
-    assert "(a) engine" in done.stdout and "(c) classic" in done.stdout
