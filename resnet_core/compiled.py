@@ -39,3 +39,11 @@ def _dynamo_caches_for(shape: tuple) -> None:
     the last shape is a cache hit that does nothing, another shape resets. Dynamo's caches are
     process state, so the memory of which shape they hold is too."""
     torch._dynamo.reset()
+
+
+def begin_graph_step(run: RunConfig) -> None:
+    """Under CUDA graphs (compile mode ``reduce-overhead``), tell torch a new training step begins:
+    a replayed graph reuses its output memory, and outside a plain inference or training loop torch
+    cannot tell when the last step's outputs are done with (``torch.compiler.cudagraph_mark_step_begin``)."""
+    if run.train.compile and run.train.compile_mode == "reduce-overhead":
+        torch.compiler.cudagraph_mark_step_begin()

@@ -22,7 +22,7 @@ from torch import nn
 
 from resnet_core import augment as augment_module
 from resnet_core.checkpoints import checkpoint_if_due, load_checkpoint
-from resnet_core.compiled import compiled_step_model
+from resnet_core.compiled import begin_graph_step, compiled_step_model
 from resnet_core.config import RunConfig, to_dict
 from resnet_core.identity import run_id
 from resnet_core.data import DataBundle, load_data
@@ -53,8 +53,26 @@ class Diverged(RuntimeError):
 
 # ---------------------------------------------------------------------------- training state
 
+class StepContext:
+    """The memory format and autocast of a training step, read from ``run``, ``device`` and
+    ``amp_dtype`` (a run's :class:`Trainer` and a fused group's trainer both have them)."""
+
+    run: RunConfig
+    device: torch.device
+    amp_dtype: torch.dtype | None
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.run.train.channels_last else torch.contiguous_format
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+
 @dataclass
-class Trainer:
+class Trainer(StepContext):
     """Everything one run mutates while it trains: built once by :func:`make_trainer`."""
 
     run: RunConfig
@@ -76,14 +94,6 @@ class Trainer:
     sync_every: int = 0  # steps between host reads of the running loss (finiteness check); 0: epoch end only
     pad_eval: bool = False  # pad a short last eval batch to full size (a compiled model sees one eval shape)
 
-    @property
-    def memory_format(self) -> torch.memory_format:
-        return torch.channels_last if self.run.train.channels_last else torch.contiguous_format
-
-    def autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
 
 def make_trainer(run: RunConfig, data: DataBundle) -> Trainer:
@@ -151,6 +161,7 @@ def _sampled_grad_norms(stages: dict[str, list[nn.Parameter]]) -> torch.Tensor:
 
 def train_step(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One SGD step on a uint8 batch; returns (summed loss, number correct) as device tensors."""
+    begin_graph_step(trainer.run)
     x = trainer.train_transform(images, trainer.generator).contiguous(memory_format=trainer.memory_format)  # (N, C, 32, 32)
     with trainer.autocast():
         logits = trainer.step_model(x)

@@ -12,7 +12,6 @@ decay act element-wise, so one optimizer over the stacked tensors is K optimizer
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import time
@@ -29,7 +28,7 @@ from resnet_core import engine
 from resnet_core.checkpoints import checkpoint_if_due, load_checkpoint
 from resnet_core.config import RunConfig
 from resnet_core.data import DataBundle
-from resnet_core.compiled import compiled_step_model
+from resnet_core.compiled import begin_graph_step, compiled_step_model
 from resnet_core.devices import configure_backends, needs_grad_scaler, resolve_amp, resolve_device, resolve_sync_every
 from resnet_core.fused import (
     FusedModel,
@@ -77,7 +76,7 @@ class Member:
 
 
 @dataclass
-class GroupTrainer:
+class GroupTrainer(engine.StepContext):
     """What a fused group mutates while it trains: the members and the one model they share."""
 
     members: list[Member]
@@ -102,14 +101,6 @@ class GroupTrainer:
         """The settings the members share (all but the seed): what the engine's schedule helpers read."""
         return self.members[0].run
 
-    @property
-    def memory_format(self) -> torch.memory_format:
-        return torch.channels_last if self.run.train.channels_last else torch.contiguous_format
-
-    def autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
 
 def make_group_trainer(runs: Sequence[RunConfig], data: DataBundle) -> GroupTrainer:
@@ -151,6 +142,7 @@ def member_losses(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: f
 def group_step(trainer: GroupTrainer, indices: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """One SGD step of every member on its own uint8 batch; returns (K,) summed losses and (K,) numbers correct."""
     data = trainer.data
+    begin_graph_step(trainer.run)
     x = stack_inputs([trainer.train_transform(data.train_x[index], member.generator)
                       for index, member in zip(indices, trainer.members)], trainer.memory_format)  # (K, N, C, 32, 32)
     labels = torch.stack([data.train_y[index] for index in indices])  # (K, N)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from resnet_core.config import DATA_ENV_VAR
 from resnet_core.data import CACHE_ENV_VAR
@@ -25,6 +26,16 @@ def _session_data_cache(tmp_path_factory):
         path = tmp_path_factory.mktemp("resnet_core_cache")
         patch.setenv(CACHE_ENV_VAR, str(path))
         yield path
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test: CPU kernels repeat bit for bit, and tests that compare runs
+    do not race the machine's other work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

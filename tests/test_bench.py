@@ -18,12 +18,7 @@ from resnet_core.cli import run_cli
 TINY = ["--model", "resnet20", "--device", "cpu", "--steps", "1", "--rounds", "1", "--warmup", "0"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def rows_of(path) -> list[dict]:

@@ -39,12 +39,7 @@ VARIANTS = {
 SGD = TrainConfig(optimizer="sgd", lr=0.05, momentum=0.9, nesterov=False, weight_decay=5e-4)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def separate_models(cfg: ModelConfig) -> list[torch.nn.Module]:

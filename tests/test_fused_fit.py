@@ -33,12 +33,7 @@ def seeded(base: RunConfig = BASE, seeds=SEEDS) -> list[RunConfig]:
     return [dataclasses.replace(base, seed=s) for s in seeds]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def assert_same_numbers(a, b, tolerance: float, later: tuple[float, float] | None = None) -> None:
@@ -49,6 +44,19 @@ def assert_same_numbers(a, b, tolerance: float, later: tuple[float, float] | Non
         for key in METRICS:
             allowed = tolerance if ha["epoch"] == 1 or later is None else later[key.endswith("error")]
             assert ha[key] == pytest.approx(hb[key], abs=allowed), (key, ha["epoch"])
+
+
+def interrupt_group_at(monkeypatch, call: int) -> None:
+    """Ctrl-C at the ``call``-th group step (20 steps an epoch: 23 is step 3 of epoch 2)."""
+    real_group_step, calls = fused_fit.group_step, {"n": 0}
+
+    def interrupted(trainer, indices):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return real_group_step(trainer, indices)
+
+    monkeypatch.setattr(fused_fit, "group_step", interrupted)
 
 
 @pytest.mark.parametrize("residual", [True, False], ids=["residual", "plain"])
@@ -90,16 +98,8 @@ def test_a_member_checkpoint_is_a_runs_checkpoint(tmp_path, monkeypatch):
     """Stopped after one epoch, each member's checkpoint loads strictly into build_model, and the run
     resumed ALONE from it (engine.fit) ends where the uninterrupted fused group ends."""
     runs = seeded()
-    calls = {"n": 0}
     real_group_step = fused_fit.group_step
-
-    def interrupt_in_epoch_two(trainer, indices):
-        calls["n"] += 1
-        if calls["n"] == 23:
-            raise KeyboardInterrupt
-        return real_group_step(trainer, indices)
-
-    monkeypatch.setattr(fused_fit, "group_step", interrupt_in_epoch_two)
+    interrupt_group_at(monkeypatch, 23)
     with pytest.raises(KeyboardInterrupt):
         fused_fit.fit_group(runs, results_dir=tmp_path / "a")
     for run in runs:
@@ -117,15 +117,8 @@ def test_a_member_checkpoint_is_a_runs_checkpoint(tmp_path, monkeypatch):
 def test_a_group_killed_mid_epoch_resumes_to_the_records_of_an_uninterrupted_one(tmp_path, monkeypatch):
     runs = seeded()
     uninterrupted = fused_fit.fit_group(runs, results_dir=tmp_path / "whole")
-    real_group_step, calls = fused_fit.group_step, {"n": 0}
-
-    def interrupt_in_epoch_two(trainer, indices):
-        calls["n"] += 1
-        if calls["n"] == 27:
-            raise KeyboardInterrupt
-        return real_group_step(trainer, indices)
-
-    monkeypatch.setattr(fused_fit, "group_step", interrupt_in_epoch_two)
+    real_group_step = fused_fit.group_step
+    interrupt_group_at(monkeypatch, 27)
     with pytest.raises(KeyboardInterrupt):
         fused_fit.fit_group(runs, results_dir=tmp_path / "cut")
     monkeypatch.setattr(fused_fit, "group_step", real_group_step)

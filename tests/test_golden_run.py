@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-import torch
 
 from resnet_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from resnet_core.engine import fit
@@ -45,12 +44,6 @@ def mismatches(record) -> list[str]:
     return found
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_the_golden_run_computes_the_pinned_numbers(tmp_path, one_thread):

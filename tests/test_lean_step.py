@@ -20,13 +20,8 @@ TINY_DATA = DataConfig(source="synthetic", val_size=200, subset=600)  # 600 imag
 TINY_MODEL = ModelConfig(depth=8, widths=(4, 8, 16))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Bitwise-repeatable CPU kernels (the resume comparison), and no contention on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One thread: bitwise-repeatable CPU kernels (the resume comparison). tests/conftest.py
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_run(model: ModelConfig = TINY_MODEL, **train_changes) -> RunConfig:
@@ -167,3 +162,26 @@ def test_a_second_compiled_run_of_one_shape_compiles_nothing(tmp_path, monkeypat
     # One training and one evaluation graph (the 72-image last batch is padded to 128), compiled once
     # for both seeds; the wider net is a new shape.
     assert frames[0] == 2 and frames[1] == frames[0] and frames[2] == 4, frames
+
+
+def test_a_cuda_graphs_run_marks_each_training_step_and_others_do_not(monkeypatch):
+    marks = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    for mode, compile_on, expected in (("reduce-overhead", True, 1), ("default", True, 0), ("reduce-overhead", False, 0)):
+        marks.clear()
+        compiled.begin_graph_step(RunConfig(train=TrainConfig(compile=compile_on, compile_mode=mode)))
+        assert len(marks) == expected, (mode, compile_on)
+
+
+def test_every_training_step_of_a_run_and_of_a_fused_group_begins_with_the_graph_mark(tmp_path, monkeypatch):
+    from resnet_core import fused_fit
+
+    run = RunConfig(model=ModelConfig(depth=8, widths=(4, 8, 16)),
+                    train=TrainConfig(epochs=1, batch_size=20, amp="off", channels_last=False),
+                    data=DataConfig(source="synthetic", val_size=20, subset=40), device="cpu")
+    steps = []
+    monkeypatch.setattr(engine, "begin_graph_step", steps.append)
+    monkeypatch.setattr(fused_fit, "begin_graph_step", steps.append)
+    fit(run, results_dir=tmp_path / "alone")
+    fused_fit.fit_group([run, dataclasses.replace(run, seed=1)], results_dir=tmp_path / "group")
+    assert len(steps) == 4 and steps[0] == run  # two steps alone, two steps of the group
