@@ -48,6 +48,15 @@ from resnet_core.config import ModelConfig, coerce, current_name, parse_assignme
 # ------------------------------------------------------------------------------------- network
 
 
+class GlobalAvgPool(nn.Module):
+    """Mean over the spatial dims, ``(N, C, H, W) -> (N, C)``: ``AdaptiveAvgPool2d(1)`` then flatten,
+    written as a mean because ``torch.func.vmap`` (fused runs) batches a mean in one kernel but runs
+    the adaptive pool's ``as_strided_`` on channels_last input member by member, with a warning."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
+
+
 class ResNet(nn.Module):
     """Stem, stages ``layer1..layerK``, (final norm for pre-activation), global pool, linear head."""
 
@@ -64,7 +73,7 @@ class ResNet(nn.Module):
         for name, stage in zip(self.stage_names, stages):
             self.add_module(name, stage)
         self.final_bn, self.final_relu = final
-        self.avg_pool = nn.AdaptiveAvgPool2d(1)  # = AvgPool2d(8) at 32x32 input
+        self.avg_pool = GlobalAvgPool()  # = AvgPool2d(8) at 32x32 input
         self.fc = fc
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) -> (N, classes)
@@ -72,7 +81,7 @@ class ResNet(nn.Module):
         for name in self.stage_names:
             x = getattr(self, name)(x)  # (N, C_k, H / 2^(k-1), W / 2^(k-1))
         x = self.final_relu(self.final_bn(x))
-        x = self.avg_pool(x).flatten(1)  # (N, C_K)
+        x = self.avg_pool(x)  # (N, C_K)
         return self.fc(x)
 
 
