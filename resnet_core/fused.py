@@ -24,8 +24,8 @@ vmap's batching rules turn the K members' operators into single wide ones. In to
 - The head's ``F.linear`` with a batched weight becomes a batched matmul plus a separate bias add;
   ReLU, pooling and option A's pad act on the batched tensor directly. Under autocast the bias add
   falls outside autocast's cast list, so the fused logits are fp32 where a separate model's are
-  bf16 (the cross-entropy is computed in fp32 either way). With channels_last inputs the pool's
-  ``as_strided_`` has no batching rule: torch warns once and loops over the members (metadata only).
+  bf16 (the cross-entropy is computed in fp32 either way). The global pool is a mean
+  (``models.GlobalAvgPool``), which vmap batches in one kernel.
 
 Each member's computation is its own: no operator mixes members, so a member whose weights turn NaN
 leaves the others' outputs and gradients untouched. A loss that is the sum of the members' mean
