@@ -102,7 +102,6 @@ class GroupTrainer(engine.StepContext):
         return self.members[0].run
 
 
-
 def make_group_trainer(runs: Sequence[RunConfig], data: DataBundle) -> GroupTrainer:
     run = runs[0]
     device = resolve_device(run.device)
@@ -212,11 +211,11 @@ def train_group_epoch(trainer: GroupTrainer, bar=None) -> list[dict[str, Any] | 
             _mark_diverged(trainer, (loss_sum / seen).tolist())
     seconds = time.perf_counter() - start
     _mark_diverged(trainer, (loss_sum / seen).tolist())
-    losses, errors, grads = (loss_sum / seen).tolist(), (100.0 * (1 - correct / seen)).tolist(), grad_sum.tolist()
+    losses, errors = (loss_sum / seen).tolist(), (100.0 * (1 - correct / seen)).tolist()
+    grads = (grad_sum[:, :-1] / grad_sum[:, -1:]).tolist()  # mean over the sampled steps (NaN: none finite)
     return [None if member.error else {
         "iteration": trainer.iteration, "train_loss": losses[k], "train_error": errors[k], "lr": lr,
-        "seconds": seconds, "images_per_s": seen / seconds,
-        "grad_norm": dict(zip(trainer.stages, [g / grads[k][-1] for g in grads[k][:-1]])),
+        "seconds": seconds, "images_per_s": seen / seconds, "grad_norm": dict(zip(trainer.stages, grads[k])),
     } for k, member in enumerate(trainer.members)]
 
 

@@ -207,3 +207,20 @@ def test_the_grid_command_says_how_seeds_train_and_refuses_a_bad_fuse_value(tmp_
     assert sorted(r.provenance["fused_group"]["member"] for r in records) == [0, 1]
     assert run_cli(grid_command.main, [*argv, "--fuse", "maybe", "--dry-run"]) == 2
     assert capsys.readouterr().err.strip() == "error: fuse='maybe' is invalid: expected one of auto, on, off"
+
+
+def test_a_member_without_a_finite_sampled_gradient_gets_nan_norms_not_a_crash(tmp_path, monkeypatch):
+    """As a run alone (an fp16 run whose sampled steps the GradScaler all skipped): its epoch's grad
+    norms are NaN, the run and its siblings complete."""
+    real_norms = fused_fit.member_grad_norms
+
+    def member_one_never_finite(stages):
+        norms = real_norms(stages)
+        return torch.where(torch.arange(len(norms)).unsqueeze(1) == 1, torch.full_like(norms, float("inf")), norms)
+
+    monkeypatch.setattr(fused_fit, "member_grad_norms", member_one_never_finite)
+    runs = seeded(dataclasses.replace(BASE, train=dataclasses.replace(BASE.train, epochs=1)), (0, 1))
+    records = fused_fit.fit_group(runs, results_dir=tmp_path)
+    assert [r.status for r in records] == ["completed", "completed"]
+    norms = [list(r.history[0]["grad_norm"].values()) for r in records]
+    assert all(n == n for n in norms[0]) and all(n != n for n in norms[1])  # NaN only for member 1
