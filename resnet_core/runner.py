@@ -45,7 +45,7 @@ from resnet_core.migrate import print_migration
 from resnet_core.progress import progress_bar
 from resnet_core.store import FINAL_STATUSES, RunRecord, claim_run, find_record
 
-BUSY = "busy"  # not an outcome: another process holds the run's claim (train_run's answer, never returned)
+BUSY = "busy"  # not an outcome: another process holds the run's claim (train_job's answer, never returned)
 CLAIM_POLL_S = 2.0  # seconds between looks at runs another driver is training
 FUSE_SETTINGS = ("auto", "on", "off")
 MAX_FUSED = 8  # members of one fused group at most: the benchmark measures groups up to 8
@@ -143,24 +143,10 @@ def _device_slot(devices: tuple[str, ...], lock_dir: str | None) -> Iterator[str
     raise RuntimeError(f"no free device slot among {len(devices)}: more concurrent runs than workers")
 
 
-def train_run(run: RunConfig, results_dir: str, pool: WorkerPool, lock_dir: str | None) -> Outcome:
-    """Worker body: claim the run (status BUSY if another process has it), then a device; load (or
-    reuse) the data and fit it, unless the claim's previous holder finished it meanwhile."""
-    with claim_run(results_dir, run_id(run)) as claimed:
-        if not claimed:
-            return Outcome(run_id=run_id(run), status=BUSY)
-        record = finished(run, results_dir)
-        if record is not None:
-            return outcome_of(record, trained_now=False)
-        return _train_claimed([run], results_dir, pool, lock_dir)[0]
-
-
 def train_job(runs: list[RunConfig], results_dir: str, pool: WorkerPool, lock_dir: str | None) -> list[Outcome]:
-    """Worker body for one job: a run alone (:func:`train_run`), or a fused group (runs equal but for the
-    seed, trained as one model): every run is claimed first, and those this process holds and that are
-    not finished train together; the others are BUSY or their finished outcome."""
-    if len(runs) == 1:
-        return [train_run(runs[0], results_dir, pool, lock_dir)]
+    """Worker body for one job: a run alone, or a fused group (runs equal but for the seed, trained as
+    one model). Every run is claimed first (BUSY if another process has it); those this process holds
+    and that the claim's previous holder did not finish meanwhile train together on one device slot."""
     with contextlib.ExitStack() as stack:
         outcomes, todo = {}, []
         for run in runs:
