@@ -23,19 +23,37 @@ AUTO = "auto"
 
 
 @dataclass(frozen=True)
+class SearchShape:
+    """How a study searches within its budget's run length (grids have none).
+
+    ``pruner`` is the default of ``--pruner``; for successive halving and Hyperband ``first_rung`` is
+    the first epoch a trial is judged at (``None``: right after the pruner's warm-up), ``reduction``
+    the factor of trials dropped at each rung and ``max_rungs`` how many rungs judge a trial (``None``:
+    every rung first x reduction^k before the last epoch), ``hold_back`` how many trials stop at a rung
+    before any goes on (Optuna's ``bootstrap_count``; ``None``: ``pruners.bootstrap_for``'s rule by
+    the study's size); ``final_seeds`` is the default of
+    ``--final-seeds`` (the final stage's re-training seeds); ``val_size`` the validation images
+    trials are judged on when no ``--val-size`` is given, a ceiling: data whose default split is
+    smaller keep it (``splits.capped_val_size``). Grids keep the split's default (their tables
+    compare with the paper's 45k/5k split).
+    """
+
+    pruner: str = "median"
+    first_rung: int | None = None
+    reduction: int = 3
+    max_rungs: int | None = None
+    hold_back: int | None = None
+    final_seeds: int = 3
+    val_size: int | None = None
+
+
+@dataclass(frozen=True)
 class Budget:
     """A named training budget; see the module docstring for how it is applied.
 
     ``recipe`` names the base recipe (studies); ``None`` keeps the grid's own. ``train`` holds
     settings applied to every run; ``rules`` are ``(match, set)`` pairs applied after a grid's axes.
-
-    Study budgets also shape the search: ``pruner`` is the default of ``--pruner``; for successive
-    halving and Hyperband ``first_rung`` is the first epoch a trial is judged at (``None``: right after
-    the pruner's warm-up) and ``reduction`` the factor of trials dropped at each rung; ``final_seeds``
-    is the default of ``--final-seeds`` (the final stage's re-training seeds of the best config);
-    ``val_size`` the validation images a study's trials are judged on when no ``--val-size`` is given,
-    a ceiling: data whose default split is smaller keep it (``splits.capped_val_size``). Grids keep
-    the split's default (their tables compare with the paper's 45k/5k split).
+    A study budget also has a ``search`` shape (:class:`SearchShape`).
     """
 
     name: str
@@ -46,11 +64,7 @@ class Budget:
     train: Pairs = ()
     rules: tuple[tuple[Pairs, Pairs], ...] = ()
     note: str = ""
-    pruner: str = "median"
-    first_rung: int | None = None
-    reduction: int = 3
-    final_seeds: int = 3
-    val_size: int | None = None
+    search: SearchShape = SearchShape()
 
     def with_length(self, epochs: int | None = None, iterations: int | None = None,
                     subset: int | None = None) -> Budget:
@@ -105,30 +119,35 @@ GRID_BUDGETS: dict[str, Budget] = {
 }
 
 # Studies are multi-fidelity by default (Optuna's documentation pairs TPE with Hyperband or successive
-# halving): most trials stop after a short first rung, the best 1/reduction of each rung go on, so the
-# few best train many times longer than the rest (Li et al. 2020, asynchronous successive halving).
+# halving): most trials stop after a short first rung and the best 1/reduction go on (Li et al. 2020,
+# asynchronous successive halving). One rung with a large reduction: a 50-trial study must leave
+# several trials at the full length, since the report's importances, rankings and tuned-vs-baseline
+# comparison stand on them. Simulated with Optuna's own pruner (``pruners.simulated_work``, trials of
+# random quality), rungs at 1 x 4^k or 1 x 3^k, or any hold-back, leave 0 or 1 complete trials in some
+# studies; one rung keeping the best 1/8 with no hold-back left at least 5 in every simulation.
 STUDY_BUDGETS: dict[str, Budget] = {
-    # Sized for a 2-core CPU: a 50-trial study should finish in minutes while its best trials reach
-    # about 60% validation accuracy. Rungs at epochs 1 and 4 (successive halving's 1 x 4^k geometry) and
-    # a full length of 16 epochs, the longest with those two rungs only. A study spends about
-    # (2 x trials) epochs of the subset at the rungs, plus twice a full trial (the complete one and the
-    # final stage), plus a validation pass per rung reached: the subset and the validation size set its
-    # time, epochs x subset (the images a full trial sees) its accuracy. Hence 3,250 images, judged on
-    # 2,000 validation images (a ceiling: smaller data keep their default split), since measuring 5,000
-    # was a large share of a rung-1 trial. Under TPE more trials go on than when quality is random
-    # (expected_work), because later trials keep beating a rung's earlier ones.
+    # Sized for a 2-core CPU: a 50-trial study, its final stage and its untuned baseline should finish in
+    # about ten minutes. A study spends about one epoch of the subset per trial at the rung, plus the
+    # epochs of the trials that go on (1/8 of them, each to the full length), plus a validation pass per
+    # rung reached, plus two final runs: the subset and the validation size set its time, epochs x subset
+    # (the images a full trial sees) its accuracy. Hence 10 epochs of 3,250 images, judged on 2,000
+    # validation images (a ceiling: smaller data keep their default split), since measuring 5,000 was a
+    # large share of a rung-1 trial.
     # Its evaluation batch is 128: on a 2-core CPU resnet20 infers faster in batches of 128 than of
     # 1,000 (which overflows the caches; `python benchmarks/eval_batch.py`), and a batch's size changes
     # no result in eval mode.
-    "quick": Budget("quick", epochs=16, subset=3250, recipe="quick", pruner="sha", first_rung=1, reduction=4,
-                    final_seeds=1, val_size=2000, train=(("eval_batch_size", 128), ("cycle_momentum", True)),
-                    note="CPU-sized: up to 16 one-cycle epochs (momentum cycling 0.95-0.85-0.95 against the lr) "
+    "quick": Budget("quick", epochs=10, subset=3250, recipe="quick",
+                    search=SearchShape(pruner="sha", first_rung=1, reduction=8, max_rungs=1, hold_back=0,
+                                       final_seeds=1, val_size=2000),
+                    train=(("eval_batch_size", 128), ("cycle_momentum", True)),
+                    note="CPU-sized: up to 10 one-cycle epochs (momentum cycling 0.95-0.85-0.95 against the lr) "
                          "on 3,250 images, judged on 2,000 validation images; successive halving keeps the best "
-                         "1/4 at epochs 1 and 4"),
-    "standard": Budget("standard", epochs=30, recipe="paper", pruner="sha", first_rung=3, reduction=3,
+                         "1/8 after epoch 1"),
+    "standard": Budget("standard", epochs=30, recipe="paper",
+                       search=SearchShape(pruner="sha", first_rung=3, reduction=8, max_rungs=1, hold_back=0),
                        note="GPU-sized: up to 30 epochs on the 45k split, steps at 50%/75%; successive "
-                            "halving keeps the best 1/3 at epochs 3, 9 and 27"),
-    "paper": Budget("paper", iterations=64000, recipe="paper",
+                            "halving keeps the best 1/8 after epoch 3"),
+    "paper": Budget("paper", iterations=64000, recipe="paper", search=SearchShape(pruner="median"),
                     note="He et al. 2015: 64k iterations, batch 128 (~182 epochs); median pruner"),
 }
 

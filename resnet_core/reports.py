@@ -252,7 +252,7 @@ def plural(n: int, word: str) -> str:
     return f"{n:,} {word}" + ("" if n == 1 else "s")
 
 
-def _data_text(table: pd.DataFrame) -> str:
+def data_text(table: pd.DataFrame) -> str:
     """The data as the user named it (never an absolute path), its content fingerprint and split sizes."""
     names = _unique(table, "provenance.data_name") or [Path(str(s)).name for s in _unique(table, "data.source")]
     sizes = [f"{int(t)} train / {int(v)} val / {int(te)} test images" for t, v, te in
@@ -262,7 +262,7 @@ def _data_text(table: pd.DataFrame) -> str:
             f"fingerprint {_joined(fingerprints)}); {_joined(sizes)}")
 
 
-def _code_text(table: pd.DataFrame) -> str:
+def code_text(table: pd.DataFrame) -> str:
     """The commit(s) that trained the runs; a dirty tree is said so with the hash of its diff."""
     texts = []
     for commit, dirty, diff in _combos(table, ["provenance.git_commit", "provenance.git_dirty",
@@ -310,7 +310,7 @@ def misnamed_line(misnamed: Sequence[str]) -> list[str]:
             f"(a copy or a renamed record; never counted): {_file_names(misnamed)}"]
 
 
-def _built_by(code: Mapping[str, Any] | None) -> list[str]:
+def built_by_lines(code: Mapping[str, Any] | None) -> list[str]:
     """The header line naming the code that wrote the report (it may be newer than the runs' code)."""
     if not code:
         return []
@@ -339,16 +339,16 @@ def header_lines(table: pd.DataFrame, manifest: Mapping[str, Any], skipped: Sequ
         "",
         *([manifest["description"], ""] if manifest.get("description") else []),
         grid_line(manifest),
-        f"- Data: {_data_text(ran)}",
+        f"- Data: {data_text(ran)}",
         f"- Budget: {_budget_text(ran, manifest)}",
         f"- Recipe: {_recipe_text(ran)}; schedule {_schedule_text(ran)}",
         f"- Precision: {_precision_text(ran)}",
         f"- Seeds: {len(seeds)} per cell ({', '.join(map(str, seeds))})",
         f"- Hardware: {_joined(_unique(ran, 'provenance.device_name'))}",
         f"- Software: {_joined(software)}",
-        f"- Code: {_code_text(ran)}",
+        f"- Code: {code_text(ran)}",
         *mixed_code_lines(ran),
-        *_built_by(built_by),
+        *built_by_lines(built_by),
         f"- Runs: {len(table)} in the grid: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n),
         *skipped_line(skipped),
         *misnamed_line(misnamed),

@@ -25,6 +25,7 @@ from resnet_core.budgets import STUDY_BUDGETS
 from resnet_core.cli import run_cli
 from resnet_core.commands import study as run_driver
 from resnet_core.schedules import make_budget
+from resnet_core.study.pruners import simulated_work
 from resnet_core.identity import run_id
 from resnet_core.store import RunRecord, claim_run, find_record, load_runs, write_record
 from study_helpers import side_by_side_fit, tiny_request
@@ -37,21 +38,45 @@ from test_study import tiny_args as study_args
 def test_the_quick_and_standard_budgets_search_with_successive_halving_by_default(tmp_path, space):
     setup, _ = st.plan(tiny_request(tmp_path, space, pruner="auto", epochs=None))
     spec = setup.spec
-    quick = STUDY_BUDGETS["quick"]
-    assert (spec.pruner, spec.first_rung, spec.reduction) == ("sha", quick.first_rung, quick.reduction) == ("sha", 1, 4)
-    assert spec.bootstrap == 0  # the request names no trials
-    assert st.base_run("resnet20", quick).train.eval_batch_size == 128  # the budget's setting, CPU-sized
-    assert st.plan(tiny_request(tmp_path, space, pruner="auto", epochs=None, trials=50))[0].spec.bootstrap == 4
-    assert spec.budget_epochs == quick.epochs == 16 and st.prunable_epochs(*spec.pruner_shape()) == [1, 4]
+    quick = STUDY_BUDGETS["quick"].search
+    assert (spec.pruner, spec.first_rung, spec.reduction, spec.max_rungs) == ("sha", 1, 8, 1)
+    assert spec.bootstrap == quick.hold_back == 0  # the budget's measured hold-back, whatever the study's size
+    assert st.base_run("resnet20", STUDY_BUDGETS["quick"]).train.eval_batch_size == 128  # the budget's, CPU-sized
+    assert st.plan(tiny_request(tmp_path, space, pruner="auto", epochs=None, trials=50))[0].spec.bootstrap == 0
+    assert spec.budget_epochs == STUDY_BUDGETS["quick"].epochs == 10 and st.prunable_epochs(*spec.pruner_shape()) == [1]
     run = st.trial_config(spec, {"lr": 0.1})
-    assert run.train.val_epochs == (1, 4) and run.train.test_eval == "never"
-    assert STUDY_BUDGETS["standard"].pruner == "sha" and STUDY_BUDGETS["paper"].pruner == "median"
+    assert run.train.val_epochs == (1,) and run.train.test_eval == "never"  # rung 8 is never read: one rung
+    assert STUDY_BUDGETS["standard"].search.pruner == "sha" and STUDY_BUDGETS["paper"].search.pruner == "median"
     explicit, _ = st.plan(tiny_request(tmp_path, space, pruner="median", epochs=None))
     assert explicit.spec.pruner == "median"  # --pruner still chooses
 
 
+@pytest.mark.parametrize("name", ["quick", "standard"])
+def test_the_default_geometry_leaves_at_least_four_complete_trials_of_fifty(name):
+    # Trials of random quality (Optuna's own pruner on an in-memory study, ten seeds): every simulated
+    # 50-trial study leaves at least 4 trials at the full length, not only on average.
+    budget = STUDY_BUDGETS[name]
+    shape = budget.search
+    epochs = budget.epochs
+    work = simulated_work(50, shape.pruner, epochs, shape.first_rung, shape.reduction, shape.hold_back,
+                             shape.max_rungs)
+    assert work["min_complete"] >= 4 and work["complete"] >= 5
+    assert work["epochs"] < 0.3 * 50 * epochs  # still mostly pruned
+
+
+def test_max_rungs_stops_judging_after_the_first_rungs():
+    assert st.prunable_epochs("sha", 30, 3, 3) == [3, 9, 27]
+    assert st.prunable_epochs("sha", 30, 3, 3, 0, 2) == [3, 9] and st.prunable_epochs("sha", 10, 1, 8, 0, 1) == [1]
+    assert "may prune at epoch 1 only" in st.describe_pruner("sha", 10, 1, 8, 0, 1)
+    capped = simulated_work(50, "sha", 30, 3, 3, 0, 2)
+    uncapped = simulated_work(50, "sha", 30, 3, 3, 0)
+    assert capped["complete"] > uncapped["complete"]  # a rung fewer: more trials reach the full length
+    with pytest.raises(ValueError, match="max_rungs 0"):
+        st.make_pruner("sha", 10, 1, 8, 0, 0)
+
+
 def test_the_quick_budgets_validation_size_is_a_ceiling_and_a_flag_replaces_it(tmp_path, space):
-    quick = STUDY_BUDGETS["quick"]
+    quick = STUDY_BUDGETS["quick"].search
     sizes = dict(val_size=None, epochs=None)
 
     def validation(**changes) -> tuple[int, int]:

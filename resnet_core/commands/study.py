@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          "paper), sha, hyperband, median or none")
     add("--allow-change", action="store_true", help="go on with another --sampler/--pruner than the study used "
                                                     "so far (the report says from which trial)")
-    add_flags(parser, "seed", "budget", "epochs", "data", "subset", "val_size", "device", "workers", "workers_per_gpu",
+    add_flags(parser.add_mutually_exclusive_group(), "epochs", "iterations")  # the length of a full trial
+    add_flags(parser, "seed", "budget", "data", "subset", "val_size", "device", "workers", "workers_per_gpu",
               "gpu_memory_fraction", "threads", "fuse", "results", "set", "quiet", "dry_run",
               help={"seed": "sampler seed and the run seed of every trial (default 0)",
                     "budget": "auto (quick on a CPU, standard on a GPU), "
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     data_device = _data_device(devices[0]) if single else "cpu"  # several workers: each loads its own copy
     budget, why = resolve_study_budget(args.budget, resolve_device(devices[0]).type)
     setup, data = st.plan(st.StudyRequest(
-        space=args.space, model=args.model, budget=budget.name, epochs=args.epochs,
+        space=args.space, model=args.model, budget=budget.name, epochs=args.epochs, iterations=args.iterations,
         data=args.data or default_data_source(), subset=args.subset, val_size=args.val_size, seed=args.seed or 0,
         overrides=tuple(parse_assignments(args.set).items()), sampler=args.sampler, pruner=args.pruner,
         storage=args.storage, study_name=args.study_name, results=args.results, stale_after=args.stale_after,
@@ -99,8 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         st.check_resumable(spec, args.allow_change)
     targets = [_target(args, st.current_counts(s)["finished"]) for s in specs]
     stage = final_stage(args, budget)
-    print(f"budget   {budget.name} ({why}): {budget.note}")
-    _print_plan(setup, specs, targets, devices, args, stage)
+    _print_plan(setup, specs, targets, devices, args, stage, why)
     if args.dry_run:
         return 0
     for spec, target in zip(specs, targets):
@@ -148,17 +148,17 @@ def _target(args: argparse.Namespace, finished: int) -> int:
 
 def final_stage(args: argparse.Namespace, budget) -> st.FinalStage:
     """--final-seeds (default: the budget's; 3 per value with --compare, whose interval needs seeds)."""
-    seeds = args.final_seeds if args.final_seeds is not None else (3 if args.compare else budget.final_seeds)
+    seeds = args.final_seeds if args.final_seeds is not None else (3 if args.compare else budget.search.final_seeds)
     return st.FinalStage(seeds, args.final_epochs)
 
 
-def _print_plan(setup, specs, targets, devices, args, stage: st.FinalStage) -> None:
+def _print_plan(setup, specs, targets, devices, args, stage: st.FinalStage, why: str) -> None:
     done = [st.current_counts(s)["finished"] for s in specs]
     measured = (st.concurrency_from_bench(args.concurrency_from, setup.spec.base.train.batch_size)
                 if args.concurrency_from else None)
     timing = st.estimate(setup.spec, setup.train_size, setup.eval_size, devices,
                          sum(max(0, t - d) for t, d in zip(targets, done)), args.threads, measured)
-    for line in st.plan_lines(setup, setup.spec, sum(targets), sum(done), devices, timing):
+    for line in st.plan_lines(setup, setup.spec, sum(targets), sum(done), devices, timing, why):
         print(line)
     if args.compare:
         print(f"compare  {args.compare}: {len(specs)} sub-studies ({', '.join(s.name for s in specs)}), "

@@ -21,7 +21,7 @@ from resnet_core.schedules import make_budget
 from resnet_core.splits import capped_val_size
 from resnet_core.store import check_name
 from resnet_core.study.pruners import (RUNG_PRUNERS, bootstrap_for, describe_pruner, expected_work, make_pruner,
-                                      prunable_epochs, rung_rule)
+                                      prunable_epochs, rung_rule, simulated_work)
 from resnet_core.study.search import check_same_question, counts, describe_sampler, make_sampler
 from resnet_core.study.space import SPACES_DIR, check_settings_kept, read_space, validate_space
 from resnet_core.study.spec import TRIAL_TEST_EVAL, StudySpec, base_run, budget, default_study_name, trial_config
@@ -49,6 +49,7 @@ class StudyRequest:
     model: str = "resnet20"  # preset the space starts from
     budget: str = "quick"  # study budget name (resnet_core/budgets.py)
     epochs: int | None = None  # overrides the budget's length
+    iterations: int | None = None  # overrides the budget's length (the paper's is 64k iterations)
     data: str | None = None
     subset: int | None = None
     val_size: int | None = None
@@ -76,8 +77,10 @@ def plan(request: StudyRequest) -> tuple[Setup, Any]:
     plan_budget = budget(r.budget)
     if not r.stale_after > 0:
         raise ValueError(f"--stale-after {r.stale_after}: expected a number of seconds > 0")
-    base = base_run(r.model, plan_budget, epochs=r.epochs, data=r.data, subset=r.subset, val_size=r.val_size,
-                    seed=r.seed, overrides=dict(r.overrides))
+    if r.epochs is not None and r.iterations is not None:
+        raise ValueError("give at most one of --epochs and --iterations (the length of a full trial)")
+    base = base_run(r.model, plan_budget, epochs=r.epochs, iterations=r.iterations, data=r.data, subset=r.subset,
+                    val_size=r.val_size, seed=r.seed, overrides=dict(r.overrides))
     make_sampler(r.sampler, r.seed)  # after the config has checked the seed, in a line that names it
     base = _fit_budget_sizes(base, r, plan_budget)
     search = read_space(r.space, r.spaces_dir)
@@ -88,7 +91,7 @@ def plan(request: StudyRequest) -> tuple[Setup, Any]:
         raise ValueError(f"space {search.source}: no parameter applies to this study ({search.describe()})")
     if r.compare is not None:
         resolve_field(r.compare)
-    label = f"e{r.epochs}" if r.epochs else plan_budget.name
+    label = f"e{r.epochs}" if r.epochs else f"i{r.iterations}" if r.iterations else plan_budget.name
     suffix = f"-compare-{r.compare}" if r.compare else ""
     name = r.study_name or default_study_name(search.name, r.model, base.data.source, label) + suffix
     check_name(name, "--study-name")  # it names the journal and the report folder under --results
@@ -98,13 +101,16 @@ def plan(request: StudyRequest) -> tuple[Setup, Any]:
     bundle = load_data(base.data, r.data_device)
     check_fits_data(fixed, bundle.num_classes, bundle.train_x.shape[1])
     budget_epochs = make_budget(fixed.train, len(bundle.train_y)).epochs
-    pruner, first_rung, reduction = _pruner_choice(r, plan_budget, _recorded(storage, name, r.stale_after))
-    bootstrap = bootstrap_for(r.trials, pruner, budget_epochs, first_rung, reduction)
-    make_pruner(pruner, budget_epochs, first_rung, reduction, bootstrap)
+    pruner, first_rung, reduction, max_rungs, hold_back = _pruner_choice(r, plan_budget,
+                                                                       _recorded(storage, name, r.stale_after))
+    bootstrap = (hold_back if hold_back is not None
+                 else bootstrap_for(r.trials, pruner, budget_epochs, first_rung, reduction, max_rungs))
+    make_pruner(pruner, budget_epochs, first_rung, reduction, bootstrap, max_rungs)
     spec = StudySpec(name=name, storage=storage, space=search, base=base,
                      model=r.model, recipe=plan_budget.recipe, budget=label, budget_epochs=budget_epochs,
                      sampler=r.sampler, pruner=pruner, seed=r.seed, results=str(r.results),
-                     stale_after=r.stale_after, first_rung=first_rung, reduction=reduction, bootstrap=bootstrap)
+                     stale_after=r.stale_after, first_rung=first_rung, reduction=reduction, bootstrap=bootstrap,
+                     max_rungs=max_rungs)
     tested = len(bundle.test_y) if TRIAL_TEST_EVAL != "never" else 0  # what one trial evaluates each epoch
     return Setup(spec, len(bundle.train_y), len(bundle.val_y) + tested, bundle.description, len(bundle.val_y)), bundle
 
@@ -114,27 +120,31 @@ def _fit_budget_sizes(base: RunConfig, r: StudyRequest, plan_budget: Budget) -> 
     for them keep their default validation split and train on all the images left. A size given by
     a flag (``--val-size``, ``--set val_size=``) is kept as given."""
     set_val = any(resolve_field(name) == "data.val_size" for name, _ in r.overrides)
-    budget_val = r.val_size is None and not set_val and plan_budget.val_size is not None
+    budget_val = r.val_size is None and not set_val and plan_budget.search.val_size is not None
     budget_subset = r.subset is None and base.data.subset is not None
     if not (budget_val or budget_subset):
         return base
     images = training_images(base.data)
     if budget_val:
-        base = apply_overrides(base, {"val_size": capped_val_size(plan_budget.val_size, images)})
+        base = apply_overrides(base, {"val_size": capped_val_size(plan_budget.search.val_size, images)})
     if budget_subset and pool_size(base.data, images) < base.data.subset:
         base = apply_overrides(base, {"subset": None})
     return base
 
 
-def _pruner_choice(r: StudyRequest, plan_budget: Budget, recorded: optuna.Study | None) -> tuple[str, int | None, int]:
-    """(pruner, first rung, reduction): ``--pruner auto`` is the budget's, or the one an existing
-    study recorded (a study made before a default changed goes on as it began); a named pruner
-    takes the budget's rungs (create_study refuses a change unless --allow-change)."""
+def _pruner_choice(r: StudyRequest, plan_budget: Budget,
+                   recorded: optuna.Study | None) -> tuple[str, int | None, int, int | None, int | None]:
+    """(pruner, first rung, reduction, max rungs, hold-back): ``--pruner auto`` is the budget's, or the
+    one an existing study recorded (a study made before a default changed goes on as it began, its
+    hold-back by ``bootstrap_for``'s rule); a named pruner takes the budget's rungs (create_study
+    refuses a change unless --allow-change)."""
     attrs = recorded.user_attrs if recorded is not None else {}
     if r.pruner == "auto" and "pruner" in attrs:
-        return attrs["pruner"], attrs.get("pruner_first_rung"), int(attrs.get("pruner_reduction", 3))
-    pruner = plan_budget.pruner if r.pruner == "auto" else r.pruner
-    return pruner, plan_budget.first_rung, plan_budget.reduction
+        return (attrs["pruner"], attrs.get("pruner_first_rung"), int(attrs.get("pruner_reduction", 3)),
+                attrs.get("pruner_max_rungs"), None)
+    shape = plan_budget.search
+    pruner = shape.pruner if r.pruner == "auto" else r.pruner
+    return pruner, shape.first_rung, shape.reduction, shape.max_rungs, shape.hold_back
 
 
 def _recorded(storage_url: str, name: str, stale_after: float) -> optuna.Study | None:
@@ -164,16 +174,18 @@ def current_counts(spec: StudySpec) -> dict[str, int]:
 
 
 def plan_lines(setup: Setup, spec: StudySpec, target: int, done: int, devices: list[str],
-               timing: Mapping[str, Any] | None) -> list[str]:
-    """What will run, for the console before training starts."""
+               timing: Mapping[str, Any] | None, why: str = "") -> list[str]:
+    """What will run, for the console before training starts; ``why``: why this budget was chosen."""
     base = spec.base
     length = f"{base.train.epochs} epochs" if base.train.epochs else f"{base.train.iterations} iterations"
+    val_size = setup.val_size or base.data.val_size
     lines = [
+        f"budget   {spec.budget}{f' ({why})' if why else ''}: trials of up to {length} on {setup.train_size:,} "
+        f"training images, judged on {val_size:,} validation images",
         f"study    {spec.name}  on {describe_storage(spec.storage)}",
-        f"space    {spec.space.describe()}",
-        f"model    {spec.model}; budget {spec.budget}: {length} of recipe {spec.recipe} "
-        f"on {setup.train_size} training images",
-        f"data     {setup.data_description}; validation {setup.val_size or base.data.val_size} images (the objective); "
+        *_labelled("space", spec.space.describe_lines(trial_config(spec, {}, "cpu"))),
+        f"model    {spec.model}, recipe {spec.recipe}",
+        f"data     {setup.data_description}; the validation images are the objective; "
         "trials never evaluate the test set",
         f"search   sampler {describe_sampler(spec.sampler, spec.seed)}; "
         f"pruner {describe_pruner(*spec.pruner_shape())}",
@@ -189,10 +201,15 @@ def plan_lines(setup: Setup, spec: StudySpec, target: int, done: int, devices: l
     return lines
 
 
+def _labelled(label: str, lines: list[str]) -> list[str]:
+    """``lines`` under a console label: the label on the first, the others indented to match."""
+    return [f"{label if i == 0 else '':<8} {line}" for i, line in enumerate(lines)]
+
+
 def rung_line(spec: StudySpec, trials: int) -> str:
     """How the pruner spends the budget: where trials are judged and the epochs expected in all."""
-    epochs, _ = expected_work(trials, *spec.pruner_shape())
-    full = trials * spec.budget_epochs
+    work = simulated_work(trials, *spec.pruner_shape())
+    epochs, full = work["epochs"], trials * spec.budget_epochs
     judged = prunable_epochs(*spec.pruner_shape())
     if spec.pruner in RUNG_PRUNERS and judged:
         where = (f"rungs at epoch{'s' * (len(judged) > 1)} {', '.join(map(str, judged))} of {spec.budget_epochs} "
@@ -200,8 +217,9 @@ def rung_line(spec: StudySpec, trials: int) -> str:
     else:
         where = f"judged at {len(judged)} of {spec.budget_epochs} epochs"
     return (f"pruning  {where}; ~{epochs:.0f} epochs expected for {trials} trials "
-            f"({epochs / max(1, full):.0%} of {full} without pruning), simulated with trials of random quality: "
-            f"a sampler that keeps finding better trials trains more")
+            f"({epochs / max(1, full):.0%} of {full} without pruning) and ~{work['complete']:.0f} trials reaching "
+            f"the full length, simulated with trials of random quality: a sampler that keeps finding better trials "
+            f"trains more")
 
 
 def estimate(spec: StudySpec, train_size: int, eval_size: int, devices: Sequence[str], trials: int,

@@ -58,7 +58,9 @@ RUNG_PRUNERS = frozenset({"sha", "hyperband"})  # judged at rungs first x reduct
 
 
 def make_pruner(name: str, epochs: int, first_rung: int | None = None, reduction: int = 3,
-                bootstrap: int = 0) -> optuna.pruners.BasePruner:
+                bootstrap: int = 0, max_rungs: int | None = None) -> optuna.pruners.BasePruner:
+    """The pruner ``name``; ``max_rungs`` needs no pruner setting: a trial measures validation only
+    at the rungs ``prunable_epochs`` lists (and its last epoch), so a later rung is never asked."""
     if name not in PRUNERS:
         raise ValueError(f"unknown pruner {name!r}: expected one of {', '.join(PRUNERS)}")
     if first_rung is not None and not 1 <= first_rung:
@@ -67,16 +69,19 @@ def make_pruner(name: str, epochs: int, first_rung: int | None = None, reduction
         raise ValueError(f"pruner reduction factor {reduction}: expected an integer >= 2")
     if bootstrap < 0:
         raise ValueError(f"pruner bootstrap {bootstrap}: expected an integer >= 0")
+    if max_rungs is not None and max_rungs < 1:
+        raise ValueError(f"pruner max_rungs {max_rungs}: expected an integer >= 1, or None for every rung")
     return PRUNERS[name](epochs, first_rung, reduction, bootstrap)
 
 
 def prunable_epochs(name: str, epochs: int, first_rung: int | None = None, reduction: int = 3,
-                    bootstrap: int = 0) -> list[int]:
+                    bootstrap: int = 0, max_rungs: int | None = None) -> list[int]:
     """The epochs at which pruner ``name`` may stop a trial of ``epochs`` epochs: after the warm-up,
     never the last (the objective's callback finishes a trial that reached it), and for successive
     halving and Hyperband only at their rungs (first x reduction^k; Hyperband's brackets start at
-    different k, so together they use the same rungs). These are also the only epochs a trial
-    measures validation at besides its last (``trial_config``)."""
+    different k, so together they use the same rungs), the first ``max_rungs`` of them when it is
+    set. These are also the only epochs a trial measures validation at besides its last
+    (``trial_config``)."""
     if name == "none":
         return []
     last = epochs - 1
@@ -85,13 +90,14 @@ def prunable_epochs(name: str, epochs: int, first_rung: int | None = None, reduc
     if name not in RUNG_PRUNERS:  # a pruner registered elsewhere: it may read any epoch
         return list(range(1, last + 1))
     rungs, step = [], _first_rung(epochs, first_rung)
-    while step <= last:
+    while step <= last and (max_rungs is None or len(rungs) < max_rungs):
         rungs.append(step)
         step *= reduction
     return rungs
 
 
-def bootstrap_for(trials: int, name: str, epochs: int, first_rung: int | None = None, reduction: int = 3) -> int:
+def bootstrap_for(trials: int, name: str, epochs: int, first_rung: int | None = None, reduction: int = 3,
+                  max_rungs: int | None = None) -> int:
     """How many trials stop at each rung of successive halving or Hyperband before any goes on from it.
 
     Optuna promotes each of the first reduction - 1 trials at a rung that is the best so far there
@@ -105,7 +111,7 @@ def bootstrap_for(trials: int, name: str, epochs: int, first_rung: int | None = 
     """
     if name not in RUNG_PRUNERS:
         return 0
-    rungs = len(prunable_epochs(name, epochs, first_rung, reduction))
+    rungs = len(prunable_epochs(name, epochs, first_rung, reduction, 0, max_rungs))
     first_complete = (reduction + 1) * reduction ** max(0, rungs - 1)
     return reduction if rungs and trials >= 2 * first_complete else 0
 
@@ -125,7 +131,7 @@ def rung_rule(reduction: int, bootstrap: int = 0) -> str:
 
 
 def describe_pruner(name: str, epochs: int, first_rung: int | None = None, reduction: int = 3,
-                    bootstrap: int = 0) -> str:
+                    bootstrap: int = 0, max_rungs: int | None = None) -> str:
     """The pruner and exactly which epochs it may stop a trial at (``prunable_epochs``)."""
     if name == "none":
         return "none (every trial trains its full budget)"
@@ -136,35 +142,47 @@ def describe_pruner(name: str, epochs: int, first_rung: int | None = None, reduc
                "sha": rung_rule(reduction, bootstrap)}
     protected = (f"epoch{'s' * (warm != 1)} 1{f'-{warm}' if warm > 1 else ''} protected as warm-up" if warm
                  else "no warm-up")
-    when = _epochs_text(prunable_epochs(name, epochs, first_rung, reduction))
+    when = _epochs_text(prunable_epochs(name, epochs, first_rung, reduction, bootstrap, max_rungs))
     where = f"may prune at {when} only" if when else "prunes nothing: no epoch after the warm-up before the last"
     return f"{name} ({details.get(name, 'custom')}; {protected}; {where}; the final epoch is never pruned)"
 
 
 def expected_work(trials: int, name: str, epochs: int, first_rung: int | None = None, reduction: int = 3,
-                  bootstrap: int = 0, repeats: int = 10) -> tuple[float, float]:
+                  bootstrap: int = 0, max_rungs: int | None = None, repeats: int = 10) -> tuple[float, float]:
     """(epochs trained, validation passes) a study of ``trials`` trials is expected to need under
     this pruner: the mean of ``repeats`` simulations with Optuna's own pruner on an in-memory study
     (each trial a random quality that keeps its rank at every epoch, one worker; a trial measures
     validation at the epochs its pruner reads and at its last). Real values decide the real counts;
     this sizes a budget and tells the user what to expect before training."""
+    work = simulated_work(trials, name, epochs, first_rung, reduction, bootstrap, max_rungs, repeats)
+    return work["epochs"], work["passes"]
+
+
+def simulated_work(trials: int, name: str, epochs: int, first_rung: int | None = None, reduction: int = 3,
+                   bootstrap: int = 0, max_rungs: int | None = None, repeats: int = 10) -> dict[str, float]:
+    """:func:`expected_work`'s simulations in full: mean epochs trained, validation passes and
+    COMPLETE trials, and the fewest COMPLETE trials of any simulation (``min_complete``)."""
     if name == "none" or trials <= 0:
-        return float(max(0, trials) * epochs), float(max(0, trials))
+        n = float(max(0, trials))
+        return {"epochs": n * epochs, "passes": n, "complete": n, "min_complete": n}
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # each simulated study would log its creation
     try:
-        runs = [_simulated(name, epochs, trials, (first_rung, reduction, bootstrap), seed) for seed in range(repeats)]
+        runs = [_simulated(name, epochs, trials, (first_rung, reduction, bootstrap, max_rungs), seed)
+                for seed in range(repeats)]
     finally:
         optuna.logging.set_verbosity(verbosity)
-    return sum(r[0] for r in runs) / repeats, sum(r[1] for r in runs) / repeats
+    mean = lambda i: sum(r[i] for r in runs) / repeats  # noqa: E731
+    return {"epochs": mean(0), "passes": mean(1), "complete": mean(2), "min_complete": float(min(r[2] for r in runs))}
 
 
-def _simulated(name: str, epochs: int, trials: int, rungs: tuple[int | None, int, int], seed: int) -> tuple[int, int]:
+def _simulated(name: str, epochs: int, trials: int, rungs: tuple[int | None, int, int, int | None],
+               seed: int) -> tuple[int, int, int]:
     read = set(prunable_epochs(name, epochs, *rungs)) | {epochs}
     draw = random.Random(seed)
     sim = optuna.create_study(pruner=make_pruner(name, epochs, *rungs),
                               sampler=optuna.samplers.RandomSampler(seed=seed))
-    trained = measured = 0
+    trained = measured = complete = 0
     for _ in range(trials):
         trial, quality = sim.ask(), draw.random()
         for epoch in range(1, epochs + 1):
@@ -178,4 +196,5 @@ def _simulated(name: str, epochs: int, trials: int, rungs: tuple[int | None, int
                 break
         else:
             sim.tell(trial, quality)
-    return trained, measured
+            complete += 1
+    return trained, measured, complete

@@ -15,7 +15,8 @@ from optuna.trial import TrialState
 
 from resnet_core.config import RunConfig, run_config_from_dict
 from resnet_core.migrate import with_previous_ids
-from resnet_core.reports import plural
+from resnet_core.provenance import code_state
+from resnet_core.reports import built_by_lines, code_text, data_text, plural
 from resnet_core.store import (
     atomic_write_bytes, atomic_write_text, check_name, find_record, load_histories, load_runs, misnamed_warning,
     scan_records,
@@ -55,7 +56,7 @@ def report_context(spec: StudySpec, runs, run_ids: list[str]) -> dict[str, Any]:
     length = plural(base.train.epochs, "epoch") if base.train.epochs else plural(base.train.iterations, "iteration")
     context = {
         "objective": "validation error (%) of the final epoch, minimised (the test set never chooses)",
-        "data": unique("provenance.data_description") or base.data.source,
+        "data": data_text(mine) if "provenance.data_fingerprint" in mine else base.data.source,
         "split": f"train {unique('provenance.train_size') or '?'} / validation {unique('provenance.val_size') or base.data.val_size} / test "
                  f"{unique('provenance.test_size') or '?'} (validation carved with split_seed {base.data.split_seed})",
         "budget": f"{spec.budget}: {length}, recipe {spec.recipe} ({plural(spec.budget_epochs, 'epoch')} per full trial)",
@@ -64,8 +65,9 @@ def report_context(spec: StudySpec, runs, run_ids: list[str]) -> dict[str, Any]:
         "pruner": describe_pruner(*spec.pruner_shape()),
         "hardware": f"{unique('provenance.device_name')}; amp {unique('provenance.amp')}",
         "software": f"optuna {optuna.__version__}, torch {unique('provenance.torch')}, "
-                    f"python {unique('provenance.python')}, "
-                    f"commit {unique('provenance.git_commit')}",
+                    f"python {unique('provenance.python')}",
+        "code": code_text(mine) if "provenance.git_commit" in mine else "",
+        "built_by": " ".join(built_by_lines(code_state())).removeprefix("- Report built by: "),
         "storage": describe_storage(spec.storage), "budget_epochs": spec.budget_epochs,
         # for the coupled-parameters section (tables.coupling_lines)
         "tuned": [p.name for p in spec.space.params], "epochs": base.train.epochs,

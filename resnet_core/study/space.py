@@ -146,6 +146,17 @@ class SearchSpace:
                "fixed": {k: list(v) if isinstance(v, tuple) else v for k, v in self.fixed}}
         return out | ({"not_searched": dict(self.inactive)} if self.inactive else {})
 
+    def describe_lines(self, baseline: RunConfig | None = None) -> list[str]:
+        """The space in lines a reader can scan: a header, one line per searched parameter (with the
+        value ``baseline`` -- the untuned config -- gives it), one per parameter not searched here."""
+        fixed = f"; fixed {dict(self.fixed)}" if self.fixed else ""
+        lines = [f"{self.name}: {len(self.params)} searched parameter{'s' * (len(self.params) != 1)}{fixed}"]
+        width = max((len(p.describe()) for p in self.params), default=0)
+        for p in self.params:
+            start = f"  (untuned: {get_field(baseline, p.dotted)!r})" if baseline is not None else ""
+            lines.append(f"  {p.describe():<{width}}{start}")
+        return lines + [f"  not searched: {name} ({why})" for name, why in self.inactive]
+
     def describe(self) -> str:
         fixed = f"; fixed {dict(self.fixed)}" if self.fixed else ""
         unused = "".join(f"; not searched: {name} ({why})" for name, why in self.inactive)

@@ -40,10 +40,12 @@ class StudySpec:
     first_rung: int | None = None  # successive halving / Hyperband: first epoch judged (None: after the warm-up)
     reduction: int = 3  # successive halving / Hyperband: 1/reduction of the trials at a rung go on
     bootstrap: int = 0  # successive halving / Hyperband: trials that stop at a rung before any goes on
+    max_rungs: int | None = None  # successive halving / Hyperband: rungs that judge a trial (None: all)
 
-    def pruner_shape(self) -> tuple[str, int, int | None, int, int]:
-        """(pruner, epochs, first rung, reduction, bootstrap): the arguments of make_pruner and prunable_epochs."""
-        return self.pruner, self.budget_epochs, self.first_rung, self.reduction, self.bootstrap
+    def pruner_shape(self) -> tuple[str, int, int | None, int, int, int | None]:
+        """(pruner, epochs, first rung, reduction, bootstrap, max rungs): the arguments of make_pruner
+        and prunable_epochs."""
+        return self.pruner, self.budget_epochs, self.first_rung, self.reduction, self.bootstrap, self.max_rungs
 
     def attrs(self) -> dict[str, Any]:
         """What a study records about itself (user attrs), so reports and re-runs need no flags."""
@@ -52,7 +54,7 @@ class StudySpec:
             "recipe": self.recipe, "budget": self.budget, "budget_epochs": self.budget_epochs,
             "sampler": self.sampler, "pruner": self.pruner, "seed": self.seed,
             "pruner_first_rung": self.first_rung, "pruner_reduction": self.reduction,
-            "pruner_bootstrap": self.bootstrap,
+            "pruner_bootstrap": self.bootstrap, "pruner_max_rungs": self.max_rungs,
             **{f"compare_{k}": v for k, v in self.compare},
         }
 
@@ -62,14 +64,15 @@ def budget(name: str) -> Budget:
     return lookup(name, STUDY_BUDGETS)
 
 
-def base_run(model: str, plan: Budget, *, epochs: int | None = None, data: str | None = None,
-             subset: int | None = None, val_size: int | None = None, seed: int = 0,
+def base_run(model: str, plan: Budget, *, epochs: int | None = None, iterations: int | None = None,
+             data: str | None = None, subset: int | None = None, val_size: int | None = None, seed: int = 0,
              overrides: Mapping[str, Any] | None = None) -> RunConfig:
-    """The config every trial starts from: preset, budget's recipe and length, data, study seed."""
+    """The config every trial starts from: preset, budget's recipe and length (``epochs`` or
+    ``iterations`` replace it), data, study seed."""
     run = RunConfig(model=resolve_model(model), train=recipe(plan.recipe), data=DataConfig(), seed=seed)
     changes: dict[str, Any] = dict(plan.train)  # the budget's settings for every trial
-    changes.update({"epochs": epochs} if epochs is not None else (
-        {"epochs": plan.epochs} if plan.epochs else {"iterations": plan.iterations}))
+    length = plan.with_length(epochs, iterations)
+    changes.update({"epochs": length.epochs} if length.epochs is not None else {"iterations": length.iterations})
     if data:
         changes["source"] = data
     if subset is not None or plan.subset is not None:
@@ -119,4 +122,4 @@ def spec_from_study(study: optuna.Study, storage: str, results: str) -> StudySpe
                      budget_epochs=int(attrs["budget_epochs"]), sampler=attrs["sampler"], pruner=attrs["pruner"],
                      seed=int(attrs["seed"]), results=results, compare=compare,
                      first_rung=attrs.get("pruner_first_rung"), reduction=int(attrs.get("pruner_reduction", 3)),
-                     bootstrap=int(attrs.get("pruner_bootstrap", 0)))
+                     bootstrap=int(attrs.get("pruner_bootstrap", 0)), max_rungs=attrs.get("pruner_max_rungs"))

@@ -36,8 +36,8 @@ def format_value(value: Any) -> str:
         return str(value).lower()
     if value is None:
         return "none"
-    if isinstance(value, (list, tuple)):
-        return ",".join(format_value(v) for v in value)
+    if isinstance(value, (list, tuple)):  # an empty list is "()", which --set reads back as empty
+        return ",".join(format_value(v) for v in value) if value else "()"
     return str(value)
 
 
@@ -221,7 +221,8 @@ def study_markdown(study: optuna.Study, context: Mapping[str, Any], runs: pd.Dat
 _HEADER_ROWS = (
     ("objective", "objective"), ("data", "data"), ("split", "split"), ("budget", "budget"), ("model", "model"),
     ("space", "search space"), ("sampler", "sampler"), ("pruner", "pruner"), ("hardware", "hardware"),
-    ("software", "software"), ("storage", "storage"), ("compare", "comparison"), ("changes", "search changes"),
+    ("software", "software"), ("code", "code that ran the trials"), ("built_by", "report built by"),
+    ("storage", "storage"), ("compare", "comparison"), ("changes", "search changes"),
 )
 
 
