@@ -4,7 +4,6 @@ command trains as printed, and the report's header names the data's fingerprint 
 
 from __future__ import annotations
 
-import json
 import shlex
 import subprocess
 import sys
