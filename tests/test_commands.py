@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from resnet_core import train
+from resnet_core.commands import train
 from resnet_core.cli import SHARED_FLAGS, UsageError, add_flags, check_flags, run_cli
 from resnet_core.commands import grid, grid_report, study, study_report
 from resnet_core.progress import progress_bar
