@@ -5,8 +5,8 @@ and one error sentence each), one-line errors with exit code 2, Ctrl-C and SIGTE
 The commands live in ``resnet_core/commands/``: each command's flags in ``parsers.py`` (torch-free,
 like this module), its body in ``<command>.py``. They are installed as console scripts (``resnet-train``,
 ``resnet-grid``, ``resnet-grid-report``, ``resnet-study``, ``resnet-study-report``; see pyproject.toml);
-``python -m resnet_core.train``, ``python -m resnet_core.models``, ``python -m resnet_core.bench`` and
-``studies/*.py`` and ``ablation/*.py`` in a checkout are thin wrappers of them.
+``python -m resnet_core.train|models|bench`` and, in a checkout, ``studies/*.py`` and ``ablation/*.py``
+are thin wrappers of them.
 """
 
 from __future__ import annotations
@@ -116,9 +116,11 @@ def add_flags(parser: argparse.ArgumentParser | Any, *names: str, help: dict[str
     """Add the shared flags ``names`` (dest names: ``val_size``) to ``parser``; ``help`` may say
     what a flag means for this command (its default and its check stay the shared ones); the flags
     named in ``required`` must be given to this command."""
-    for name in [*names, *required]:
+    for name in names:
         if name not in SHARED_FLAGS:
             raise KeyError(f"no shared flag {name!r}: expected one of {', '.join(SHARED_FLAGS)}")
+    if set(required) - set(names):
+        raise KeyError(f"required flags {sorted(set(required) - set(names))} are not among those added: {names}")
     for name in names:
         SHARED_FLAGS[name].add_to(parser, (help or {}).get(name), required=name in required)
 

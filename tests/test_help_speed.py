@@ -130,3 +130,12 @@ def test_help_texts_list_the_real_choices():
     assert f"{STUDY_BUDGETS['quick'].val_size:,} on quick" in study_val  # the ceiling trials are judged on
     assert "5,000" in _actions(parsers.train_parser())["--val-size"].help
     assert all(name in parsers.grid_parser().epilog for name in available_grids())
+
+
+def test_a_shared_flag_is_required_only_where_a_command_asks(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        parsers.study_report_parser().parse_args([])
+    assert exit_.value.code == 2 and "--study-name" in capsys.readouterr().err
+    assert parsers.study_parser().parse_args([]).study_name is None
+    with pytest.raises(KeyError, match="not among those added"):
+        cli.add_flags(argparse.ArgumentParser(), "grid", required=("storage",))

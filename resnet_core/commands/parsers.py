@@ -105,6 +105,9 @@ def study_parser() -> argparse.ArgumentParser:
               help={"seed": "sampler seed and the run seed of every trial (default 0)",
                     "budget": _budget_help("quick on a CPU, standard on a GPU", STUDY_BUDGETS),
                     "val_size": _study_val_help(),
+                    "epochs": "epochs of a full trial (replaces the budget's length; pruned trials stop earlier)",
+                    "subset": "trials train on N images of the training split (seeded, class-stratified; replaces "
+                              "the budget's subset); the final stage trains on the whole split",
                     "fuse": "the final stage's seeds train as one fused model: auto (on GPUs only), on or off "
                             "(default auto; trials train alone); records and run ids are the same either way"})
     add("--concurrency-from", metavar="BENCH_JSON", help="a benchmark result with --processes rows (python -m "
