@@ -1,46 +1,29 @@
 """Training throughput of the engine's step: modes x batch sizes, side by side in one process.
 
-    python -m resnet_core.bench --model resnet20 --device cuda --batch 128,512 \\
-        --modes eager,compiled,cudagraphs,fused1,fused3,fused8 --processes 2,4 --json bench.json
-
-Modes (one row per batch size each):
-  eager       the engine's step as a run trains it (engine.train_step): uint8 images indexed on the
-              device, on-device pad-crop-flip, autocast, channels_last, the optimizer step, plus what
-              the epoch loop adds per step (learning rate, loss sums on the device, the sampled
-              per-stage gradient norms), at the engine's defaults for the device;
-  compiled    the same with the model torch.compile'd (static shapes, as within one run);
-  cudagraphs  compiled with mode "reduce-overhead" (CUDA graphs): CUDA only, "n/a" elsewhere;
-  fusedK      K runs (seeds 0..K-1) trained as one fused model by the fused trainer's step
-              (fused_fit.group_step: each member its own batch of --batch images, data order and
-              augmentation draw): images/s per member and in aggregate (K x per member).
---processes N,...: N worker processes on the same device, each training its own model with the
-eager step, timed over one shared interval (aggregate: all their images over the span from the
-first start to the last end).
-
-A measurement runs --steps steps after --warmup and synchronises the device only at its two ends:
-no epoch restarts and no host reads inside it. Rounds alternate the rows so that drift in machine
-load hits all alike; each figure is the median over --rounds. A mode that cannot run (out of
-memory, say) is a row saying so, the others still run, and the command exits 1. Performance claims
-come from here, never from timed tests.
+``python -m resnet_core.bench`` is the command (resnet_core/commands/bench.py); its ``--help``
+(the text in resnet_core/commands/parsers.py) says what each mode measures and how: a measurement
+runs --steps steps after --warmup and synchronises the device only at its two ends, rounds
+alternate the rows, each figure is the median over the rounds. Performance claims come from here,
+never from timed tests.
 """
 
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__":  # `python -m resnet_core.bench`: its flags are parsed before torch is imported
+    from resnet_core.commands.parsers import bench
+
+    bench()
+
 import dataclasses
-import json
-import multiprocessing
 import re
 import statistics
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from resnet_core.cli import UsageError, run_cli
+from resnet_core.cli import UsageError
 from resnet_core.config import DataConfig, RunConfig, TrainConfig
 from resnet_core.devices import device_name, resolve_amp, resolve_device, sync
 from resnet_core.engine import (
@@ -50,7 +33,6 @@ from resnet_core.fused_fit import GroupTrainer, _sampled_member_grad_norms, grou
 from resnet_core.models import resolve_model
 
 POOL_BATCHES = 8  # device-resident batches a measurement cycles through (each member its own order)
-DEFAULT_MODES = "eager,compiled,cudagraphs,fused1,fused3,fused8"
 FUSED_MODE = re.compile(r"fused([1-9][0-9]*)")
 
 
@@ -306,72 +288,3 @@ def heading(result: dict[str, Any]) -> str:
     return (f"{result['model']} on {result['device_name']} ({result['amp']}, channels_last={result['channels_last']}, "
             f"{result['threads']} threads, torch {result['torch']}; median of {result['rounds']} rounds of "
             f"{result['steps']} steps)")
-
-
-# ---------------------------------------------------------------------------- the command
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # a malformed flag: one line and exit 2, as every other error here
-        raise UsageError(message)
-
-
-def _ints(flag: str, text: str, minimum: int) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        values = ()
-    if not values or min(values) < minimum:
-        raise UsageError(f"{flag} {text!r} is invalid: expected comma-separated integers >= {minimum}")
-    return tuple(dict.fromkeys(values))
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m resnet_core.bench", description=__doc__,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add = parser.add_argument
-    add("--model", default="resnet20", help="model preset (python -m resnet_core.models --table)")
-    add("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    add("--modes", default=DEFAULT_MODES, help=f"comma-separated modes (default {DEFAULT_MODES}); '' for none")
-    add("--batch", default="128,512", help="comma-separated batch sizes (per run; default 128,512)")
-    add("--processes", default="", help="comma-separated counts of concurrent worker processes (default none)")
-    add("--steps", type=int, default=20, help="steps per measurement")
-    add("--rounds", type=int, default=3, help="alternating rounds; the median is reported")
-    add("--warmup", type=int, default=5, help="untimed steps per row first (compiling happens here)")
-    add("--time-limit", type=float, help="seconds: no row is set up that would not be ready by then (compiled rows "
-                                          "are set up last), and no round after the first starts after it")
-    add("--json", type=Path, help="also write the result as JSON to this file")
-    return parser
-
-
-def request_from(args: argparse.Namespace) -> BenchRequest:
-    modes = tuple(dict.fromkeys(parse_mode(m.strip()) for m in args.modes.split(",") if m.strip()))
-    processes = _ints("--processes", args.processes, 1) if args.processes.strip() else ()
-    if not modes and not processes:
-        raise UsageError("nothing to measure: give --modes, --processes or both")
-    if min(args.steps, args.rounds) < 1 or args.warmup < 0:
-        raise UsageError(f"--steps {args.steps} / --rounds {args.rounds} / --warmup {args.warmup}: expected "
-                         "--steps and --rounds >= 1 and --warmup >= 0")
-    if args.time_limit is not None and not args.time_limit > 0:
-        raise UsageError(f"--time-limit {args.time_limit}: expected a number of seconds > 0")
-    resolve_model(args.model), resolve_device(args.device)  # one line each, before anything is built
-    return BenchRequest(model=args.model, device=args.device, modes=modes, batches=_ints("--batch", args.batch, 1),
-                        processes=processes, steps=args.steps, rounds=args.rounds, warmup=args.warmup,
-                        time_limit=args.time_limit)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    request = request_from(args)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)  # an unusable place: one line now, not after
-    result = benchmark(request)
-    print(heading(result))
-    print(markdown_table(result["rows"]))
-    if args.json is not None:
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
-    return 1 if any(r["note"].startswith("failed") for r in result["rows"]) else 0
-
-
-if __name__ == "__main__":
-    multiprocessing.freeze_support()
-    sys.exit(run_cli(main))

@@ -1,18 +1,23 @@
 """What every command line of the project shares: the common flags (defined once, with one default
-and one error sentence each), one-line errors with exit code 2, Ctrl-C and SIGTERM as 130.
+and one error sentence each), one-line errors with exit code 2, Ctrl-C and SIGTERM as 130, and
+:class:`Command`, which answers ``--help`` and malformed flags before the command's module is imported.
 
-The commands themselves live in ``resnet_core/commands/`` and are installed as console scripts
-(``resnet-train``, ``resnet-grid``, ``resnet-grid-report``, ``resnet-study``, ``resnet-study-report``;
-see pyproject.toml); ``studies/*.py`` and ``ablation/*.py`` in a checkout are thin wrappers of them.
+The commands live in ``resnet_core/commands/``: each command's flags in ``parsers.py`` (torch-free,
+like this module), its body in ``<command>.py``. They are installed as console scripts (``resnet-train``,
+``resnet-grid``, ``resnet-grid-report``, ``resnet-study``, ``resnet-study-report``; see pyproject.toml);
+``python -m resnet_core.train|models|bench`` and, in a checkout, ``studies/*.py`` and ``ablation/*.py``
+are thin wrappers of them.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import signal
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Collection
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -39,8 +44,10 @@ class Flag:
     def dest(self) -> str:
         return self.name.lstrip("-").replace("-", "_")
 
-    def add_to(self, parser: argparse.ArgumentParser | Any, help: str | None = None) -> None:
+    def add_to(self, parser: argparse.ArgumentParser | Any, help: str | None = None, required: bool = False) -> None:
         kwargs: dict[str, Any] = {"help": (help or self.help).replace("%", "%%")}  # argparse formats help with %
+        if required:
+            kwargs["required"] = True
         if self.action:
             kwargs["action"] = self.action
             if self.action == "append":
@@ -57,8 +64,8 @@ SHARED_FLAGS: dict[str, Flag] = {flag.dest: flag for flag in (
     Flag("--data", DATA_HELP, str),
     Flag("--subset", "train on N images of the training split (seeded, class-stratified; replaces the budget's subset)",
          int, minimum=1, meaning="training images"),
-    Flag("--val-size", "validation images carved from the training split (default 5000)",
-         int, minimum=0, meaning="validation images"),
+    Flag("--val-size", "validation images carved from the training split (default 5,000; data of at most 5,000 "
+         "training images hold out 10%)", int, minimum=0, meaning="validation images"),
     Flag("--epochs", "epochs per run (replaces the budget's or recipe's length)", int, minimum=1,
          meaning="epochs per run"),
     Flag("--iterations", "iterations per run (replaces the budget's or recipe's length)", int, minimum=1,
@@ -68,7 +75,8 @@ SHARED_FLAGS: dict[str, Flag] = {flag.dest: flag for flag in (
     # Not given (None) means seed 0 everywhere; None lets a command tell "not given" from 0 (resnet-train
     # applies flags over a --config file only when they are given).
     Flag("--seed", "random seed (default 0)", int, minimum=0, meaning="a random seed"),
-    Flag("--seeds", "number of seeds per cell (seeds 0..N-1)", int, minimum=1, meaning="seeds per cell"),
+    Flag("--seeds", "number of seeds per cell: seeds 0..N-1 (default: the grid file's, else 3)", int, minimum=1,
+         meaning="seeds per cell"),
     Flag("--device", "auto, cpu, cuda, cuda:N or mps (default auto)", str, default="auto"),
     Flag("--workers", "parallel worker processes (default 0: one per GPU slot, or 1 on a CPU)", int, default=0,
          minimum=0, meaning="worker processes"),
@@ -87,16 +95,34 @@ SHARED_FLAGS: dict[str, Flag] = {flag.dest: flag for flag in (
          action="append"),
     Flag("--quiet", "no progress bars", action="store_true"),
     Flag("--dry-run", "print the plan (and a time estimate) and train nothing", action="store_true"),
+    Flag("--model", "model preset (default resnet20; python -m resnet_core.models --table lists them)", str,
+         default="resnet20"),
+    Flag("--grid", "a built-in grid name (listed below) or a path to a grid .toml file", str),
+    Flag("--study-name", "the study's name (default: <space>-<model>-<data>-<budget>)", str),
+    Flag("--storage", "where the study lives: an Optuna RDB URL (postgresql://..., sqlite:///...) or a journal "
+         "file path (default: <results>/studies/<study name>.log)", str),
+    Flag("--no-figures", "write tables and report.md only, no figures", action="store_true"),
 )}
 
 
-def add_flags(parser: argparse.ArgumentParser | Any, *names: str, help: dict[str, str] | None = None) -> None:
+def builtin_names(folder: str) -> list[str]:
+    """The built-in grids (``folder="grids"``) or search spaces (``"spaces"``): the TOML files shipped
+    inside the package, listed without importing the modules that read them (help texts need no torch)."""
+    return sorted(path.stem for path in (Path(__file__).resolve().parent / folder).glob("*.toml"))
+
+
+def add_flags(parser: argparse.ArgumentParser | Any, *names: str, help: dict[str, str] | None = None,
+              required: Collection[str] = ()) -> None:
     """Add the shared flags ``names`` (dest names: ``val_size``) to ``parser``; ``help`` may say
-    what a flag means for this command (its default and its check stay the shared ones)."""
+    what a flag means for this command (its default and its check stay the shared ones); the flags
+    named in ``required`` must be given to this command."""
     for name in names:
         if name not in SHARED_FLAGS:
             raise KeyError(f"no shared flag {name!r}: expected one of {', '.join(SHARED_FLAGS)}")
-        SHARED_FLAGS[name].add_to(parser, (help or {}).get(name))
+    if set(required) - set(names):
+        raise KeyError(f"required flags {sorted(set(required) - set(names))} are not among those added: {names}")
+    for name in names:
+        SHARED_FLAGS[name].add_to(parser, (help or {}).get(name), required=name in required)
 
 
 def check_flags(args: argparse.Namespace) -> None:
@@ -148,3 +174,25 @@ def entry(main: Callable[[list[str] | None], int]) -> None:
     flushed, checkpoints kept, exit 130), and user errors are one line with exit code 2."""
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     sys.exit(run_cli(main))
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command line as its console script (and ``python -m``, and a checkout's wrapper) starts it:
+    the flags are parsed and the shared ones checked first, by ``parser`` (torch-free), so ``--help``
+    and a malformed flag are answered without importing torch, Optuna or pandas; then ``module``'s
+    ``console()`` runs the command (its ``main`` parses the same flags again, which costs nothing
+    next to the imports)."""
+
+    module: str
+    parser: Callable[[], argparse.ArgumentParser]
+
+    def parse(self, argv: list[str] | None = None) -> int:
+        check_flags(self.parser().parse_args(argv))
+        return 0
+
+    def __call__(self) -> None:
+        code = run_cli(self.parse)
+        if code:
+            sys.exit(code)
+        importlib.import_module(self.module).console()

@@ -30,19 +30,18 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__":  # `python -m resnet_core.models`: its flags are parsed before torch is imported
+    from resnet_core.commands.parsers import models
+
+    models()
+
 import dataclasses
-import json
-import sys
-import typing
-from typing import Iterable
 
 import torch
 import torch.nn as nn
 
 from resnet_core.blocks import BLOCKS, NORMS, SHORTCUTS, conv3x3, lookup, no_norm
-from resnet_core.cli import run_cli
-from resnet_core.config import ModelConfig, coerce, current_name, parse_assignments
+from resnet_core.config import ModelConfig, current_name
 
 
 # ------------------------------------------------------------------------------------- network
@@ -246,69 +245,8 @@ def stage_parameters(model: ResNet) -> dict[str, list[nn.Parameter]]:
     return groups
 
 
-# ------------------------------------------------------------------------------------------ CLI
-
-
-def override_model(cfg: ModelConfig, assignments: dict[str, str]) -> ModelConfig:
-    """``cfg`` with ``{"depth": "56"}``-style model fields set; other names are a one-line error."""
-    hints = typing.get_type_hints(ModelConfig)
-    values = {}
-    for key, raw in assignments.items():
-        name = key.removeprefix("model.")
-        if name not in hints:
-            raise ValueError(f"unknown model field {key!r}: expected one of {', '.join(hints)}")
-        values[name] = coerce(raw, hints[name], key)
-    if "depth" in values and "blocks" not in values:
-        values["blocks"] = None  # a depth asks for the even CIFAR layout, as apply_overrides does
-    return dataclasses.replace(cfg, **values)
-
-
 def summarize(cfg: ModelConfig) -> dict[str, int]:
     """Params and MACs per 32x32 image, counted on a meta-device build (no memory, no compute)."""
     with torch.device("meta"):
         model = build_model(cfg)
     return {"params": count_parameters(model), "macs": count_macs(model, (1, cfg.in_channels, 32, 32))}
-
-
-def format_table(names: Iterable[str]) -> str:
-    rows = [f"{'name':<18} {'params':>12} {'params (M)':>10} {'MACs (M)':>10}"]
-    for name in names:
-        s = summarize(PRESETS[name])
-        rows.append(f"{name:<18} {s['params']:>12,} {s['params'] / 1e6:>10.3f} {s['macs'] / 1e6:>10.1f}")
-    return "\n".join(rows)
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m resnet_core.models",
-        description="Show a model's module tree, parameter count and forward MACs per 32x32 image.",
-    )
-    p.add_argument("name", nargs="?", help=f"preset: {', '.join(PRESETS)}")
-    p.add_argument("--set", dest="assignments", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a ModelConfig field (repeatable), e.g. --set depth=56")
-    p.add_argument("--table", action="store_true", help="params and MACs of every preset")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.table:
-        print(format_table(PRESETS))
-        return 0
-    if args.name is None:
-        raise ValueError(f"a preset name is required (or --table): expected one of {', '.join(PRESETS)}")
-    cfg = override_model(resolve_model(args.name), parse_assignments(args.assignments))
-    stats = summarize(cfg)
-    if args.json:
-        print(json.dumps({"name": args.name, **stats, "config": dataclasses.asdict(cfg)}))
-        return 0
-    with torch.device("meta"):
-        print(build_model(cfg))
-    print(f"params: {stats['params']:,} ({stats['params'] / 1e6:.3f}M)")
-    print(f"MACs per 32x32 image: {stats['macs']:,} ({stats['macs'] / 1e6:.1f}M)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(run_cli(main))

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from resnet_core import bench
+from resnet_core.commands import bench as bench_command
 from resnet_core.cli import run_cli
 
 TINY = ["--model", "resnet20", "--device", "cpu", "--steps", "1", "--rounds", "1", "--warmup", "0"]
@@ -28,7 +29,7 @@ def rows_of(path) -> list[dict]:
 def test_every_requested_row_is_in_the_table_and_the_json(tmp_path, capsys):
     path = tmp_path / "new" / "bench.json"
     argv = TINY + ["--batch", "4,8", "--modes", "eager,cudagraphs,fused1,fused3,eager", "--json", str(path)]
-    assert bench.main(argv) == 0
+    assert bench_command.main(argv) == 0
     rows, table = rows_of(path), capsys.readouterr().out
     expected = [(mode, batch, k) for batch in (4, 8) for mode, k in (("eager", 1), ("cudagraphs", 1), ("fused1", 1),
                                                                      ("fused3", 3))]
@@ -45,7 +46,7 @@ def test_every_requested_row_is_in_the_table_and_the_json(tmp_path, capsys):
 
 def test_concurrent_processes_are_one_row_per_batch(tmp_path):
     path = tmp_path / "bench.json"
-    assert bench.main(TINY + ["--batch", "4", "--modes", "", "--processes", "2", "--json", str(path)]) == 0
+    assert bench_command.main(TINY + ["--batch", "4", "--modes", "", "--processes", "2", "--json", str(path)]) == 0
     (row,) = rows_of(path)
     assert (row["mode"], row["batch"], row["k"]) == ("processes", 4, 2)
     assert row["aggregate_ips"] > 0 and 2 * row["per_run_ips"] == pytest.approx(row["aggregate_ips"])
@@ -70,7 +71,7 @@ def test_a_mode_that_fails_is_a_row_saying_so_and_the_others_run(tmp_path, monke
 
     monkeypatch.setattr(bench, "setup", setup)
     path = tmp_path / "bench.json"
-    assert bench.main(TINY + ["--batch", "4", "--modes", "eager,fused3", "--json", str(path)]) == 1
+    assert bench_command.main(TINY + ["--batch", "4", "--modes", "eager,fused3", "--json", str(path)]) == 1
     eager, fused = rows_of(path)
     assert eager["aggregate_ips"] > 0
     assert fused["aggregate_ips"] is None and fused["note"] == "failed: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
@@ -137,7 +138,7 @@ def test_a_measurement_never_reads_the_device_from_the_host(monkeypatch):
     (["--time-limit", "0"], "--time-limit 0.0"),
 ])
 def test_a_bad_flag_is_one_line_and_exit_2(argv, message, capsys):
-    assert run_cli(bench.main, ["--device", "cpu", *argv]) == 2
+    assert run_cli(bench_command.main, ["--device", "cpu", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from resnet_core import train
+from resnet_core.commands import train
 from resnet_core.cli import SHARED_FLAGS, UsageError, add_flags, check_flags, run_cli
 from resnet_core.commands import grid, grid_report, study, study_report
 from resnet_core.progress import progress_bar
@@ -26,7 +26,9 @@ MAINS = {"resnet-grid": (grid.main, ["--grid", "degradation"]), "resnet-study": 
 VALUES = {"data": ("synthetic:300", "synthetic:300"), "subset": ("120", 120), "val_size": ("40", 40),
           "epochs": ("2", 2), "iterations": ("30", 30), "budget": ("quick", "quick"), "seed": ("3", 3),
           "seeds": ("2", 2), "device": ("cpu", "cpu"), "workers": ("1", 1), "workers_per_gpu": ("2", 2),
-          "gpu_memory_fraction": ("0.5", 0.5), "threads": ("1", 1), "fuse": ("off", "off"), "results": ("out", "out"), "set": ("depth=8", ["depth=8"])}
+          "gpu_memory_fraction": ("0.5", 0.5), "threads": ("1", 1), "fuse": ("off", "off"), "results": ("out", "out"), "set": ("depth=8", ["depth=8"]),
+          "model": ("resnet32", "resnet32"), "grid": ("degradation", "degradation"), "study_name": ("s1", "s1"),
+          "storage": ("s1.log", "s1.log")}
 
 
 def flags_of(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:

@@ -17,7 +17,7 @@ import torch
 
 from grid_helpers import driver, keep_torch_threads  # noqa: F401
 from resnet_core import study as st
-from resnet_core import train
+from resnet_core.commands import train
 from resnet_core.cli import run_cli
 from resnet_core.commands import study as run_driver
 from resnet_core.commands import study_report as report_driver

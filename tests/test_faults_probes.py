@@ -221,7 +221,7 @@ def test_a_grid_manifest_without_runs_is_one_line(grid, results, capsys):
 
 
 def test_train_checks_its_results_folder_before_training(tmp_path, capsys, monkeypatch):
-    from resnet_core import train
+    from resnet_core.commands import train
 
     monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("trained before checking the results folder"))
     (tmp_path / "a_file").write_text("")
@@ -303,7 +303,7 @@ def test_two_drivers_on_one_results_folder_train_each_run_once(tmp_path):
 # ------------------------------------------------------------------ 9: SIGTERM of the train CLI
 
 def test_train_under_sigterm_exits_130_and_wall_seconds_add_up(tmp_path):
-    from resnet_core import train
+    from resnet_core.commands import train
 
     argv = ["--set", "depth=8", "--set", "widths=4,8,16", "--set", "eval_batch_size=100", "--recipe", "quick",
             "--epochs", "40", "--batch-size", "32", "--data", "synthetic:100", "--val-size", "20", "--device", "cpu",

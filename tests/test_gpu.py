@@ -168,7 +168,7 @@ def test_the_slot_cap_holds_with_two_runs(tmp_path):
 
 def test_two_runs_share_one_gpu(tmp_path):
     code = (
-        "import sys; from resnet_core.train import main; "
+        "import sys; from resnet_core.commands.train import main; "
         "sys.exit(main(['--model', 'resnet20', '--recipe', 'quick', '--epochs', '1', '--data', 'synthetic', "
         "'--subset', '1000', '--val-size', '500', '--device', 'cuda', '--quiet', '--seed', sys.argv[1], "
         f"'--results', {str(tmp_path)!r}]))"

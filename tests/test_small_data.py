@@ -18,7 +18,7 @@ from resnet_core.config import DataConfig
 from resnet_core.data import load_data, pool_size
 from resnet_core.splits import DEFAULT_VAL_SIZE, default_val_size, effective_val_size, split_indices
 from resnet_core.store import load_runs
-from resnet_core import train as train_command
+from resnet_core.commands import train as train_command
 
 TINY = ["--epochs", "1", "--device", "cpu", "--threads", "1", "--set", "depth=8", "--set", "widths=4,8,16",
         "--set", "batch_size=50", "--set", "eval_batch_size=500"]

@@ -106,7 +106,7 @@ def test_mask_url_hides_passwords(url, masked):
 
 def test_reproduce_command_rebuilds_the_same_run():
     from resnet_core.models import resolve_model
-    from resnet_core.train import build_parser, resolve_run_config
+    from resnet_core.commands.train import build_parser, resolve_run_config
 
     base = RunConfig(model=resolve_model("resnet20"), train=recipe("quick"))
     run = apply_overrides(base, {"depth": 8, "residual": False, "lr": 0.0371, "batch_size": 64, "epochs": 2,

@@ -27,8 +27,9 @@ import sys
 import time
 
 from resnet_core import grid as grids
-from resnet_core.budgets import AUTO, GRID_BUDGETS, Budget, resolve_grid_budget
-from resnet_core.cli import UsageError, add_flags, check_flags, entry
+from resnet_core.budgets import AUTO, Budget, resolve_grid_budget
+from resnet_core.cli import UsageError, check_flags, entry
+from resnet_core.commands.parsers import grid_parser as build_parser
 from resnet_core.config import DataConfig, RunConfig, default_data_source, parse_assignments, resolve_field
 from resnet_core.data import load_data
 from resnet_core.devices import resolve_device
@@ -41,24 +42,6 @@ from resnet_core.runner import (
     MAX_FUSED, check_fuse, check_parallelism, check_writable, finished, fuses, plan_devices, preload_data, run_all, split_done,
 )
 from resnet_core.store import misnamed_warning, runs_dir
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="resnet-grid", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="built-in grids: " + ", ".join(grids.available_grids()))
-    parser.add_argument("--grid", required=True, help="a built-in grid name or a path to a grid .toml file")
-    parser.add_argument("--axis", action="append", default=[], metavar="FIELD=V1,V2", help="replace or add an axis (repeatable)")
-    add_flags(parser, "seeds", "budget", help={"budget": f"training budget: {AUTO} (quick on a CPU, paper on a GPU), "
-                                               + ", ".join(f"{b.name} ({b.note})" for b in GRID_BUDGETS.values())})
-    length = parser.add_mutually_exclusive_group()
-    add_flags(length, "epochs", "iterations")
-    add_flags(parser, "data", "subset", "val_size", "device", "workers", "workers_per_gpu", "gpu_memory_fraction",
-              "threads", "fuse", "results", "set", "quiet", "dry_run",
-              help={"workers": "parallel runs (default 0: one per GPU slot, or 1 on a CPU); not used with --dask"})
-    parser.add_argument("--dask", metavar="ADDRESS", help="run on a Dask cluster: a scheduler address (tcp://HOST:8786) "
-                        "or local:N for a local cluster of N worker processes")
-    return parser
-
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)

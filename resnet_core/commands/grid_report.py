@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from resnet_core.cli import add_flags, entry
+from resnet_core.cli import entry
+from resnet_core.commands.parsers import grid_report_parser as build_parser
 from resnet_core.grid import load_grid
 from resnet_core.grid_manifest import report_dir
 from resnet_core.grid_report import build_grid_report, skipped_warning, write_report
 from resnet_core.store import misnamed_warning
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="resnet-grid-report", description=__doc__.splitlines()[0])
-    parser.add_argument("--grid", required=True, help="grid name, or the grid's .toml file as given to resnet-grid")
-    add_flags(parser, "results")
-    return parser.parse_args(argv)
+    return build_parser().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

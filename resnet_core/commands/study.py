@@ -32,51 +32,13 @@ from pathlib import Path
 import optuna
 
 from resnet_core import study as st
-from resnet_core.budgets import STUDY_BUDGETS, resolve_study_budget
-from resnet_core.cli import UsageError, add_flags, check_flags, check_positive_seconds, entry
+from resnet_core.budgets import resolve_study_budget
+from resnet_core.cli import UsageError, check_flags, check_positive_seconds, entry
+from resnet_core.commands.parsers import study_parser as build_parser
 from resnet_core.config import default_data_source, parse_assignments
 from resnet_core.devices import resolve_device, worker_devices
 from resnet_core.migrate import print_migration
 from resnet_core.runner import WorkerPool, check_fuse, check_parallelism, fuses
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="resnet-study", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add = parser.add_argument
-    add("--trials", type=int, help="target number of finished (COMPLETE + PRUNED) trials in the study")
-    add("--add", type=int, help="run N more finished trials than the study holds now")
-    add("--study-name", help="default: <space>-<model>-<data>-<budget>")
-    add("--storage", help="Optuna RDB URL (postgresql://..., sqlite:///...) or journal file path "
-                          "(default: <results>/studies/<study>.log)")
-    add("--space", default="recipe", help="a built-in space (recipe, architecture: resnet_core/spaces) or a .toml path")
-    add("--model", default="resnet20", help="model preset the space starts from (default resnet20)")
-    add("--sampler", default="tpe", help="tpe, random, qmc, cmaes or gp (seeded by --seed)")
-    add("--pruner", default="auto", help="auto (the budget's: successive halving on quick and standard, median on "
-                                         "paper), sha, hyperband, median or none")
-    add("--allow-change", action="store_true", help="go on with another --sampler/--pruner than the study used "
-                                                    "so far (the report says from which trial)")
-    add_flags(parser.add_mutually_exclusive_group(), "epochs", "iterations")  # the length of a full trial
-    add_flags(parser, "seed", "budget", "data", "subset", "val_size", "device", "workers", "workers_per_gpu",
-              "gpu_memory_fraction", "threads", "fuse", "results", "set", "quiet", "dry_run",
-              help={"seed": "sampler seed and the run seed of every trial (default 0)",
-                    "budget": "auto (quick on a CPU, standard on a GPU), "
-                              + ", ".join(f"{b.name} ({b.note})" for b in STUDY_BUDGETS.values())})
-    add("--concurrency-from", metavar="BENCH_JSON", help="a benchmark result with --processes rows (python -m "
-        "resnet_core.bench --processes 1,2,4 --json PATH): the time estimate counts workers sharing a GPU at its "
-        "measured speed-up (default: as one GPU, since without MPS they take turns)")
-    add("--timeout", type=float, help="start no new trial after this many seconds")
-    add("--stale-after", type=float, default=600.0, help="seconds without a heartbeat before a trial on another "
-                                                           "host counts as dead and is retried (RDB storages beat "
-                                                           "every stale-after/3 s; local dead pids are seen at once)")
-    add("--compare", metavar="FIELD", help="fair comparison: one tuned sub-study per value of FIELD")
-    add("--compare-values", help="comma-separated values of FIELD (default: the space's choices)")
-    add("--final-seeds", type=int, help="final stage: seeds re-training the best config on the full training split "
-                                        "(default: the budget's, 1 on quick, 3 on the others; 3 per value with "
-                                        "--compare; 0 skips it)")
-    add("--final-epochs", type=int, help="final stage: epochs of each run (default: the SGD steps of a full trial)")
-    add("--no-figures", action="store_true", help="write tables and report.md only")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

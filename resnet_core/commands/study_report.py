@@ -8,22 +8,11 @@ also gets comparison.csv and the isolation plot).
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
-from resnet_core.cli import add_flags, entry
+from resnet_core.cli import entry
+from resnet_core.commands.parsers import study_report_parser as build_parser
 from resnet_core.study import default_storage, report_warnings, write_reports
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="resnet-study-report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--study-name", required=True, help="a study, or the group name of a --compare study")
-    parser.add_argument("--storage", help="Optuna RDB URL or journal file (default: <results>/studies/<name>.log)")
-    add_flags(parser, "results")
-    parser.add_argument("--out", type=Path, help="output folder (default: <results>/studies/<name>/)")
-    parser.add_argument("--no-figures", action="store_true", help="tables and report.md only")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
