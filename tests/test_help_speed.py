@@ -127,7 +127,7 @@ def test_help_texts_list_the_real_choices():
     assert cli.builtin_names("grids") == available_grids()
     assert cli.builtin_names("spaces") == sorted(p.stem for p in SPACES_DIR.glob("*.toml"))
     study_val = _actions(parsers.study_parser())["--val-size"].help
-    assert f"{STUDY_BUDGETS['quick'].val_size:,} on quick" in study_val  # the ceiling trials are judged on
+    assert f"{STUDY_BUDGETS['quick'].search.val_size:,} on quick" in study_val  # the ceiling trials are judged on
     assert "5,000" in _actions(parsers.train_parser())["--val-size"].help
     assert all(name in parsers.grid_parser().epilog for name in available_grids())
 
