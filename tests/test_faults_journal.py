@@ -223,14 +223,23 @@ def test_an_infinite_or_nan_bound_is_refused_at_validation(bound, tmp_path, caps
 # -------------------------------------------------------------------------------- 9: smaller
 
 def test_a_study_whose_trials_all_fail_exits_1(tmp_path, capsys):
-    space = tmp_path / "diverge.toml"  # every trial diverges: lr 1e20..1e30 without normalisation
-    space.write_text('[params.lr]\ntype = "float"\nlow = 1e20\nhigh = 1e30\nlog = true\n'
-                     '[fixed]\nnorm = "none"\nschedule = "constant"\n')
+    space = tmp_path / "fail.toml"  # every trial fails: fewer classes than the data's 10 (fit refuses it)
+    space.write_text('[params.num_classes]\ntype = "int"\nlow = 2\nhigh = 3\n')
     args = study_args(tmp_path, "--trials", "2")
     args[args.index("--space") + 1] = str(space)
     assert run_cli(run_driver.main, args) == 1
     out = capsys.readouterr().out
     assert "tiny: 0 finished (0 complete, 0 pruned), 10 failed; target 2 NOT reached" in out
+
+
+def test_a_study_whose_trials_all_diverge_reaches_its_target(tmp_path, capsys):
+    space = tmp_path / "diverge.toml"  # every trial diverges: lr 1e20..1e30 without normalisation
+    space.write_text('[params.lr]\ntype = "float"\nlow = 1e20\nhigh = 1e30\nlog = true\n'
+                     '[fixed]\nnorm = "none"\nschedule = "constant"\n')
+    args = study_args(tmp_path, "--trials", "2")
+    args[args.index("--space") + 1] = str(space)
+    assert run_cli(run_driver.main, args) == 0  # a diverged trial is a result (PRUNED), not a failure
+    assert "tiny: 2 finished (0 complete, 2 pruned), 0 failed" in capsys.readouterr().out
 
 
 def test_a_study_remembers_its_sampler_and_pruner(results, tmp_path, capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import re
 import os
 import signal
@@ -22,6 +23,7 @@ from optuna.trial import TrialState
 from resnet_core import study as st
 from resnet_core.cli import run_cli
 from resnet_core.config import apply_overrides
+from resnet_core.identity import run_id
 from resnet_core.store import RunRecord, checkpoint_path, find_record, load_runs
 from study_helpers import fake_error, fake_fit, tiny_request
 
@@ -307,15 +309,91 @@ def test_failed_and_diverged_trials_do_not_stop_the_study(tmp_path, space):
         return fit(run, callbacks, results_dir, data, progress)
 
     setup, data = st.plan(tiny_request(tmp_path, space))
-    counts = st.run_study(setup.spec, 2, ["cpu"], data=data, progress=False, threads=1, fit=flaky_fit)
-    assert counts["finished"] == 2 and counts["failed"] == 2
+    counts = st.run_study(setup.spec, 3, ["cpu"], data=data, progress=False, threads=1, fit=flaky_fit)
+    assert counts["finished"] == 3 and counts["failed"] == 1  # a diverged trial is a finished (pruned) one
     st.write_reports("tiny", setup.spec.storage, str(tmp_path), figures=False)
     study = load(tmp_path)
-    assert states(study) == ["FAIL", "FAIL", "COMPLETE", "COMPLETE"]
-    assert "diverged: training loss became nan" in study.trials[0].user_attrs["fail_reason"]
+    assert states(study) == ["PRUNED", "FAIL", "COMPLETE", "COMPLETE"]
+    assert "training loss became nan" in study.trials[0].user_attrs["diverged_reason"]
     assert "out of memory twice" in study.trials[1].user_attrs["fail_reason"]
     assert "CUDA out of memory" in study.trials[1].user_attrs["fail_reason"] and len(calls) == 5
-    assert "CUDA out of memory" in (tmp_path / "studies" / "tiny" / "report.md").read_text()
+    report = (tmp_path / "studies" / "tiny" / "report.md").read_text()
+    assert "CUDA out of memory" in report and "PRUNED 1 (1 diverged)" in report
+    assert "## Diverged trials by region" in report
+
+
+def diverging_fit(status: str, above: float):
+    """A fit that trains nothing: a run with lr above ``above`` measures epoch 1 and then ends
+    ``status`` (diverged, or failed as a diverged trial used to end); the others complete 2 epochs
+    with an error that falls as the lr rises, so the best runs sit at the edge of the region."""
+    def fit(run, callbacks=(), results_dir="results", data=None, progress=False):
+        first = {"epoch": 1, "val_error": 50.0}
+        for callback in callbacks:
+            callback(first)
+        if run.train.lr > above:
+            return RunRecord(run_id(run), status, {}, [first], error="training loss became nan at iteration 7")
+        last = {"epoch": 2, "val_error": 10 + 20 * math.log10(0.2 / run.train.lr)}
+        for callback in callbacks:
+            callback(last)
+        return RunRecord(run_id(run), "completed", {}, [first, last], final={"val_error": last["val_error"]})
+
+    return fit
+
+
+def _optimize(setup, data, sampler, fit, n_trials: int) -> optuna.Study:
+    study = optuna.create_study(sampler=sampler, pruner=optuna.pruners.NopPruner())
+    study.optimize(st.Objective(setup.spec, "cpu", data, fit=fit), n_trials=n_trials, catch=(st.TrialFailed,))
+    return study
+
+
+def test_a_diverged_trial_ends_pruned_at_chance_error_with_a_violated_constraint(tmp_path, space, capsys):
+    setup, data = st.plan(tiny_request(tmp_path, space))
+    study = _optimize(setup, data, optuna.samplers.RandomSampler(seed=0), diverging_fit("diverged", 0.0), 1)
+    trial = study.trials[0]
+    assert trial.state == TrialState.PRUNED and trial.intermediate_values == {1: 50.0, 2: 90.0}
+    assert trial.value == 90.0  # chance error on 10 classes, at epoch 2, the one it diverged in
+    assert trial.user_attrs["diverged"] is True and trial.user_attrs["diverged_epoch"] == 2
+    assert "nan at iteration 7" in trial.user_attrs["diverged_reason"] and "fail_reason" not in trial.user_attrs
+    assert trial.constraints == {"diverged": 1.0}  # infeasible: TPE ranks it below every feasible trial
+    assert "trial 0 diverged in epoch 2" in capsys.readouterr().err
+    with pytest.raises(ValueError):  # never the best trial, so never the final stage's
+        study.best_trial
+    assert st.final_runs(setup.spec, study, st.FinalStage(seeds=1)) == []
+    # TPE's split (Optuna 5.1) after 1 COMPLETE trial and 5 pruned at epoch 1: its best 3 ("below") take the
+    # complete one, then pruned ones by deepest step first. Its chance error at epoch 2 would rank the
+    # diverged trial first among the pruned; its constraint puts it after all of them.
+    from optuna.samplers._tpe.sampler import _split_trials
+
+    params, dists = trial.params, trial.distributions
+    study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=30.0))
+    for value in range(40, 45):
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, state=TrialState.PRUNED,
+                                                  intermediate_values={1: float(value)}))
+    below, above = _split_trials(study, study.get_trials(deepcopy=False), 3)
+    assert [t.number for t in below] == [1, 2, 3] and 0 in [t.number for t in above]
+
+
+def test_tpe_proposes_a_region_that_diverges_less_than_when_its_trials_failed(tmp_path, space):
+    setup, data = st.plan(tiny_request(tmp_path, space))
+    proposed = {}
+    for status in ("diverged", "failed"):
+        study = _optimize(setup, data, st.make_sampler("tpe", 0), diverging_fit(status, 0.06), 40)
+        after_startup = [t for t in study.trials if t.number >= 10]
+        proposed[status] = sum(t.params["lr"] > 0.06 for t in after_startup)
+    # Of the 30 trials after TPE's 10 random ones: FAIL left TPE in the region (its best trials sit at
+    # its edge, and it never saw a trial fail there); told, it spends at most half of them there.
+    assert proposed["failed"] >= 24 and proposed["diverged"] <= 15, proposed
+
+
+@pytest.mark.parametrize("sampler", sorted(st.SAMPLERS))
+def test_every_sampler_goes_on_past_diverged_trials(tmp_path, space, sampler):
+    try:
+        made = st.make_sampler(sampler, 0)
+    except ValueError as exc:  # an optional dependency (cmaes) is not installed
+        pytest.skip(str(exc))
+    setup, data = st.plan(tiny_request(tmp_path, space))
+    study = _optimize(setup, data, made, diverging_fit("diverged", 0.06), 12)  # past every startup phase
+    assert {t.state for t in study.trials} <= {TrialState.COMPLETE, TrialState.PRUNED} and len(study.trials) == 12
 
 
 # The study tiny_args asks for, run with a fit that hangs after epoch 1 (tests/study_helpers.py).

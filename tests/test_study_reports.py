@@ -160,7 +160,7 @@ def test_markdown_table_formats_floats():
 
 
 def test_figures_are_figures(study):
-    for make in (sr.history_figure, sr.importance_figure, lambda s: sr.parallel_figure(s, ["lr", "batch_size"]),
+    for make in (sr.history_figure, lambda s: sr.parallel_figure(s, ["lr", "batch_size"]),
                  lambda s: sr.slice_figure(s, ["lr"])):
         figure = make(study)
         assert isinstance(figure, Figure) and figure.axes

@@ -12,7 +12,8 @@ Modules, each importing only those above it:
 ``journal`` the journal file store; ``recovery`` trials of dead workers; ``storage`` opening and
 checking stores; ``spec`` the study spec; ``search`` samplers, pruners, creating a study;
 ``objective`` one trial; ``workers`` processes running trials; ``compare`` --compare groups;
-``plan`` checking a request before any trial; ``tables``/``figures`` report content;
+``plan`` checking a request before any trial; ``rungs`` the ranking at every rung and where
+trials diverged; ``importance`` parameter importances at a rung; ``tables``/``figures`` report content;
 ``report`` report files.
 """
 
@@ -27,6 +28,7 @@ from resnet_core.study.figures import (
     history_figure, importance_figure, isolation_figure, learning_curves_figure, parallel_figure, slice_figure,
     top_params,
 )
+from resnet_core.study.importance import RungImportances, deepest_rung, rung_importances, rung_study
 from resnet_core.study.journal import InterruptSafeJournal, RepairingJournalFile, damaged_tail, deferred_interrupts
 from resnet_core.study.objective import Objective, matching_data
 from resnet_core.study.plan import (
@@ -42,6 +44,7 @@ from resnet_core.study.report import (
 from resnet_core.study.pruners import (
     PRUNERS, RUNG_PRUNERS, bootstrap_for, describe_pruner, expected_work, make_pruner, prunable_epochs,
 )
+from resnet_core.study.rungs import diverged_by_region, measured_values, region_labels, rung_summary, rung_values
 from resnet_core.study.search import (
     INDEXED_SAMPLERS, SAMPLERS, check_same_question, counts, create_study, describe_sampler, make_sampler,
     search_history_text,
@@ -82,4 +85,6 @@ __all__ = [
     "train_final", "FinalStage", "final_config", "final_interval", "trial_config", "TrialFailed", "TrialProgress", "trials_table", "unencoded_at",
     "unmarked_reason", "url_passwords", "validate_space", "worker_jobs", "worker_sampler", "worker_threads",
     "WorkerJob", "write_compare_report", "write_reports", "write_study_report", "train_finals", "concurrency_from_bench",
+    "RungImportances", "deepest_rung", "rung_importances", "rung_study", "diverged_by_region", "measured_values",
+    "region_labels", "rung_summary", "rung_values",
 ]

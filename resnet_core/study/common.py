@@ -18,7 +18,15 @@ MAX_CONSECUTIVE_FAILURES = 10  # a worker stops when every trial fails (a broken
 
 
 class TrialFailed(RuntimeError):
-    """A trial whose run failed or diverged: recorded as FAIL with ``fail_reason``; the study goes on."""
+    """A trial whose run failed: recorded as FAIL with ``fail_reason``; the study goes on."""
+
+
+def is_diverged(trial: optuna.trial.FrozenTrial) -> bool:
+    """A trial whose run diverged: PRUNED with user attr ``diverged`` (the objective), or FAIL with
+    run status ``diverged`` (studies recorded before divergence was told to the sampler)."""
+    if trial.user_attrs.get("diverged"):
+        return True
+    return trial.state == TrialState.FAIL and trial.user_attrs.get("run_status") == "diverged"
 
 
 def say(message: str) -> None:

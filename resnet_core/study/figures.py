@@ -17,6 +17,7 @@ from matplotlib.ticker import MaxNLocator
 from optuna.trial import TrialState
 
 from resnet_core.stats import mean_interval
+from resnet_core.study.importance import RungImportances
 from resnet_core.study.tables import format_value
 
 
@@ -44,11 +45,16 @@ def history_figure(study: optuna.Study) -> Figure:
     return figure
 
 
-def importance_figure(study: optuna.Study) -> Figure:
-    """Hyperparameter importances of the validation error (Optuna's default evaluator)."""
-    _require_complete(study, 2, "parameter importances")
-    figure = _figure_of(optuna.visualization.matplotlib.plot_param_importances, study, target_name="val error (%)")
-    figure.set_size_inches(8, 5)
+def importance_figure(importances: RungImportances) -> Figure:
+    """Parameter importances at a rung (the report's table): mean over forest seeds, sd as error bars."""
+    if importances.epoch is None:
+        raise ValueError(f"not computed: {importances.reason}")
+    table = importances.table.iloc[::-1]  # the most important on top
+    figure = Figure(figsize=(8, 1.5 + 0.45 * len(table)))
+    ax = figure.add_subplot()
+    ax.barh(table["param"], table["importance_mean"], xerr=table["importance_sd"], color="C0", capsize=4)
+    ax.set(xlabel=f"fANOVA importance (mean and sd over {importances.seeds} seeds)", xlim=(0, None),
+           title=f"Importances of the validation error {importances.label()}")
     return figure
 
 

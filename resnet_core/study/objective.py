@@ -1,5 +1,6 @@
 """The objective: one trial is one ``fit`` of the trial's config (the fit function is passed in);
-its value is the final epoch's VALIDATION error, pruning and the heartbeat ride on fit's callback."""
+its value is the final epoch's VALIDATION error, pruning and the heartbeat ride on fit's callback.
+A run that diverges is a result the sampler learns from (:meth:`Objective._diverged`), not a failure."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from resnet_core.engine import fit as engine_fit
 from resnet_core.gpu_memory import fit_retrying_oom
 from resnet_core.schedules import make_budget
 from resnet_core.store import checkpoint_path
-from resnet_core.study.common import TrialFailed
+from resnet_core.study.common import TrialFailed, say
 from resnet_core.study.spec import StudySpec, trial_config
 
 
@@ -59,7 +60,7 @@ class Objective:
         trial.set_user_attr("budget_epochs", epochs)
         record = fit_retrying_oom(self.fit, run, callbacks=[self._callback(trial, epochs)],
                                   results_dir=self.spec.results, data=data)
-        return self._outcome(trial, record)
+        return self._outcome(trial, record, run.model.num_classes or getattr(data, "num_classes", 10))
 
     def _mark(self, trial: optuna.Trial) -> None:
         """Who runs this trial: lets another worker tell a dead trial from a slow one."""
@@ -91,9 +92,12 @@ class Objective:
 
         return report
 
-    def _outcome(self, trial: optuna.Trial, record) -> float:
+    def _outcome(self, trial: optuna.Trial, record, classes: int) -> float:
+        """The trial's value, or how it ended (pruned, diverged, failed); ``classes``: the data's."""
         trial.set_user_attr("epochs_done", len(record.history))
         trial.set_user_attr("run_status", record.status)
+        if record.status == "diverged":
+            self._diverged(trial, record, classes)
         if record.status == "stopped" and record.stop_reason == "callback":
             # A pruned run is not resumed; its checkpoint would only fill the disk.
             checkpoint_path(self.spec.results, record.run_id).unlink(missing_ok=True)
@@ -105,6 +109,31 @@ class Objective:
             return self._fail(trial, "the run has no finite validation error")
         reason = record.error or record.stop_reason or "no reason recorded"
         return self._fail(trial, f"run {record.status}: {reason}")
+
+    @staticmethod
+    def _diverged(trial: optuna.Trial, record, classes: int) -> None:
+        """End the trial PRUNED, with chance error at the epoch it diverged in and a violated constraint.
+
+        A FAIL trial is invisible to every sampler, so a region of learning rates that diverges kept
+        being proposed. Optuna 5.1's TPESampler (samplers/_tpe/sampler.py, ``_split_trials``) reads
+        COMPLETE and PRUNED trials; it ranks PRUNED ones by their deepest step first, then their value
+        (``_get_pruned_trial_score``: key (-step, value)), so chance error alone at epoch 3 would rank
+        a diverged trial above every trial pruned at epoch 1. Trials with a constraint > 0 (infeasible,
+        ``Trial.set_constraint``) are ranked after all feasible ones, whatever their step: that puts a
+        diverged trial among the bad trials. GPSampler reads COMPLETE trials only, CmaEsSampler no
+        PRUNED ones (consider_pruned_trials off), random and QMC read none: to them it is what FAIL was.
+        PRUNED (never COMPLETE) keeps it from being the best trial and from the final stage.
+        """
+        epoch = len(record.history) + 1  # the epochs in its history finished; it diverged in the next
+        reason = (record.error or "training loss not finite")[:500]
+        chance = 100.0 * (1.0 - 1.0 / classes)
+        trial.set_user_attr("diverged", True)
+        trial.set_user_attr("diverged_epoch", epoch)
+        trial.set_user_attr("diverged_reason", reason)
+        trial.report(chance, epoch)  # the trial's value in reports: a bad one, at the epoch it got to
+        trial.set_constraint("diverged", 1.0)
+        say(f"trial {trial.number} diverged in epoch {epoch} ({reason}): told to the sampler as a bad trial")
+        raise optuna.TrialPruned(f"diverged in epoch {epoch}: {reason}")
 
     @staticmethod
     def _fail(trial: optuna.Trial, reason: str) -> float:

@@ -24,8 +24,10 @@ from resnet_core.store import (
 from resnet_core.study import figures as sf
 from resnet_core.study import tables as sr
 from resnet_core.study.final import final_interval, final_table
+from resnet_core.study.importance import RungImportances, rung_importances
 from resnet_core.study.journal import damaged_tail
 from resnet_core.study.pruners import describe_pruner
+from resnet_core.study.rungs import rung_values
 from resnet_core.study.search import describe_sampler, search_history_text
 from resnet_core.study.spec import StudySpec, spec_from_study, trial_config
 from resnet_core.study.storage import describe_storage, is_rdb_url, open_storage
@@ -152,36 +154,41 @@ def _save_figure(make: Callable[[], Any], path: Path, notes: list[str]) -> str |
 
 
 def write_study_report(study: optuna.Study, spec: StudySpec, out_dir: Path, figures: bool = True) -> Path:
-    """trials.csv, best.json, report.md and figures of one study into ``out_dir``."""
+    """trials.csv, rungs.csv, importances.csv, best.json, report.md and figures of one study into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = with_previous_ids(load_runs(spec.results))
     table = sr.trials_table(study, runs)
     atomic_write_text(out_dir / "trials.csv", table.to_csv(index=False))
+    atomic_write_text(out_dir / "rungs.csv", rung_values(study).to_csv(index=False))
+    importances = rung_importances(study)
+    atomic_write_text(out_dir / "importances.csv", importances.table.to_csv(index=False))
     command = best_command(spec, study)
     final = final_result(spec, study)
-    best = {**sr.best_summary(study, command), **({"final": final} if final else {})}
+    best = {**sr.best_summary(study, command), **({"final": final} if final else {}),
+            "importances": importances.summary()}
     atomic_write_text(out_dir / "best.json", json.dumps(best, indent=1, default=str) + "\n")
     # The header (split, hardware, software) and the coupling section describe the trials; the final
     # stage's runs (full training split) are described in their own section.
     run_ids = [r for r in table.get("user_attrs_run_id", []) if isinstance(r, str)]
     context = {**report_context(spec, runs, run_ids), "command": command, "changes": search_history_text(study),
-               "final": final}
+               "final": final, "importances": importances}
     notes: list[str] = []
     names = []
     if figures:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # optuna.visualization.matplotlib is experimental
-            names = _study_figures(study, spec, out_dir, notes)
+            names = _study_figures(study, spec, out_dir, notes, importances)
     atomic_write_text(out_dir / "report.md", sr.study_markdown(study, context, runs, [n for n in names if n], notes))
     return out_dir
 
 
-def _study_figures(study: optuna.Study, spec: StudySpec, out_dir: Path, notes: list[str]) -> list[str | None]:
+def _study_figures(study: optuna.Study, spec: StudySpec, out_dir: Path, notes: list[str],
+                   importances: RungImportances) -> list[str | None]:
     top = sf.top_params(study)
     labels = sr.run_labels(sr.top_trials(study, 5))
     return [
         _save_figure(lambda: sf.history_figure(study), out_dir / "optimization_history.png", notes),
-        _save_figure(lambda: sf.importance_figure(study), out_dir / "param_importances.png", notes),
+        _save_figure(lambda: sf.importance_figure(importances), out_dir / "param_importances.png", notes),
         _save_figure(lambda: sf.parallel_figure(study, top), out_dir / "parallel_coordinates.png", notes),
         _save_figure(lambda: sf.slice_figure(study, top), out_dir / "slice.png", notes),
         _save_figure(lambda: sf.learning_curves_figure(load_histories(spec.results), labels),

@@ -22,7 +22,9 @@ from resnet_core.recipes import recipe
 from resnet_core.models import resolve_model
 from resnet_core.reports import markdown_table, plural
 from resnet_core.stats import difference_interval, mean_interval
-from resnet_core.study.common import FINISHED
+from resnet_core.study.common import FINISHED, is_diverged
+from resnet_core.study.importance import importance_lines, rung_importances
+from resnet_core.study.rungs import diverged_lines, rung_lines, rung_values, state_text
 
 
 def _setting_name(dotted: str) -> str:
@@ -84,8 +86,9 @@ def state_counts(study: optuna.Study) -> dict[str, int]:
 
 
 def pruning_savings(study: optuna.Study, budget_epochs: int) -> dict[str, float]:
-    """What the pruner saved: pruned trials and the epochs they did not train."""
-    pruned = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+    """What the pruner saved: pruned trials and the epochs they did not train (a diverged trial, also
+    PRUNED, stopped of itself: not counted)."""
+    pruned = [t for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)) if not is_diverged(t)]
     finished = study.get_trials(deepcopy=False, states=FINISHED)
     trained = [max(t.intermediate_values, default=0) for t in pruned]
     saved = sum(max(0, budget_epochs - e) for e in trained)
@@ -195,21 +198,23 @@ def compare_table(final: pd.DataFrame, field: str, order: Iterable | None = None
 
 def study_markdown(study: optuna.Study, context: Mapping[str, Any], runs: pd.DataFrame | None,
                    figures: Iterable[str] = (), notes: Iterable[str] = ()) -> str:
-    """report.md of one study. ``context``: the study's user attrs plus ``optuna``/``storage``."""
-    counts = {k: v for k, v in state_counts(study).items() if v}
+    """report.md of one study. ``context``: the study's user attrs plus ``optuna``/``storage`` (and
+    ``importances``, a RungImportances, computed here when absent)."""
     savings = pruning_savings(study, int(context.get("budget_epochs", 0)))
     lines = [f"# Study `{study.study_name}`", "", "| | |", "|---|---|"]
     for key, label in _HEADER_ROWS:
         if context.get(key) not in (None, ""):
             lines.append(f"| {label} | {context[key]} |")
     share = f" ({100 * savings['fraction_saved']:.0f}% of the full budget)." if savings["epochs_full_budget"] else "."
-    by_state = ", ".join(f"{k} {v}" for k, v in counts.items()) or "none"
-    lines += ["", "## Trials", "", f"Counts by state: {by_state}", "",
+    lines += ["", "## Trials", "", f"Counts by state: {state_text(study)}", "",
               f"Pruner: {plural(savings['pruned'], 'trial')} pruned, {savings['epochs_not_trained']} of "
               f"{plural(savings['epochs_full_budget'], 'epoch')} not trained{share}", ""]
     lines += _best_lines(study, context, runs)
     lines += final_lines(context.get("final"))
     lines += coupling_lines(study, context)
+    lines += rung_lines(rung_values(study))
+    lines += importance_lines(context.get("importances") or rung_importances(study))
+    lines += diverged_lines(study)
     failed = failed_table(study)
     if not failed.empty:
         lines += ["## Failed trials", "", markdown_table(failed[["number", "fail_reason"]], floatfmt=".2f"), ""]
