@@ -11,7 +11,8 @@ Modules, each importing only those above it:
 ``common`` constants and small helpers; ``space`` search spaces; ``urls`` password masking;
 ``journal`` the journal file store; ``recovery`` trials of dead workers; ``storage`` opening and
 checking stores; ``spec`` the study spec; ``search`` samplers, pruners, creating a study;
-``objective`` one trial; ``workers`` processes running trials; ``compare`` --compare groups;
+``objective`` one trial; ``workers`` processes running trials; ``final`` the final stage's runs;
+``outcome`` what the final stage answers (tuned against untuned); ``compare`` --compare groups;
 ``plan`` checking a request before any trial; ``tables``/``figures`` report content;
 ``report`` report files.
 """
@@ -36,7 +37,7 @@ from resnet_core.study.recovery import (
     RetryStaleTrial, heartbeat_settings, recover_stale_trials, requeue, stale_reason, unmarked_reason,
 )
 from resnet_core.study.report import (
-    best_command, open_study_or_group, report_context, report_warnings, write_compare_report, write_reports,
+    best_command, console_summary, open_study_or_group, report_context, report_warnings, write_compare_report, write_reports,
     write_study_report,
 )
 from resnet_core.study.pruners import (
@@ -81,5 +82,5 @@ __all__ = [
     "state_counts", "storage_error", "study_markdown", "StudyRequest", "StudySpec", "top_params", "top_trials",
     "train_final", "FinalStage", "final_config", "final_interval", "trial_config", "TrialFailed", "TrialProgress", "trials_table", "unencoded_at",
     "unmarked_reason", "url_passwords", "validate_space", "worker_jobs", "worker_sampler", "worker_threads",
-    "WorkerJob", "write_compare_report", "write_reports", "write_study_report", "train_finals", "concurrency_from_bench",
+    "WorkerJob", "write_compare_report", "write_reports", "write_study_report", "train_finals", "concurrency_from_bench", "console_summary",
 ]
