@@ -26,6 +26,7 @@ from resnet_core.compiled import begin_graph_step, compiled_step_model
 from resnet_core.config import RunConfig, to_dict
 from resnet_core.identity import run_id
 from resnet_core.data import DataBundle, load_data
+from resnet_core.evaluation import TEST_WRONG, evaluate, measure, split_metrics
 from resnet_core.devices import (
     configure_backends, needs_grad_scaler, resolve_amp, resolve_device, resolve_sync_every, sync,
 )
@@ -249,35 +250,6 @@ def train_one_epoch(trainer: Trainer, bar=None) -> dict[str, Any]:
     }
 
 
-@torch.no_grad()
-def evaluate(trainer: Trainer, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
-    """(mean loss, error in percent) over a split; (nan, nan) for an empty split."""
-    if len(labels) == 0:
-        return math.nan, math.nan
-    trainer.step_model.eval()
-    loss_sum, correct = torch.zeros((), device=trainer.device), torch.zeros((), device=trainer.device, dtype=torch.long)
-    size = trainer.run.train.eval_batch_size
-    for start in range(0, len(labels), size):
-        x = trainer.eval_transform(images[start:start + size]).contiguous(memory_format=trainer.memory_format)
-        y = labels[start:start + size]
-        logits = _eval_logits(trainer, x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
-        correct += (logits.argmax(dim=1) == y).sum()
-    return loss_sum.item() / len(labels), 100.0 * (1 - correct.item() / len(labels))
-
-
-def _eval_logits(trainer: Trainer, x: torch.Tensor) -> torch.Tensor:
-    """Logits of one evaluation batch. Under ``pad_eval`` a short last batch is padded with zero
-    images to the full ``eval_batch_size`` and their rows dropped, so a compiled model meets one
-    evaluation shape in every run and split. In eval mode every layer treats each image alone
-    (BatchNorm uses its running statistics), so the padding changes no image's logits."""
-    rows, size = len(x), trainer.run.train.eval_batch_size
-    if trainer.pad_eval and rows < size:
-        x = torch.cat([x, x.new_zeros((size - rows, *x.shape[1:]))]).contiguous(memory_format=trainer.memory_format)
-    with trainer.autocast():
-        return trainer.step_model(x)[:rows]
-
-
 def run_epoch(trainer: Trainer, bar=None) -> dict[str, Any]:
     """Train one epoch, then measure validation when ``val_epochs`` asks and test when ``test_eval``
     asks: one history entry (without val_* or test_* keys for a set that was not measured)."""
@@ -285,31 +257,38 @@ def run_epoch(trainer: Trainer, bar=None) -> dict[str, Any]:
     if _measures_val(trainer, metrics["epoch"]):
         metrics["val_loss"], metrics["val_error"] = evaluate(trainer, trainer.data.val_x, trainer.data.val_y)
     if _measures_test(trainer):
-        metrics["test_loss"], metrics["test_error"] = evaluate(trainer, trainer.data.test_x, trainer.data.test_y)
+        measured = measure(trainer, trainer.data.test_x, trainer.data.test_y)
+        metrics.update(split_metrics("test", *measured, keep_wrong=at_end(trainer)))
     return metrics
 
 
 def _measures_val(trainer: Trainer, epoch: int) -> bool:
     """Whether this epoch measures validation: a listed epoch or the run's last (every one if unlisted)."""
     listed = trainer.run.train.val_epochs
-    return listed is None or epoch in listed or trainer.iteration >= trainer.budget.total_iterations
+    return listed is None or epoch in listed or at_end(trainer)
 
 
 def _measures_test(trainer: Trainer) -> bool:
     """Whether this epoch measures the test set: every epoch, only the run's last, or never."""
     when = trainer.run.train.test_eval
-    return when == "every_epoch" or (when == "end" and trainer.iteration >= trainer.budget.total_iterations)
+    return when == "every_epoch" or (when == "end" and at_end(trainer))
+
+
+def at_end(trainer: Trainer) -> bool:
+    """Whether the trainer has taken its run's last step (the epoch just trained is the last)."""
+    return trainer.iteration >= trainer.budget.total_iterations
 
 
 # ------------------------------------------------------------------------------------ fit
 
 def _final_metrics(history: list[dict[str, Any]], trainer: Trainer | None) -> dict[str, Any]:
-    """Final-epoch numbers (docs/DESIGN.md: report the final epoch, not the best); test_loss and
-    test_error only when the last epoch measured the test set (``TrainConfig.test_eval``)."""
+    """Final-epoch numbers (docs/DESIGN.md: report the final epoch, not the best); test_loss,
+    test_error and the per-image ``test_wrong`` flags only when the run's last epoch measured the
+    test set (``TrainConfig.test_eval``)."""
     if not history:
         return {}
     last = history[-1]
-    keys = ("train_loss", "train_error", "val_loss", "val_error", "test_loss", "test_error")
+    keys = ("train_loss", "train_error", "val_loss", "val_error", "test_loss", "test_error", TEST_WRONG)
     final = {k: last[k] for k in keys if k in last}
     final.update(epochs=last["epoch"], iterations=last["iteration"])
     return final
@@ -323,7 +302,7 @@ def _record(run: RunConfig, status: str, trainer: Trainer | None, started: float
         run_id=run_id(run),
         status=status,
         config=to_dict(run),
-        history=history,
+        history=[{k: v for k, v in entry.items() if k != TEST_WRONG} for entry in history],  # in final only
         final=_final_metrics(history, trainer),
         wall_seconds=previous_seconds + time.perf_counter() - started,
         params=count_parameters(model) if model is not None else 0,

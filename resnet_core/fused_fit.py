@@ -29,6 +29,7 @@ from resnet_core.checkpoints import checkpoint_if_due, load_checkpoint
 from resnet_core.config import RunConfig
 from resnet_core.data import DataBundle
 from resnet_core.compiled import begin_graph_step, compiled_step_model
+from resnet_core.evaluation import measure_group, split_metrics
 from resnet_core.devices import configure_backends, needs_grad_scaler, resolve_amp, resolve_device, resolve_sync_every
 from resnet_core.fused import (
     FusedModel,
@@ -219,26 +220,6 @@ def train_group_epoch(trainer: GroupTrainer, bar=None) -> list[dict[str, Any] | 
     } for k, member in enumerate(trainer.members)]
 
 
-@torch.no_grad()
-def evaluate_group(trainer: GroupTrainer, images: torch.Tensor, labels: torch.Tensor) -> list[tuple[float, float]]:
-    """(mean loss, error in percent) of every member over one split, each member seeing every image."""
-    size = len(trainer.members)
-    if len(labels) == 0:
-        return [(math.nan, math.nan)] * size
-    trainer.step_model.eval()
-    loss_sum = torch.zeros(size, device=trainer.device)
-    correct = torch.zeros(size, device=trainer.device, dtype=torch.long)
-    step = trainer.run.train.eval_batch_size
-    for start in range(0, len(labels), step):
-        x = trainer.eval_transform(images[start:start + step])  # (N, C, 32, 32)
-        y = labels[start:start + step]
-        with trainer.autocast():
-            logits = trainer.model.forward_shared(x.contiguous(memory_format=trainer.memory_format))  # (K, N, classes)
-        loss_sum += F.cross_entropy(logits.float().flatten(0, 1), y.repeat(size), reduction="none").view(size, -1).sum(1)
-        correct += (logits.argmax(dim=2) == y).sum(dim=1)
-    return list(zip((loss_sum / len(labels)).tolist(), (100.0 * (1 - correct / len(labels))).tolist()))
-
-
 def run_group_epoch(trainer: GroupTrainer, bar=None) -> list[dict[str, Any] | None]:
     """Train one epoch, then measure validation and test where the runs ask (``engine.run_epoch``'s rules)."""
     epoch = 1 + max(len(member.history) for member in trainer.members)
@@ -247,9 +228,9 @@ def run_group_epoch(trainer: GroupTrainer, bar=None) -> list[dict[str, Any] | No
                 ("test", trainer.data.test_x, trainer.data.test_y, engine._measures_test(trainer))]
     for name, images, labels, wanted in measured:
         if wanted and any(m is not None for m in metrics):
-            for m, (loss, error) in zip(metrics, evaluate_group(trainer, images, labels)):
+            for m, result in zip(metrics, measure_group(trainer, images, labels)):
                 if m is not None:
-                    m[f"{name}_loss"], m[f"{name}_error"] = loss, error
+                    m.update(split_metrics(name, *result, keep_wrong=name == "test" and engine.at_end(trainer)))
     return metrics
 
 

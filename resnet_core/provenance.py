@@ -44,7 +44,7 @@ def code_state(path: Path = PACKAGE_DIR) -> dict[str, Any]:
 # The modules whose code decides what a run computes (model, data, augmentation, schedule, step,
 # config defaults). Their hash tells two commits apart only where training itself changed.
 TRAINING_MODULES = ("augment.py", "blocks.py", "cache.py", "checkpoints.py", "config.py", "data.py", "devices.py",
-                    "engine.py", "models.py", "recipes.py", "schedules.py", "splits.py")
+                    "engine.py", "evaluation.py", "models.py", "recipes.py", "schedules.py", "splits.py")
 
 
 def training_code_sha256(package_dir: Path = PACKAGE_DIR) -> str:

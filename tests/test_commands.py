@@ -143,7 +143,7 @@ def test_a_plain_install_runs_a_study_and_a_grid_from_outside_the_checkout(tmp_p
         done = subprocess.run([str(env_dir / "bin" / command[0]), *command[1:]], cwd=work, capture_output=True,
                               text=True, env=clean, timeout=600)
         assert done.returncode == 0, (command, done.stdout[-1500:], done.stderr[-1500:])
-    assert len(list((work / "res" / "runs").glob("*.json"))) == 3  # the trial, its final-stage run, the grid cell
+    assert len(list((work / "res" / "runs").glob("*.json"))) == 4  # the trial, its final run, the baseline's, the cell
     assert (work / "res" / "ablation" / "one-cell" / "report.md").is_file()
     assert "## Final stage (test error)" in next((work / "res" / "studies").glob("*/report.md")).read_text()
 

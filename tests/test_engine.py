@@ -15,6 +15,7 @@ from resnet_core.identity import run_id
 from resnet_core.recipes import recipe
 from resnet_core.data import DataBundle, load_data
 from resnet_core.engine import fit
+from resnet_core.evaluation import unpack_wrong
 from resnet_core.schedules import StepPlan, lr_at, make_budget, momentum_at
 from resnet_core.store import checkpoint_path, load_histories, load_runs, read_record, record_path
 
@@ -67,6 +68,20 @@ def test_the_test_set_is_measured_only_when_test_eval_says(tmp_path, when):
     row = load_runs(tmp_path).iloc[0]  # tables cope with a run that has no test error
     assert (when == "never") == (pd_isna(row.get("final.test_error")))
     assert "test err" not in engine._epoch_line(first) and "val err" in engine._epoch_line(first)
+
+
+@pytest.mark.parametrize("when", ["end", "every_epoch", "never"])
+def test_a_run_records_which_test_images_its_last_epoch_got_wrong(tmp_path, one_thread, when):
+    record = fit(tiny_run(test_eval=when), results_dir=tmp_path)
+    assert record.status == "completed", record.error
+    stored = json.loads(record_path(tmp_path, record.run_id).read_text())
+    assert all("test_wrong" not in epoch for epoch in stored["history"])  # once, in the final metrics
+    if when == "never":
+        assert "test_wrong" not in stored["final"]
+        return
+    wrong = unpack_wrong(stored["final"]["test_wrong"], stored["provenance"]["test_size"])
+    assert wrong.shape == (stored["provenance"]["test_size"],) and 0 < wrong.sum() < len(wrong)
+    assert 100 * wrong.mean() == pytest.approx(stored["final"]["test_error"], abs=1e-9)
 
 
 def pd_isna(value) -> bool:

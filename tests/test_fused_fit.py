@@ -11,6 +11,7 @@ import torch
 
 from resnet_core import engine, fused_fit, runner
 from resnet_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from resnet_core.evaluation import unpack_wrong
 from resnet_core.identity import run_id
 from resnet_core.models import build_model
 from resnet_core.store import checkpoint_path, find_record
@@ -92,6 +93,17 @@ def test_each_member_of_a_fused_group_matches_its_run_alone_step_for_step(tmp_pa
         assert_same_numbers(together[k], alone[k], 1e-4, later=(1e-3, 0.5))  # 0.5: two of 400 images
         assert together[k].provenance["fused_group"] == {"size": 3, "member": k, "run_ids": [run_id(r) for r in runs]}
         assert together[k].params == alone[k].params and together[k].macs == alone[k].macs
+
+
+def test_each_member_of_a_fused_group_records_which_test_images_it_got_wrong(tmp_path):
+    runs = seeded(dataclasses.replace(BASE, train=dataclasses.replace(BASE.train, epochs=1, test_eval="end")), (0, 1))
+    records = fused_fit.fit_group(runs, results_dir=tmp_path)
+    flags = []
+    for record in records:
+        assert record.status == "completed" and all("test_wrong" not in epoch for epoch in record.history)
+        flags.append(unpack_wrong(record.final["test_wrong"], record.provenance["test_size"]))
+        assert 100 * flags[-1].mean() == pytest.approx(record.final["test_error"], abs=1e-4)
+    assert (flags[0] != flags[1]).any()  # each member's own flags, not one copy
 
 
 def test_a_member_checkpoint_is_a_runs_checkpoint(tmp_path, monkeypatch):

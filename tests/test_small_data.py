@@ -91,8 +91,8 @@ def test_resnet_study_runs_on_synthetic_data_with_default_sizes(tmp_path, capsys
     code = run_cli(study_command.main, ["--trials", "2", "--data", "synthetic", "--results", str(tmp_path),
                                         "--quiet", "--no-figures", "--sampler", "random", *STUDY_TINY])
     assert code == 0, capsys.readouterr().err
-    # 2 trials and the default final stage's one run: the quick budget's 3,250 subset is all 1,800 here (its 2,000 validation images a ceiling too)
-    assert _sizes(tmp_path) == [(1800, 200, 500)] * 3
+    # 2 trials and the default final stage's one run and its baseline's: the quick budget's 3,250 subset is all 1,800 here (its 2,000 validation images a ceiling too)
+    assert _sizes(tmp_path) == [(1800, 200, 500)] * 4
     out = capsys.readouterr().out
     assert "validation 200 images" in out
     report = next((tmp_path / "studies").glob("*/report.md")).read_text()

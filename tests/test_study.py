@@ -480,8 +480,19 @@ def test_compare_tunes_each_value_and_compares_final_seeds(tmp_path, space):
         assert sorted(finals["seed"]) == [1000, 1001] and (finals["model.residual"] == value).all()
         mean = finals["final.test_error"].mean()
         assert comparison.loc[comparison["residual"] == value, "test_error_mean"].item() == pytest.approx(mean)
+        # Each value's paired baseline: the recipe with the compared field at that value, the same seeds.
+        baseline = runs.loc[runs["run_id"].isin(sub.user_attrs["baseline_run_ids"])]
+        assert sorted(baseline["seed"]) == [1000, 1001] and (baseline["model.residual"] == value).all()
+        assert (baseline["train.lr"] == st.trial_config(spec_of(tmp_path, sub), {}).train.lr).all()
     report = (out / "report.md").read_text()
     assert "TEST error" in report and (out / "isolation.png").exists()
+    assert "## Tuned against untuned per value (TEST error, %, paired by seed)" in report
+    values = json.loads((out / "best.json").read_text())["values"]
+    assert [v["final"]["paired"]["pairs"] for v in values] == [2, 2]
+
+
+def spec_of(results: Path, study: optuna.Study) -> st.StudySpec:
+    return st.spec_from_study(study, str(results / "studies" / "tiny.log"), str(results))
 
 
 def test_compare_values_that_are_one_value_of_the_field_are_a_plan_error(tmp_path, space, capsys):

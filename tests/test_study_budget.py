@@ -177,7 +177,20 @@ def test_a_default_study_reads_validation_at_rungs_and_its_final_stage_measures_
     report = (tmp_path / "studies" / "tiny" / "report.md").read_text()
     assert "## Final stage (test error)" in report and f"Test error {mean:.2f}%" in report
     assert "| split | train 100 / validation 100 /" in report  # the trials' split; the final runs say theirs
-    assert len(load_runs(tmp_path)) == len(study.trials) + 2
+    assert len(load_runs(tmp_path)) == len(study.trials) + 4  # and the baseline's two seeds
+    baseline = [find_record(tmp_path, rid) for rid in study.user_attrs["baseline_run_ids"]]
+    assert [r.config["seed"] for r in baseline] == final["seeds"] and final["baseline"]["seeds"] == final["seeds"]
+    paired = final["paired"]  # two seeds with per-image flags: both terms in the interval
+    assert paired["kind"] == "seeds and test set" and paired["diff"] == pytest.approx(
+        mean - final["baseline"]["test_error_mean"])
+    # The command's last lines: best validation error, test errors with intervals, the difference, the report.
+    last = out.strip().splitlines()[-5:]
+    assert last[0].startswith(f"best     trial {study.best_trial.number}: validation error {study.best_value:.2f}%")
+    assert last[1].startswith(f"test     tuned (trial {study.best_trial.number}) {mean:.2f}% (95% CI {mean - half:.2f} to")
+    assert f"baseline {final['baseline']['test_error_mean']:.2f}% (95% CI" in last[1]
+    assert last[2].startswith(f"paired   tuned - baseline {paired['diff']:.2f} points (95% CI {paired['ci95'][0]:.2f} to")
+    assert last[3] == f"verdict  {final['verdict']}" and final["verdict"] in report
+    assert last[4] == f"report   {tmp_path / 'studies' / 'tiny' / 'report.md'}"
 
 
 def test_the_final_stage_keeps_a_full_trials_steps_on_the_full_split(tmp_path, space):
@@ -204,7 +217,7 @@ def test_final_intervals():
 
 
 def test_final_stage_flags_are_checked_before_any_work(tmp_path, space, capsys):
-    for flag, value in (("--final-seeds", "-1"), ("--final-epochs", "0")):
+    for flag, value in (("--final-seeds", "-1"), ("--final-epochs", "0"), ("--final-top", "0")):
         assert run_cli(run_driver.main, tiny_args(tmp_path, space, "--trials", "1", flag, value)) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"error: {flag} {value}") and err.count("\n") == 1
@@ -279,7 +292,7 @@ def test_a_second_driver_waits_for_the_final_run_the_first_is_training_and_reads
     trained, answer = [], {}
 
     def counting_fit(config, **kwargs):  # the second driver's fit: it must not be asked to train the run
-        trained.append(run_id(config))
+        trained.append(run_id(config))  # (only the baseline's run, which nobody else is training)
         return RunRecord(run_id(config), "completed", {}, final={"test_error": 50.0})
 
     second = threading.Thread(target=lambda: answer.update(records=st.train_final(
@@ -288,10 +301,10 @@ def test_a_second_driver_waits_for_the_final_run_the_first_is_training_and_reads
         assert claimed
         second.start()
         second.join(timeout=1)
-        assert second.is_alive() and trained == []  # waiting, not training the same run at once
+        assert second.is_alive() and run_id(run) not in trained  # waiting, not training the same run at once
         write_record(tmp_path, RunRecord(run_id(run), "completed", {}, final={"test_error": 9.0}))
     second.join(timeout=60)
-    assert not second.is_alive() and trained == []
+    assert not second.is_alive() and run_id(run) not in trained
     assert [r.final["test_error"] for r in answer["records"]] == [9.0]  # the first driver's record
     assert study.user_attrs["final_run_ids"] == [run_id(run)]
 

@@ -125,6 +125,8 @@ def study_parser() -> argparse.ArgumentParser:
                                         "(default: the budget's, 1 on quick, 3 on the others; 3 per value with "
                                         "--compare; 0 skips it)")
     add("--final-epochs", type=int, help="final stage: epochs of each run (default: the SGD steps of a full trial)")
+    add("--final-top", type=int, default=1, help="final stage: the best K trials with distinct params each get it, "
+                                                 "ranked by final-stage validation error (default 1)")
     add_flags(parser, "no_figures")
     return parser
 

@@ -12,7 +12,8 @@
 the same command again after an interruption runs only what is missing. The objective is the
 validation error of the final epoch; the test set is never used to choose. The final stage then
 re-trains the best config with --final-seeds new seeds on the full training split (validation held
-out) and reports its test error with a 95% interval in best.json and report.md.
+out), trains the untuned baseline (the space's recipe) alike on the same seeds, and reports both test
+errors and their paired difference with 95% intervals in best.json and report.md.
 
 Several hosts: start the same command with the same --storage postgresql://... and --study-name
 on each; they share one study and stop together when it holds N finished trials. A host that dies
@@ -111,7 +112,7 @@ def _target(args: argparse.Namespace, finished: int) -> int:
 def final_stage(args: argparse.Namespace, budget) -> st.FinalStage:
     """--final-seeds (default: the budget's; 3 per value with --compare, whose interval needs seeds)."""
     seeds = args.final_seeds if args.final_seeds is not None else (3 if args.compare else budget.search.final_seeds)
-    return st.FinalStage(seeds, args.final_epochs)
+    return st.FinalStage(seeds, args.final_epochs, args.final_top)
 
 
 def _print_plan(setup, specs, targets, devices, args, stage: st.FinalStage, why: str) -> None:
@@ -150,7 +151,7 @@ def _print_outcome(specs, targets, out: Path) -> bool:
         status = "reached" if c["finished"] >= target else "NOT reached"
         print(f"{spec.name}: {c['finished']} finished ({c['complete']} complete, {c['pruned']} pruned), "
               f"{c['failed']} failed; target {target} {status}")
-    print(f"reports in {out}")
+    print("\n".join(st.console_summary(out)))
     return reached
 
 

@@ -11,7 +11,8 @@ Modules, each importing only those above it:
 ``common`` constants and small helpers; ``space`` search spaces; ``urls`` password masking;
 ``journal`` the journal file store; ``recovery`` trials of dead workers; ``storage`` opening and
 checking stores; ``spec`` the study spec; ``search`` samplers, pruners, creating a study;
-``objective`` one trial; ``workers`` processes running trials; ``compare`` --compare groups;
+``objective`` one trial; ``workers`` processes running trials; ``final`` the final stage's runs;
+``outcome`` what the final stage answers (tuned against untuned); ``compare`` --compare groups;
 ``plan`` checking a request before any trial; ``rungs`` the ranking at every rung and where
 trials diverged; ``importance`` parameter importances at a rung; ``tables``/``figures`` report content;
 ``report`` report files.
@@ -38,7 +39,7 @@ from resnet_core.study.recovery import (
     RetryStaleTrial, heartbeat_settings, recover_stale_trials, requeue, stale_reason, unmarked_reason,
 )
 from resnet_core.study.report import (
-    best_command, open_study_or_group, report_context, report_warnings, write_compare_report, write_reports,
+    best_command, console_summary, open_study_or_group, report_context, report_warnings, write_compare_report, write_reports,
     write_study_report,
 )
 from resnet_core.study.pruners import (
@@ -86,5 +87,5 @@ __all__ = [
     "unmarked_reason", "url_passwords", "validate_space", "worker_jobs", "worker_sampler", "worker_threads",
     "WorkerJob", "write_compare_report", "write_reports", "write_study_report", "train_finals", "concurrency_from_bench",
     "RungImportances", "deepest_rung", "rung_importances", "rung_study", "diverged_by_region", "measured_values",
-    "region_labels", "rung_summary", "rung_values",
+    "region_labels", "rung_summary", "rung_values", "console_summary",
 ]

@@ -1,6 +1,8 @@
 """The final stage: a study's best configuration re-trained with new seeds on the full training split
-(validation still held out) and measured once on the test set. Trials never see the test set, so these
-runs are where a study's test error comes from; ``--compare`` runs the same stage once per value."""
+(validation still held out) and measured once on the test set, beside the untuned baseline (the
+space's recipe before search) trained by the same rule on the same seeds, so the two can be compared
+pair by pair. Trials never see the test set, so these runs are where a study's test error comes from;
+``--compare`` runs the same stage once per value."""
 
 from __future__ import annotations
 
@@ -28,22 +30,26 @@ from resnet_core.study.spec import StudySpec, trial_config
 class FinalStage:
     """How the best configuration is re-trained: ``seeds`` runs (seeds FINAL_SEED_BASE + i), each
     ``epochs`` long, or (``None``) as many SGD steps as a full trial took, so the tuned schedule and
-    warm-up keep their length in steps while the run sees the whole training split."""
+    warm-up keep their length in steps while the run sees the whole training split. The best ``top``
+    COMPLETE trials with distinct params each get the stage; the untuned baseline always does."""
 
     seeds: int
     epochs: int | None = None
+    top: int = 1
 
     def __post_init__(self) -> None:
         if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 0:
             raise ValueError(f"--final-seeds {self.seeds}: expected an integer >= 0 (0 skips the final stage)")
-        if self.epochs is not None and (isinstance(self.epochs, bool) or not isinstance(self.epochs, int)
-                                        or self.epochs < 1):
-            raise ValueError(f"--final-epochs {self.epochs}: expected an integer >= 1")
+        for flag, value in (("--final-epochs", 1 if self.epochs is None else self.epochs), ("--final-top", self.top)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{flag} {value}: expected an integer >= 1")
 
     def describe(self) -> str:
         length = f"{self.epochs} epochs" if self.epochs else "the SGD steps of a full trial"
-        return (f"{self.seeds} seed{'s' * (self.seeds != 1)} of the best config on the full training split "
-                f"(validation held out), {length}; test error with a 95% interval")
+        configs = "the best config" if self.top == 1 else f"each of the best {self.top} configs"
+        return (f"{self.seeds} seed{'s' * (self.seeds != 1)} of {configs} on the full training split "
+                f"(validation held out), {length}, and the same seeds of the untuned baseline (the space's recipe); "
+                "test error with a 95% interval and the paired difference tuned - baseline")
 
 
 def final_config(spec: StudySpec, params: dict[str, Any], stage: FinalStage, device: str = "auto") -> RunConfig:
@@ -61,12 +67,53 @@ def final_config(spec: StudySpec, params: dict[str, Any], stage: FinalStage, dev
     return apply_overrides(trial, changes)
 
 
+@dataclass(frozen=True)
+class FinalPlan:
+    """The final stage of one study, seed for seed: each candidate trial's runs (trial number, runs;
+    the best first) and the baseline's runs (the space's recipe: ``trial_config`` with no param set)."""
+
+    candidates: tuple[tuple[int, tuple[RunConfig, ...]], ...]
+    baseline: tuple[RunConfig, ...]
+
+    def runs(self) -> list[RunConfig]:
+        """Every run once, the best's and the baseline's first: a candidate that is the recipe itself
+        (no searched value moved) is the baseline's own runs, not a second copy of them."""
+        best, *others = self.candidates
+        ordered = [*best[1], *self.baseline, *(run for _, runs in others for run in runs)]
+        return list({run_id(run): run for run in ordered}.values())
+
+
+def top_candidates(study: optuna.Study, top: int) -> list[optuna.trial.FrozenTrial]:
+    """The best trial, then the next-best COMPLETE trials (lowest validation error) whose params
+    differ from every one chosen before, ``top`` at most."""
+    chosen = [study.best_trial]
+    for trial in sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.value):
+        if len(chosen) >= top:
+            break
+        if all(trial.params != other.params for other in chosen):
+            chosen.append(trial)
+    return chosen
+
+
+def final_plan(spec: StudySpec, study: optuna.Study, stage: FinalStage) -> FinalPlan | None:
+    """The final stage's runs of a study (None with ``seeds`` 0 or no COMPLETE trial): every
+    candidate and the baseline under one rule (:func:`final_config`) and one list of seeds, so
+    seed s of each trains on the same data order."""
+    if stage.seeds == 0 or not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return None
+
+    def seeded(params: dict[str, Any]) -> tuple[RunConfig, ...]:
+        config = final_config(spec, params, stage, spec.base.device)
+        return tuple(dataclasses.replace(config, seed=FINAL_SEED_BASE + i) for i in range(stage.seeds))
+
+    candidates = tuple((trial.number, seeded(trial.params)) for trial in top_candidates(study, stage.top))
+    return FinalPlan(candidates, seeded({}))
+
+
 def final_runs(spec: StudySpec, study: optuna.Study, stage: FinalStage) -> list[RunConfig]:
     """The final stage's runs of the study's best COMPLETE trial ([] if it has none)."""
-    if stage.seeds == 0 or not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        return []
-    best = final_config(spec, study.best_trial.params, stage, spec.base.device)
-    return [dataclasses.replace(best, seed=FINAL_SEED_BASE + i) for i in range(stage.seeds)]
+    plan = final_plan(spec, study, stage)
+    return list(plan.candidates[0][1]) if plan is not None else []
 
 
 def train_final(spec: StudySpec, study: optuna.Study, stage: FinalStage, devices: str | Sequence[str],
@@ -80,28 +127,42 @@ def train_final(spec: StudySpec, study: optuna.Study, stage: FinalStage, devices
 def train_finals(studies: Sequence[tuple[StudySpec, optuna.Study]], stage: FinalStage, pool: WorkerPool,
                  progress: bool = True) -> list[list[RunRecord]]:
     """Train (or find: a finished run is not trained again) the final runs of every study (a
-    --compare group's values together) in the worker ``pool``: the trials' device slots, threads
-    and memory cap, one run per worker at a time. A run another process is training is waited for
-    and its record read. Each study records its final run ids, so its report finds them."""
-    runs = [final_runs(spec, study, stage) for spec, study in studies]
+    --compare group's values together), candidates and baselines as one batch in the worker
+    ``pool`` (the trials' device slots, threads and memory cap; runs that differ only in their seed
+    may fuse). A run another process is training is waited for and its record read. Each study
+    records its final run ids (:func:`record_plan`), so its report finds them; returns the records
+    of each study's best trial."""
+    plans = [final_plan(spec, study, stage) for spec, study in studies]
     results = {spec.results for spec, _ in studies}
     if len(results) > 1:
         raise ValueError(f"the final stage trains into one results folder; these studies use {sorted(results)}")
-    if any(runs):
-        train_all([run for group in runs for run in group], results.pop(), pool, progress, desc="final stage")
+    runs = {run_id(run): run for plan in plans if plan is not None for run in plan.runs()}
+    if runs:
+        train_all(list(runs.values()), results.pop(), pool, progress, desc="final stage")
     records = []
-    for (spec, study), group in zip(studies, runs):
-        records.append([find_record(spec.results, run_id(run)) for run in group])
-        if group:
-            study.set_user_attr("final_run_ids", [r.run_id for r in records[-1]])
-            study.set_user_attr("final_trial", study.best_trial.number)
+    for (spec, study), plan in zip(studies, plans):
+        if plan is not None:
+            record_plan(study, plan)
+        records.append([find_record(spec.results, run_id(run)) for run in plan.candidates[0][1]] if plan else [])
     return records
+
+
+def record_plan(study: optuna.Study, plan: FinalPlan) -> None:
+    """The study's user attrs naming its final runs: ``final_run_ids``/``final_trial`` (the best
+    trial's), ``final_seeds``, ``baseline_run_ids`` and ``final_top`` ([trial, run ids] per candidate)."""
+    trial, runs = plan.candidates[0]
+    study.set_user_attr("final_run_ids", [run_id(run) for run in runs])
+    study.set_user_attr("final_trial", trial)
+    study.set_user_attr("final_seeds", [run.seed for run in runs])
+    study.set_user_attr("baseline_run_ids", [run_id(run) for run in plan.baseline])
+    study.set_user_attr("final_top", [[number, [run_id(run) for run in group]] for number, group in plan.candidates])
 
 
 def final_interval(errors: list[float], test_images: int | None) -> dict[str, Any]:
     """Mean test error (%) of the final runs and its 95% interval: Student's t over seeds when there
-    are two or more; with one seed, the Wilson interval of its error count on ``test_images`` (how
-    much the test set's sampling alone could move it: seed-to-seed spread is not in it)."""
+    are two or more (every seed is measured on the same test set, so that set's sampling is not in
+    it); with one seed, the Wilson interval of its error count on ``test_images`` (how much the test
+    set's sampling alone could move it: seed-to-seed spread is not in it)."""
     n = len(errors)
     if n == 0:
         return {"n": 0, "mean": None, "ci95": None, "interval": "no final run"}
@@ -111,7 +172,8 @@ def final_interval(errors: list[float], test_images: int | None) -> dict[str, An
 
         sd = math.sqrt(sum((e - mean) ** 2 for e in errors) / (n - 1))
         half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
-        return {"n": n, "mean": mean, "ci95": [mean - half, mean + half], "interval": f"t over {n} seeds"}
+        return {"n": n, "mean": mean, "ci95": [mean - half, mean + half],
+                "interval": f"t over {n} seeds; the sampling of the one shared test set is not in it"}
     if not test_images:
         return {"n": 1, "mean": mean, "ci95": None, "interval": "one seed; test set size unknown"}
     from statsmodels.stats.proportion import proportion_confint

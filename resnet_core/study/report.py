@@ -23,8 +23,11 @@ from resnet_core.store import (
 )
 from resnet_core.study import figures as sf
 from resnet_core.study import tables as sr
-from resnet_core.study.final import final_interval, final_table
+from resnet_core.study.final import final_table
 from resnet_core.study.importance import RungImportances, rung_importances
+from resnet_core.study.outcome import (
+    compare_paired_lines, console_lines, final_arms, final_outcome, outdated_final_text,
+)
 from resnet_core.study.journal import damaged_tail
 from resnet_core.study.pruners import describe_pruner
 from resnet_core.study.rungs import rung_values
@@ -93,24 +96,34 @@ def best_command(spec: StudySpec, study: optuna.Study) -> str | None:
 
 
 def final_result(spec: StudySpec, study: optuna.Study) -> dict[str, Any] | None:
-    """The final stage of a study (None if it has not run): its runs' test errors, their mean with
-    a 95% interval, and the command that trains the first of them."""
-    final = final_table([study], spec.results)
-    if final.empty:
+    """The final stage of a study (None if it has not run): the tuned config's and the baseline's
+    test errors with 95% intervals, their paired difference and verdict, the runs that did not
+    complete, and the commands that train the first seed of each."""
+    arms = final_arms(study, spec.results)
+    if arms is None:
         return None
-    sizes = final["test_size"].dropna()
-    interval = final_interval([float(e) for e in final["test_error"]], int(sizes.iloc[0]) if len(sizes) else None)
-    record = find_record(spec.results, final["run_id"].iloc[0])
-    config = run_config_from_dict(record.config) if record is not None else None
-    return {
-        "trial": study.user_attrs.get("final_trial"), "best_trial": study.best_trial.number,
-        "outdated": outdated_final(study) is not None, "seeds": [int(s) for s in final["seed"]],
-        "test_errors": [float(e) for e in final["test_error"]], "val_errors": [float(e) for e in final["val_error"]],
-        "test_error_mean": interval["mean"], "test_error_ci95": interval["ci95"], "interval": interval["interval"],
-        "training": _final_training(config, record.provenance.get("val_size") if record is not None else None),
-        "run_ids": list(final["run_id"]),
+    outcome = final_outcome(arms)
+    chosen = next(runs for trial, runs in arms.candidates if trial == outcome["trial"])
+    config, val_size = _first_config(spec.results, chosen)
+    result = {
+        **outcome, "best_trial": study.best_trial.number, "outdated": outdated_final(study) is not None,
+        "training": _final_training(config, val_size),
         "command": sr.reproduce_command(config, spec.model, spec.recipe) if config is not None else None,
     }
+    if "baseline" in result:
+        baseline, _ = _first_config(spec.results, arms.baseline)
+        result["baseline"]["command"] = (sr.reproduce_command(baseline, spec.model, spec.recipe)
+                                         if baseline is not None else None)
+    return result
+
+
+def _first_config(results: str, runs) -> tuple[RunConfig | None, int | None]:
+    """The config of the first of ``runs`` that has a record, and the validation images it held out."""
+    for run in runs:
+        record = find_record(results, run.run_id)
+        if record is not None and record.config:
+            return run_config_from_dict(record.config), (record.provenance or {}).get("val_size")
+    return None, None
 
 
 def outdated_final(study: optuna.Study) -> tuple[int, int] | None:
@@ -210,20 +223,37 @@ def write_compare_report(group: str, studies: list[optuna.Study], storage: str, 
     final = final_table(studies, results)
     comparison = sr.compare_table(final, field_name, order=values) if not final.empty else pd.DataFrame()
     atomic_write_text(out_dir / "comparison.csv", comparison.to_csv(index=False))
-    bests = [sr.best_summary(s, best_command(p, s)) | {"compare_value": v} for s, p, v in zip(studies, specs, values)]
+    finals = [final_result(p, s) for s, p in zip(studies, specs)]
+    bests = [sr.best_summary(s, best_command(p, s)) | {"compare_value": v, "final": f}
+             for s, p, v, f in zip(studies, specs, values, finals)]
     payload = {"group": group, "field": field_name, "values": bests,
                "final_seeds": comparison.to_dict(orient="records")}
     atomic_write_text(out_dir / "best.json", json.dumps(payload, indent=1, default=str) + "\n")
-    notes = [f"{field_name} {sr.format_value(v)}: {sr.outdated_final_text(*o)}"
+    notes = [f"{field_name} {sr.format_value(v)}: {outdated_final_text(*o)}"
              for s, v in zip(studies, values) if (o := outdated_final(s)) is not None]
     name = None
     if figures:
         name = _save_figure(lambda: sf.isolation_figure(trials, field_name, final), out_dir / "isolation.png", notes)
     run_ids = [r for r in trials.get("user_attrs_run_id", []) if isinstance(r, str)] + list(final["run_id"])
     context = report_context(specs[0], runs, run_ids)
-    text = sr.compare_markdown(group, field_name, studies, values, context, comparison, notes, [name] if name else [])
+    paired = compare_paired_lines(field_name, [(sr.format_value(v), f) for v, f in zip(values, finals)])
+    text = sr.compare_markdown(group, field_name, studies, values, context, comparison, notes, [name] if name else [],
+                               paired)
     atomic_write_text(out_dir / "report.md", text)
     return out_dir
+
+
+def console_summary(out_dir: Path) -> list[str]:
+    """The study command's last lines, read from the best.json just written in ``out_dir`` (one
+    study or a --compare group): best validation error, final-stage test errors with their intervals,
+    the tuned - baseline difference, the verdict, and the report's path last."""
+    best = json.loads((out_dir / "best.json").read_text())
+    if "values" in best:
+        lines = [line for value in best["values"]
+                 for line in console_lines(value, f"{best['field']}={sr.format_value(value['compare_value'])}: ")]
+    else:
+        lines = console_lines(best)
+    return lines + [f"report   {out_dir / 'report.md'}"]
 
 
 def report_warnings(storage: str, results: str) -> list[str]:

@@ -24,6 +24,7 @@ from resnet_core.reports import markdown_table, plural
 from resnet_core.stats import difference_interval, mean_interval
 from resnet_core.study.common import FINISHED, is_diverged
 from resnet_core.study.importance import importance_lines, rung_importances
+from resnet_core.study.outcome import final_lines
 from resnet_core.study.rungs import diverged_lines, rung_lines, rung_values, state_text
 
 
@@ -245,32 +246,6 @@ def _best_lines(study: optuna.Study, context: Mapping[str, Any], runs: pd.DataFr
     return lines
 
 
-def final_lines(final: Mapping[str, Any] | None) -> list[str]:
-    """The final stage: the best config re-trained with new seeds, its TEST error and 95% interval."""
-    if not final:
-        return ["## Final stage", "", "Not run (--final-seeds 0, or no COMPLETE trial): this study reports no test "
-                "error.", ""]
-    errors = ", ".join(f"{e:.2f}%" for e in final["test_errors"])
-    low_high = (f"95% interval {final['test_error_ci95'][0]:.2f} to {final['test_error_ci95'][1]:.2f}"
-                if final.get("test_error_ci95") else "no interval")
-    seeds = len(final["seeds"])
-    lines, trained = ["## Final stage (test error)", ""], f"The best trial (trial {final.get('trial')})"
-    if final.get("outdated"):  # its runs measure an earlier best: said first, and never called the best
-        lines += [outdated_final_text(final["trial"], final["best_trial"]), ""]
-        trained = f"Trial {final['trial']}"
-    return lines + [
-        f"{trained} re-trained with {seeds} new seed{'s' * (seeds != 1)} "
-        f"({', '.join(map(str, final['seeds']))}), {final['training']}.", "",
-        f"Test error {final['test_error_mean']:.2f}% ({low_high}; {final['interval']}); per seed: {errors}.", "",
-        "Reproduce (first seed):", "", f"    {final['command']}", ""]
-
-
-def outdated_final_text(trained: int, best: int) -> str:
-    """What a report says when its final stage trained an earlier best trial than the best one now."""
-    return (f"The final stage trained trial {trained}; the best trial is now {best}, so the final test error is "
-            f"trial {trained}'s: re-run without --final-seeds 0 to train trial {best}.")
-
-
 def coupling_lines(study: optuna.Study, context: Mapping[str, Any], n: int = 5) -> list[str]:
     """A section naming parameters that move together: under a fixed number of epochs, the batch size
     also sets the number of optimizer steps (under fixed iterations, the number of epochs), so a best
@@ -315,8 +290,9 @@ def _run_value(runs: pd.DataFrame | None, run_id: str | None, column: str) -> fl
 
 def compare_markdown(group: str, field: str, studies: list[optuna.Study], values: list[Any],
                      context: Mapping[str, Any], comparison: pd.DataFrame, notes: Iterable[str] = (),
-                     figures: Iterable[str] = ()) -> str:
-    """report.md of a --compare group: tuning per value (validation), then final seeds (TEST)."""
+                     figures: Iterable[str] = (), paired: Iterable[str] = ()) -> str:
+    """report.md of a --compare group: tuning per value (validation), then final seeds (TEST), then
+    ``paired``: the lines of each value's tuned config against its untuned baseline."""
     lines = [f"# Comparison `{group}`: {field}", "",
              f"Each value of `{field}` was tuned on its own (same trial budget, sampler and seed, its own pruner); "
              "the best config of each, chosen by VALIDATION error, was re-trained with new seeds, and only those "
@@ -333,7 +309,7 @@ def compare_markdown(group: str, field: str, studies: list[optuna.Study], values
               markdown_table(pd.DataFrame(rows), floatfmt=".2f"), "",
               "## Best config per value over final seeds (TEST error, %)", "",
               markdown_table(comparison, floatfmt=".2f") if not comparison.empty else "Final seeds not trained yet.", ""]
-    lines += [f"- {note}" for note in notes]
+    lines += [*paired, *[f"- {note}" for note in notes]]
     lines += ["", *[f"![{name}]({name})" for name in figures]]
     return "\n".join(lines).rstrip() + "\n"
 
