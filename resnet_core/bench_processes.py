@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from resnet_core.bench import NAMED_MODES, BenchRequest, Row, failure_note, images_per_s, median_row, setup
+from resnet_core.bench_loop import NAMED_MODES, BenchRequest, Row, failure_note, images_per_s, median_row, setup
 from resnet_core.devices import available_cpus, sync
 
 WAIT_SECONDS = 600  # for a worker's next result (its start includes importing torch and warming up)

@@ -7,19 +7,32 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from resnet_core.config import RunConfig
 from resnet_core.identity import run_id
 from resnet_core.store import atomic_write_bytes
 
-if TYPE_CHECKING:  # the trainer is built by the engine, which imports this module
-    from resnet_core.engine import Trainer
+
+class Checkpointed(Protocol):
+    """What this module reads and writes of a training run: an ``engine.Trainer``, or a fused group's
+    ``fused_fit.MemberView`` (named here, not imported: both modules import this one)."""
+
+    run: RunConfig
+    device: torch.device
+    model: Any  # state_dict() / load_state_dict()
+    optimizer: Any
+    generator: torch.Generator
+    scaler: torch.amp.GradScaler | None
+    iteration: int
+    history: list[dict[str, Any]]
+    resumed_from: str | None
 
 
-def _rng_state(trainer: Trainer) -> dict[str, Any]:
+def _rng_state(trainer: Checkpointed) -> dict[str, Any]:
     """The RNG states (CPU byte tensors, as ``get_state`` returns them) and the device type whose
     generator wrote them: generator states of different device types are not interchangeable."""
     state: dict[str, Any] = {"device_type": trainer.device.type, "torch": torch.get_rng_state(),
@@ -29,7 +42,7 @@ def _rng_state(trainer: Trainer) -> dict[str, Any]:
     return state
 
 
-def save_checkpoint(trainer: Trainer, path: Path) -> None:
+def save_checkpoint(trainer: Checkpointed, path: Path) -> None:
     """Model, optimizer, RNG states, iteration and history after an epoch, written atomically."""
     buffer = io.BytesIO()
     torch.save(
@@ -47,7 +60,7 @@ def save_checkpoint(trainer: Trainer, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def checkpoint_if_due(trainer: Trainer, path: Path, due: bool) -> bool:
+def checkpoint_if_due(trainer: Checkpointed, path: Path, due: bool) -> bool:
     """Save the checkpoint when it is ``due`` and the run keeps checkpoints; whether it was saved.
 
     The engine saves every ``checkpoint_every`` epochs (TrainConfig), not after each: a checkpoint
@@ -60,7 +73,7 @@ def checkpoint_if_due(trainer: Trainer, path: Path, due: bool) -> bool:
     return False
 
 
-def load_checkpoint(trainer: Trainer, path: Path) -> bool:
+def load_checkpoint(trainer: Checkpointed, path: Path) -> bool:
     """Restore a checkpoint (``weights_only=True``); a corrupt or foreign one is ignored with a warning.
 
     Everything is loaded onto the CPU, whichever device wrote it: ``load_state_dict`` copies
@@ -87,7 +100,7 @@ def load_checkpoint(trainer: Trainer, path: Path) -> bool:
     return True
 
 
-def _restore_rng(trainer: Trainer, rng: dict[str, Any]) -> None:
+def _restore_rng(trainer: Checkpointed, rng: dict[str, Any]) -> None:
     """Continue the checkpoint's random streams, or reseed when it comes from another device type.
 
     A generator's state is device-specific (a CPU Mersenne Twister state is 5056 bytes, a CUDA
@@ -112,7 +125,7 @@ def _restore_rng(trainer: Trainer, rng: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(rng["cuda"].cpu(), trainer.device)
 
 
-def _rng_device_type(trainer: Trainer, rng: dict[str, Any]) -> str:
+def _rng_device_type(trainer: Checkpointed, rng: dict[str, Any]) -> str:
     """The device type that wrote ``rng``; checkpoints from before it was stored tell by the size."""
     if "device_type" in rng:
         return str(rng["device_type"])

@@ -18,12 +18,9 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-# The run id needs the data's identity (a directory's content fingerprint), which only the data
-# layer can compute; data.py imports this module for type checking only, so this is no cycle.
-from resnet_core.data import DATA_ENV_VAR
 from resnet_core.splits import DEFAULT_VAL_SIZE
 
-from resnet_core import augment, blocks, schedules  # registries only: none of them imports this module at run time
+from resnet_core import augment, blocks, schedules  # registries only: none of them imports this module
 from resnet_core.devices import COMPILE_MODES
 from resnet_core.validation import (
     DEVICE_PATTERN, DEVICES_ALLOWED, check_choice, check_count, check_positive, check_seed, fail,
@@ -40,6 +37,7 @@ AUGMENTS = tuple(augment.AUGMENTATIONS)
 AMP_MODES = ("auto", "bf16", "off")  # resolved by devices.resolve_amp (auto: by hardware)
 # When the test set is evaluated: grids need per-epoch test curves (Fig. 6); a study trial never uses it.
 TEST_EVALS = ("every_epoch", "end", "never")
+DATA_ENV_VAR = "RESNET_CORE_DATA"  # the command lines' default --data (default_data_source)
 
 
 # Old names still accepted, with a FutureWarning: "seed" named the tutorial's network, recipe and

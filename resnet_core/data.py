@@ -32,7 +32,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -40,15 +40,12 @@ import torch.nn.functional as F
 
 from resnet_core import cache
 from resnet_core.cache import CACHE_ENV_VAR, RawData  # noqa: F401 - CACHE_ENV_VAR: part of this module's API
+from resnet_core.config import DATA_ENV_VAR, DataConfig
 from resnet_core.devices import available_cpus
 from resnet_core.splits import effective_val_size, split_indices
 
-if TYPE_CHECKING:  # config imports this module (a run's id needs its data's identity)
-    from resnet_core.config import DataConfig
-
 log = logging.getLogger(__name__)
 
-DATA_ENV_VAR = "RESNET_CORE_DATA"  # the command lines' default --data (config.default_data_source)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 CIFAR_SIZE = 32
 SYNTHETIC_TRAIN, SYNTHETIC_TEST, SYNTHETIC_CLASSES = 2000, 500, 10

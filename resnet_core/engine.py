@@ -28,19 +28,14 @@ from resnet_core.identity import run_id
 from resnet_core.data import DataBundle, load_data
 from resnet_core.evaluation import TEST_WRONG, evaluate, measure, split_metrics
 from resnet_core.devices import (
-    configure_backends, needs_grad_scaler, resolve_amp, resolve_device, resolve_sync_every, sync,
+    configure_backends, needs_grad_scaler, process_state_restored, resolve_amp, resolve_device, resolve_sync_every,
+    sync,
 )
 from resnet_core.models import build_model, count_macs, count_parameters, stage_parameters
 from resnet_core.progress import progress_bar
 from resnet_core.provenance import collect_provenance
 from resnet_core.schedules import StepPlan, build_optimizer, lr_at, make_budget, momentum_at, set_lr, set_momentum
-from resnet_core.store import (
-    FINAL_STATUSES,
-    RunRecord,
-    checkpoint_path,
-    find_record,
-    write_record,
-)
+from resnet_core.store import FINAL_STATUSES, RunRecord, checkpoint_path, find_record, write_record
 
 Callback = Callable[[dict[str, Any]], Any]
 # Steps between samples of the per-stage gradient norms. A sample costs ~17 small kernel launches,
@@ -343,6 +338,7 @@ def _train_loop(trainer: Trainer, callbacks: Iterable[Callback], ckpt: Path, pro
     return None
 
 
+@process_state_restored()
 def fit(run: RunConfig, callbacks: Iterable[Callback] = (), results_dir: str | Path = "results",
         data: DataBundle | None = None, progress: bool = False) -> RunRecord:
     """Train ``run`` (or resume it, or return its finished record) and write its record.
@@ -350,7 +346,8 @@ def fit(run: RunConfig, callbacks: Iterable[Callback] = (), results_dir: str | P
     A completed or diverged record is returned as it is. Otherwise training resumes from the
     run's checkpoint if one exists. Divergence (NaN/inf loss) gives status ``diverged``; an
     exception gives ``failed`` with the message; a callback returning True gives ``stopped``.
-    Ctrl-C or SystemExit writes a ``stopped`` record and re-raises; the checkpoint stays.
+    Ctrl-C or SystemExit writes a ``stopped`` record and re-raises; the checkpoint stays. The global
+    RNG states and cuDNN settings the run sets are given back (``devices.process_state_restored``).
     """
     callbacks = list(callbacks)
     identity = run_id(run)
@@ -428,6 +425,7 @@ def _release() -> None:
 
 # ---------------------------------------------------------------------- rates and estimates
 
+@process_state_restored()
 def measure_step_rate(run: RunConfig, steps: int = 5, warmup: int = 2) -> float:
     """Training images/s of the engine's step for ``run``'s model and recipe, on random tensors.
 

@@ -30,7 +30,9 @@ from resnet_core.config import RunConfig
 from resnet_core.data import DataBundle
 from resnet_core.compiled import begin_graph_step, compiled_step_model
 from resnet_core.evaluation import measure_group, split_metrics
-from resnet_core.devices import configure_backends, needs_grad_scaler, resolve_amp, resolve_device, resolve_sync_every
+from resnet_core.devices import (
+    configure_backends, needs_grad_scaler, process_state_restored, resolve_amp, resolve_device, resolve_sync_every,
+)
 from resnet_core.fused import (
     FusedModel,
     build_fused,
@@ -412,6 +414,7 @@ def _partitions(runs: list[RunConfig], results_dir: Path) -> list[list[RunConfig
     return list(parts.values())
 
 
+@process_state_restored()
 def fit_group(runs: Sequence[RunConfig], results_dir: str | Path = "results", data: DataBundle | None = None,
               progress: bool = False) -> list[RunRecord]:
     """Train ``runs`` (equal but for their seeds) as one fused model and return their records in order.
@@ -419,7 +422,7 @@ def fit_group(runs: Sequence[RunConfig], results_dir: str | Path = "results", da
     Each run's record and checkpoint are what :func:`resnet_core.engine.fit` writes for it (the same
     run id, resumable by either); a run whose record is final is returned as it is; a member that
     diverges is recorded ``diverged`` while the others go on; Ctrl-C writes ``stopped`` records and
-    re-raises, the checkpoints stay.
+    re-raises, the checkpoints stay. The global RNG states and cuDNN settings are given back, as by ``fit``.
     """
     runs = list(runs)
     check_fusable(runs)

@@ -4,45 +4,63 @@ in steps (registries: an unknown name fails in the config, not here)."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:  # config.py validates its choices against this module's registries
-    from resnet_core.config import TrainConfig
+
+class TrainSettings(Protocol):
+    """What this module reads of a run's training settings: a ``config.TrainConfig``, named here and
+    not imported, since config.py checks its choices against this module's registries."""
+
+    optimizer: str
+    lr: float
+    momentum: float
+    nesterov: bool
+    weight_decay: float
+    schedule: str
+    milestones: tuple[float, ...]
+    gamma: float
+    warmup_iterations: int
+    warmup_fraction: float
+    warmup_lr: float
+    cycle_momentum: bool
+    batch_size: int
+    epochs: int | None
+    iterations: int | None
 
 
-def _sgd(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+def _sgd(params, cfg: TrainSettings) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
                            weight_decay=cfg.weight_decay)
 
 
-def _adam(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+def _adam(params, cfg: TrainSettings) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _adamw(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+def _adamw(params, cfg: TrainSettings) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 OPTIMIZERS = {"sgd": _sgd, "adam": _adam, "adamw": _adamw}
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: TrainSettings) -> torch.optim.Optimizer:
     return OPTIMIZERS[cfg.optimizer](model.parameters(), cfg)
 
 
-def _step_factor(progress: float, cfg: TrainConfig) -> float:
+def _step_factor(progress: float, cfg: TrainSettings) -> float:
     return cfg.gamma ** sum(progress >= m for m in cfg.milestones)
 
 
-def _cosine_factor(progress: float, cfg: TrainConfig) -> float:
+def _cosine_factor(progress: float, cfg: TrainSettings) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def _onecycle_factor(progress: float, cfg: TrainConfig) -> float:
+def _onecycle_factor(progress: float, cfg: TrainSettings) -> float:
     # Smith & Topin 2017: rise from lr/25 to lr over the first 30%, then cosine down to ~lr/1e4.
     rise = 0.3
     if progress < rise:
@@ -50,14 +68,14 @@ def _onecycle_factor(progress: float, cfg: TrainConfig) -> float:
     return 1e-4 + (1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * min((progress - rise) / (1 - rise), 1.0)))
 
 
-def _constant_factor(progress: float, cfg: TrainConfig) -> float:
+def _constant_factor(progress: float, cfg: TrainSettings) -> float:
     return 1.0
 
 
 SCHEDULES = {"step": _step_factor, "cosine": _cosine_factor, "onecycle": _onecycle_factor, "constant": _constant_factor}
 
 
-def lr_at(iteration: int, total_iterations: int, cfg: TrainConfig) -> float:
+def lr_at(iteration: int, total_iterations: int, cfg: TrainSettings) -> float:
     """Learning rate of step ``iteration`` (0-based) of ``total_iterations``.
 
     ``warmup_iterations`` is the paper's warm-up, not a ramp: "we use 0.01 to warm up the training
@@ -72,7 +90,7 @@ def lr_at(iteration: int, total_iterations: int, cfg: TrainConfig) -> float:
     return lr * (iteration + 1) / ramp if iteration < ramp else lr
 
 
-def warmup_length(cfg: TrainConfig, total_iterations: int) -> int:
+def warmup_length(cfg: TrainSettings, total_iterations: int) -> int:
     """Iterations of the gradual warm-up (``warmup_fraction`` of the run, at least 1 when set)."""
     return max(1, round(cfg.warmup_fraction * total_iterations)) if cfg.warmup_fraction else 0
 
@@ -82,7 +100,7 @@ def warmup_length(cfg: TrainConfig, total_iterations: int) -> int:
 CYCLE_MOMENTUM_HIGH, CYCLE_MOMENTUM_LOW = 0.95, 0.85
 
 
-def momentum_at(iteration: int, total_iterations: int, cfg: TrainConfig) -> float:
+def momentum_at(iteration: int, total_iterations: int, cfg: TrainSettings) -> float:
     """SGD momentum of step ``iteration``: ``cfg.momentum``, or under ``cycle_momentum`` the mirror of the
     schedule's lr factor: 0.85 where the lr is at its peak, toward 0.95 as it falls to 0 (under one-cycle
     0.95 -> 0.85 at the peak -> 0.95 at the end; a warm-up's ramp is not mirrored)."""
@@ -113,7 +131,7 @@ class StepPlan:
     epochs: int
 
 
-def make_budget(cfg: TrainConfig, train_size: int) -> StepPlan:
+def make_budget(cfg: TrainSettings, train_size: int) -> StepPlan:
     """Steps per epoch drop the last partial batch (a 1-image batch would upset BatchNorm)."""
     if train_size < 1:
         raise ValueError("the training split is empty: lower val_size or raise subset")

@@ -15,7 +15,7 @@ from resnet_core.config import RunConfig, parse_assignments
 from resnet_core.identity import run_id
 from resnet_core.engine import fit
 from resnet_core.store import RunRecord, write_record
-from resnet_core.study import StudyRequest
+from resnet_core.study.plan import StudyRequest
 
 TINY_SETTINGS = ["depth=8", "widths=4,8,16", "batch_size=50", "eval_batch_size=500", "cycle_momentum=false"]
 

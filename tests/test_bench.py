@@ -12,7 +12,7 @@ import types
 import pytest
 import torch
 
-from resnet_core import bench
+from resnet_core import bench, bench_loop
 from resnet_core.commands import bench as bench_command
 from resnet_core.cli import run_cli
 
@@ -118,10 +118,10 @@ def test_a_measurement_never_reads_the_device_from_the_host(monkeypatch):
     for method in ("item", "tolist", "__bool__", "__float__", "__int__"):
         monkeypatch.setattr(torch.Tensor, method, recording(method, getattr(torch.Tensor, method), reads))
     for loop in loops:
-        loop.run(2 * bench.POOL_BATCHES + 1)
+        loop.run(2 * bench_loop.POOL_BATCHES + 1)
     monkeypatch.undo()
     assert reads == []
-    assert loops[0].done == loops[1].done == 2 * bench.POOL_BATCHES + 1
+    assert loops[0].done == loops[1].done == 2 * bench_loop.POOL_BATCHES + 1
     assert [m.run.seed for m in loops[1].trainer.members] == [0, 1]  # the fused trainer's group of seeds 0..K-1
     assert loops[1].sums[0].shape == (2,) and loops[1].sums[2].shape[0] == 2  # per member
 

@@ -437,3 +437,25 @@ def test_fit_refuses_data_loaded_for_another_data_config(tmp_path):
     run = dataclasses.replace(tiny_run(epochs=1), data=dataclasses.replace(TINY_DATA, subset=300))
     with pytest.raises(ValueError, match="fit was given data loaded for"):
         fit(run, results_dir=tmp_path, data=data)
+
+
+def gives_back_process_state(monkeypatch, module, train):
+    """``train()`` (a fit whose ``module.configure_backends`` turns cuDNN's benchmark on, as on a GPU)
+    leaves the caller's torch random state and cuDNN benchmark switch as it found them; its result."""
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    monkeypatch.setattr(module, "configure_backends", lambda device: setattr(torch.backends.cudnn, "benchmark", True))
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    result = train()
+    assert torch.equal(torch.get_rng_state(), before), "the caller's torch RNG state changed"
+    assert torch.backends.cudnn.benchmark is False, "cudnn.benchmark was left on"
+    return result
+
+
+def test_fit_gives_the_caller_back_its_random_state_and_cudnn_benchmark(tmp_path, monkeypatch):
+    seen = []
+    run = tiny_run(epochs=1)
+    record = gives_back_process_state(monkeypatch, engine, lambda: fit(
+        run, callbacks=[lambda m: seen.append(torch.backends.cudnn.benchmark)], results_dir=tmp_path))
+    assert record.status == "completed" and seen == [True]  # the run itself trained with it on
+    assert gives_back_process_state(monkeypatch, engine, lambda: engine.measure_step_rate(run, steps=1, warmup=0)) > 0

@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from grid_helpers import driver, keep_torch_threads  # noqa: F401
-from resnet_core import study as st
 from resnet_core.commands import train
 from resnet_core.cli import run_cli
 from resnet_core.commands import study as run_driver
@@ -26,6 +25,7 @@ from resnet_core.data import load_data
 from resnet_core.devices import resolve_device
 from resnet_core.migrate import migrate_run_ids
 from resnet_core.store import RunRecord, load_runs, read_record, write_record
+from resnet_core.study.storage import open_storage
 from test_data import make_imagefolder
 from test_faults_journal import study_args
 
@@ -195,7 +195,7 @@ def test_a_record_with_a_malformed_run_id_schema_is_skipped_with_a_warning(schem
 
 def write_journal(path: Path) -> list[bytes]:
     """A study of 1 finished trial in a journal file; returns its lines."""
-    study = optuna.create_study(study_name="tiny", storage=st.open_storage(str(path)))
+    study = optuna.create_study(study_name="tiny", storage=open_storage(str(path)))
     trial = study.ask()
     study.tell(trial, 0.5)
     return path.read_bytes().splitlines(keepends=True)
@@ -223,7 +223,7 @@ def test_a_json_line_that_is_no_optuna_operation_is_one_line_naming_the_journal_
     assert refused(capsys, report_driver.main, ["--study-name", "tiny", "--results", str(results)]) == message
     assert refused(capsys, run_driver.main, study_args(tmp_path, "--trials", "2", results=results)) == message
     path.write_bytes(b"".join(lines))  # the line deleted, as the message says: the study reads again
-    assert len(optuna.load_study(study_name="tiny", storage=st.open_storage(str(path))).trials) == 1
+    assert len(optuna.load_study(study_name="tiny", storage=open_storage(str(path))).trials) == 1
 
 
 # ------------------------------------------------------------------------------ study names

@@ -19,8 +19,12 @@ import optuna
 import pandas as pd
 import pytest
 
-from resnet_core import study as st
 from resnet_core.cli import run_cli
+from resnet_core.study.common import FINISHED
+from resnet_core.study.journal import damaged_tail
+from resnet_core.study.space import read_space, validate_space
+from resnet_core.study.spec import base_run, budget
+from resnet_core.study.storage import open_storage
 
 REPO = Path(__file__).resolve().parents[1]
 from resnet_core.commands import study as run_driver  # resnet-study (studies/run.py in a checkout)
@@ -92,7 +96,7 @@ def journal(results: Path) -> Path:
 
 
 def load(results: Path) -> optuna.Study:
-    return optuna.load_study(study_name="tiny", storage=st.open_storage(str(journal(results))))
+    return optuna.load_study(study_name="tiny", storage=open_storage(str(journal(results))))
 
 
 def assert_whole_journal(path: Path) -> list[dict]:
@@ -123,7 +127,7 @@ def test_damaged_journal_tail_is_cut_with_a_copy_and_the_study_goes_on(case, res
     before = path.read_bytes()
     path.write_bytes(TAILS[case](before))
     damaged = path.read_bytes()
-    offset, tail = st.damaged_tail(path)
+    offset, tail = damaged_tail(path)
 
     assert run_cli(report_driver.main, ["--study-name", "tiny", "--results", str(results), "--no-figures"]) == 0
     warning = one_line(capsys.readouterr().err)
@@ -138,8 +142,8 @@ def test_damaged_journal_tail_is_cut_with_a_copy_and_the_study_goes_on(case, res
     repaired = path.read_bytes()
     assert repaired[:offset] == damaged[:offset]  # everything before the damaged line is kept as it was
     assert_whole_journal(path)
-    assert len(load(results).get_trials(states=st.FINISHED)) == 3
-    assert st.damaged_tail(path) is None
+    assert len(load(results).get_trials(states=FINISHED)) == 3
+    assert damaged_tail(path) is None
 
 
 def test_full_disk_while_appending_is_one_line_and_leaves_a_whole_journal(results, tmp_path):
@@ -150,12 +154,12 @@ def test_full_disk_while_appending_is_one_line_and_leaves_a_whole_journal(result
     assert one_line(done.stderr) == (f"error: {path}: No space left on device (appending to the study journal; "
                                      "the partial write was undone)")
     assert_whole_journal(path)
-    assert st.damaged_tail(path) is None
+    assert damaged_tail(path) is None
     load(results).trials  # the study still reads
 
     assert run_cli(run_driver.main, args) == 0  # the rerun: the dead worker's trial is retried
     assert_whole_journal(path)
-    assert len(load(results).get_trials(states=st.FINISHED)) == 3
+    assert len(load(results).get_trials(states=FINISHED)) == 3
 
 
 # ------------------------------------------------------------------------- 1: record copies
@@ -262,13 +266,13 @@ def test_a_study_remembers_its_sampler_and_pruner(results, tmp_path, capsys):
 def test_dotted_keys_in_a_space_fixed_table_are_accepted_and_a_clash_is_refused(tmp_path):
     space = tmp_path / "fixed.toml"
     space.write_text(SPACE + "[fixed]\ntrain.weight_decay = 0.5\n\"model.depth\" = 8\n")
-    read = st.read_space(str(space))
+    read = read_space(str(space))
     assert dict(read.fixed) == {"weight_decay": 0.5, "depth": 8}
-    base = st.validate_space(read, st.base_run("resnet20", st.budget("quick")))
+    base = validate_space(read, base_run("resnet20", budget("quick")))
     assert base.train.weight_decay == 0.5 and base.model.depth == 8
     space.write_text(SPACE + "[fixed]\ntrain.weight_decay = 0.5\nweight_decay = 0.6\n")
     with pytest.raises(ValueError, match=r"'train.weight_decay' and 'weight_decay' name the same field \(train.weight_decay\)"):
-        st.read_space(str(space))
+        read_space(str(space))
 
 
 def test_an_unencoded_at_in_a_password_never_shows_in_the_error(tmp_path, capsys):

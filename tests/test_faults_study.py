@@ -19,9 +19,10 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from resnet_core import study as st
 from resnet_core.cli import run_cli
 from resnet_core.store import checkpoint_path, find_record, iter_records, read_record
+from resnet_core.study.common import FINISHED
+from resnet_core.study.storage import default_storage, open_storage
 from resnet_core.study.recovery import _pid_alive
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,7 +55,7 @@ def start(args: list[str], **kwargs) -> subprocess.Popen:
 
 
 def load(results: Path) -> optuna.Study:
-    return optuna.load_study(study_name="tiny", storage=st.open_storage(st.default_storage(results, "tiny")))
+    return optuna.load_study(study_name="tiny", storage=open_storage(default_storage(results, "tiny")))
 
 
 def wait_until(condition, proc: subprocess.Popen, timeout: float = 90) -> bool:
@@ -167,9 +168,9 @@ def test_sigkill_at_random_moments_leaves_only_whole_files(tmp_path):
 
     assert run_driver.main(args) == 0, f"FAULT_SEED={seed}"
     study = load(results)
-    assert len(study.get_trials(states=st.FINISHED)) == 3, f"FAULT_SEED={seed}"
+    assert len(study.get_trials(states=FINISHED)) == 3, f"FAULT_SEED={seed}"
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING)), f"FAULT_SEED={seed}"
-    for trial in study.get_trials(states=st.FINISHED):
+    for trial in study.get_trials(states=FINISHED):
         assert read_record(results / "runs" / f"{trial.user_attrs['run_id']}.json").status in ("completed", "stopped")
     assert_whole_files(results)
     best = json.loads((results / "studies" / "tiny" / "best.json").read_text())

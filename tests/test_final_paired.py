@@ -16,13 +16,15 @@ import torch
 from optuna.distributions import FloatDistribution
 from scipy import stats
 
-from resnet_core import study as st
 from resnet_core.config import to_dict
 from resnet_core.evaluation import pack_wrong, unpack_wrong
 from resnet_core.identity import run_id
 from resnet_core.stats import paired_image_interval, paired_seed_interval
 from resnet_core.store import RunRecord, find_record, write_record
 from resnet_core.study import outcome
+from resnet_core.study.final import FinalStage, final_config, final_interval, final_runs, train_final
+from resnet_core.study.plan import plan
+from resnet_core.study.tables import config_differences
 from resnet_core.study.report import write_study_report
 from study_helpers import tiny_request
 
@@ -110,7 +112,7 @@ def test_a_pair_with_one_side_missing_is_left_out_and_named():
 
 
 def test_the_single_config_interval_says_the_shared_test_set_is_not_in_it():
-    assert st.final_interval([40.0, 42.0], 10000)["interval"] == \
+    assert final_interval([40.0, 42.0], 10000)["interval"] == \
         "t over 2 seeds; the sampling of the one shared test set is not in it"
 
 
@@ -151,48 +153,48 @@ def constructed_study(*trials: tuple[float, float]) -> optuna.Study:
 
 @pytest.fixture()
 def spec(tmp_path, space):
-    return st.plan(tiny_request(tmp_path, space, epochs=1))[0].spec
+    return plan(tiny_request(tmp_path, space, epochs=1))[0].spec
 
 
 def test_the_final_stage_trains_the_best_config_and_the_baseline_on_the_same_seeds(tmp_path, spec):
     study = constructed_study((10.0, 0.05), (12.0, 0.15))
-    stage, trained = st.FinalStage(2, epochs=1), []
-    records = st.train_final(spec, study, stage, "cpu", progress=False, fit=paired_fake_fit(trained))
-    baseline = st.final_config(spec, {}, stage)
-    best = st.final_config(spec, study.best_trial.params, stage)
-    assert baseline == st.final_config(spec, dict(spec.space.fixed), stage)  # the recipe: no searched value moved
+    stage, trained = FinalStage(2, epochs=1), []
+    records = train_final(spec, study, stage, "cpu", progress=False, fit=paired_fake_fit(trained))
+    baseline = final_config(spec, {}, stage)
+    best = final_config(spec, study.best_trial.params, stage)
+    assert baseline == final_config(spec, dict(spec.space.fixed), stage)  # the recipe: no searched value moved
     assert baseline.train.lr == spec.base.train.lr != best.train.lr == 0.05
-    assert st.config_differences(best, baseline).keys() == {"train.lr", "train.momentum"}  # same rule, same length
+    assert config_differences(best, baseline).keys() == {"train.lr", "train.momentum"}  # same rule, same length
     by_lr = {lr: sorted(c.seed for c in trained if c.train.lr == lr) for lr in (0.05, spec.base.train.lr)}
     assert by_lr == {0.05: [1000, 1001], spec.base.train.lr: [1000, 1001]} and len(trained) == 4
     assert [r.config["train"]["lr"] for r in records] == [0.05, 0.05]  # the best trial's records
     assert study.user_attrs["baseline_run_ids"] == [run_id(dataclasses.replace(baseline, seed=s)) for s in (1000, 1001)]
     assert study.user_attrs["final_seeds"] == [1000, 1001]
     trained.clear()  # asked again, every run is found, none trained
-    st.train_final(spec, study, stage, "cpu", progress=False, fit=paired_fake_fit(trained))
+    train_final(spec, study, stage, "cpu", progress=False, fit=paired_fake_fit(trained))
     assert trained == []
 
 
 def test_a_final_stage_from_before_the_baseline_trains_only_the_baseline_when_run_again(tmp_path, spec):
     study = constructed_study((10.0, 0.05))
-    stage, trained = st.FinalStage(1, epochs=1), []
+    stage, trained = FinalStage(1, epochs=1), []
     fit = paired_fake_fit(trained)
-    (old,) = st.final_runs(spec, study, stage)
+    (old,) = final_runs(spec, study, stage)
     fit(old, results_dir=tmp_path)
     study.set_user_attr("final_run_ids", [run_id(old)])  # what the earlier final stage recorded
     study.set_user_attr("final_trial", 0)
     final = outcome.final_outcome(outcome.final_arms(study, str(tmp_path)))
     assert "baseline" not in final and "predates the baseline" in final["verdict"]
     trained.clear()
-    st.train_final(spec, study, stage, "cpu", progress=False, fit=fit)
+    train_final(spec, study, stage, "cpu", progress=False, fit=fit)
     assert [c.train.lr for c in trained] == [spec.base.train.lr]
 
 
 def test_final_top_two_trains_both_configs_and_the_baseline_and_ranks_them_on_validation(tmp_path, spec):
     # Trial 1 repeats trial 0's params: the second distinct config is trial 2.
     study = constructed_study((10.0, 0.05), (10.0, 0.05), (11.0, 0.07), (12.0, 0.15))
-    stage, trained = st.FinalStage(1, epochs=1, top=2), []
-    st.train_final(spec, study, stage, "cpu", progress=False, fit=paired_fake_fit(trained))
+    stage, trained = FinalStage(1, epochs=1, top=2), []
+    train_final(spec, study, stage, "cpu", progress=False, fit=paired_fake_fit(trained))
     assert sorted(c.train.lr for c in trained) == sorted([0.05, 0.07, spec.base.train.lr])
     assert [trial for trial, _ in study.user_attrs["final_top"]] == [0, 2]
     out = write_study_report(study, spec, tmp_path / "report", figures=False)
@@ -206,9 +208,9 @@ def test_final_top_two_trains_both_configs_and_the_baseline_and_ranks_them_on_va
 
 def test_a_requested_seed_that_failed_is_named_in_the_report(tmp_path, spec):
     study = constructed_study((10.0, 0.05))
-    stage = st.FinalStage(2, epochs=1)
+    stage = FinalStage(2, epochs=1)
     fit = paired_fake_fit([], fail={(round(spec.base.train.lr, 4), 1001)})
-    st.train_final(spec, study, stage, "cpu", progress=False, fit=fit)
+    train_final(spec, study, stage, "cpu", progress=False, fit=fit)
     out = write_study_report(study, spec, tmp_path / "report", figures=False)
     report = (out / "report.md").read_text()
     assert "Requested final runs that did not complete (1; not in the numbers above):" in report
@@ -229,7 +231,7 @@ def test_a_best_config_that_is_the_recipe_itself_is_trained_once_and_said_so(tmp
     study.add_trial(optuna.trial.create_trial(value=10.0, params=recipe, distributions={
         "lr": FloatDistribution(1e-3, 1.0, log=True), "momentum": FloatDistribution(0.0, 0.99)}))
     trained = []
-    st.train_final(spec, study, st.FinalStage(2, epochs=1), "cpu", progress=False, fit=paired_fake_fit(trained))
+    train_final(spec, study, FinalStage(2, epochs=1), "cpu", progress=False, fit=paired_fake_fit(trained))
     assert len(trained) == 2 and study.user_attrs["baseline_run_ids"] == study.user_attrs["final_run_ids"]
     final = outcome.final_outcome(outcome.final_arms(study, str(tmp_path)))
     assert final["paired"]["kind"] == "same runs" and final["paired"]["diff"] == 0.0

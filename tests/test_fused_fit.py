@@ -15,6 +15,7 @@ from resnet_core.evaluation import unpack_wrong
 from resnet_core.identity import run_id
 from resnet_core.models import build_model
 from resnet_core.store import checkpoint_path, find_record
+from test_engine import gives_back_process_state
 
 # 400 training images in batches of 20: 20 steps an epoch. fp32 and a small constant learning rate:
 # fused and separate runs sum in another order (~1e-7), and at the default peak rate a net this small
@@ -236,3 +237,9 @@ def test_a_member_without_a_finite_sampled_gradient_gets_nan_norms_not_a_crash(t
     assert [r.status for r in records] == ["completed", "completed"]
     norms = [list(r.history[0]["grad_norm"].values()) for r in records]
     assert all(n == n for n in norms[0]) and all(n != n for n in norms[1])  # NaN only for member 1
+
+
+def test_a_group_gives_the_caller_back_its_random_state_and_cudnn_benchmark(tmp_path, monkeypatch):
+    runs = seeded(dataclasses.replace(BASE, train=dataclasses.replace(BASE.train, epochs=1)), (0, 1))
+    records = gives_back_process_state(monkeypatch, fused_fit, lambda: fused_fit.fit_group(runs, results_dir=tmp_path))
+    assert [r.status for r in records] == ["completed", "completed"]

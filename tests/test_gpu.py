@@ -224,3 +224,15 @@ def test_a_fused_group_trains_its_seeds_on_the_gpu_like_runs_alone(tmp_path):
     alone = [fit(r, results_dir=tmp_path / "alone") for r in fp32]
     for a, b in zip(together, alone):
         assert a.final["train_loss"] == pytest.approx(b.final["train_loss"], abs=1e-3)
+
+
+def test_a_gpu_run_gives_the_caller_back_its_cuda_random_state_and_cudnn_benchmark(tmp_path):
+    torch.cuda.init()
+    torch.manual_seed(1234)
+    before_cpu, before_cuda = torch.get_rng_state(), torch.cuda.get_rng_state_all()
+    benchmark = torch.backends.cudnn.benchmark = False
+    record = fit(with_train(test_eval="never"), results_dir=tmp_path)
+    assert record.status == "completed" and record.provenance["cudnn_benchmark"] is True  # on during the run
+    assert torch.backends.cudnn.benchmark is benchmark
+    assert torch.equal(torch.get_rng_state(), before_cpu)
+    assert all(torch.equal(a, b) for a, b in zip(torch.cuda.get_rng_state_all(), before_cuda))

@@ -23,9 +23,11 @@ import pytest
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
-from resnet_core import study as st
 from resnet_core.cli import run_cli
 from resnet_core.store import find_record, iter_records
+from resnet_core.study.common import FINISHED
+from resnet_core.study.storage import driver_url, open_storage
+from resnet_core.study.urls import mask_url, scrub
 
 REPO = Path(__file__).resolve().parents[1]
 from resnet_core.commands import study as run_driver  # resnet-study (studies/run.py in a checkout)
@@ -77,7 +79,7 @@ def start_host(tmp_path: Path, args: list[str], host: str, log: str, **env: str)
 
 
 def load(url: str, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=st.open_storage(url))
+    return optuna.load_study(study_name=name, storage=open_storage(url))
 
 
 def assert_no_password(url: str, tmp_path: Path, study: optuna.Study | None = None) -> None:
@@ -118,7 +120,7 @@ def test_two_hosts_share_one_study_and_stop_together(postgres_url, tmp_path):
     study = load(postgres_url, "two-hosts")
     numbers = [t.number for t in study.trials]
     assert numbers == list(range(len(numbers)))  # the database numbers trials: no duplicates, no gaps
-    finished = study.get_trials(states=st.FINISHED)
+    finished = study.get_trials(states=FINISHED)
     # Both hosts may start the last trial at the same instant: at most workers - 1 = 1 beyond the target.
     assert target <= len(finished) <= target + 1
     assert len(study.trials) == len(finished)  # nothing RUNNING, WAITING or FAILED left behind
@@ -141,7 +143,7 @@ def test_killed_host_trial_fails_after_grace_and_is_retried(postgres_url, tmp_pa
     proc = start_host(tmp_path, args, "host-b", "b", TEST_HANG_AFTER_EPOCH="1")
 
     def reported_epoch_1() -> bool:
-        if "dead-host" not in optuna.get_all_study_names(st.open_storage(postgres_url)):
+        if "dead-host" not in optuna.get_all_study_names(open_storage(postgres_url)):
             return False
         running = load(postgres_url, "dead-host").get_trials(states=(TrialState.RUNNING,))
         return bool(running) and 1 in running[0].intermediate_values
@@ -181,7 +183,7 @@ def test_storage_errors_are_one_masked_line(postgres_url, tmp_path, capsys):
         assert run_cli(run_driver.main, study_args(tmp_path, url, "bad", "--trials", "1")) == 2
         captured = capsys.readouterr()
         assert captured.out == "" and captured.err.count("\n") == 1
-        assert captured.err.startswith(f"error: storage {st.mask_url(url)} cannot be opened: ")
+        assert captured.err.startswith(f"error: storage {mask_url(url)} cannot be opened: ")
         assert detail in captured.err and "Secret" not in captured.err
     assert not (tmp_path / "res" / "runs").exists()
     assert run_cli(report_driver.main, ["--study-name", "x", "--storage", unreachable]) == 2
@@ -196,9 +198,9 @@ def test_storage_errors_are_one_masked_line(postgres_url, tmp_path, capsys):
     ("postgresql+psycopg2://u:s3cret@h/db?password=other", "postgresql+psycopg2://u:***@h/db?password=***", "other"),
 ])
 def test_masking_covers_encoded_and_query_passwords(url, masked, password):
-    assert st.mask_url(url) == masked
+    assert mask_url(url) == masked
     message = f"could not connect as {url} with password {password}"
-    assert password not in st.scrub(message, url) and "***" in st.scrub(message, url)
+    assert password not in scrub(message, url) and "***" in scrub(message, url)
 
 
 def test_bare_postgresql_urls_get_an_installed_driver():
@@ -208,8 +210,8 @@ def test_bare_postgresql_urls_get_an_installed_driver():
     drivers = [name for name in ("psycopg", "psycopg2") if importlib.util.find_spec(name)]
     if not drivers:
         with pytest.raises(ValueError, match=r"postgres://u:\*\*\*@h/db: no PostgreSQL driver is installed"):
-            st.driver_url("postgres://u:p@h/db")
+            driver_url("postgres://u:p@h/db")
         return
-    assert st.driver_url("postgres://u:p@h/db") == f"postgresql+{drivers[0]}://u:p@h/db"
-    assert st.driver_url("postgresql+psycopg2://u@h/db") == "postgresql+psycopg2://u@h/db"
-    assert st.driver_url("sqlite:///x.db") == "sqlite:///x.db"
+    assert driver_url("postgres://u:p@h/db") == f"postgresql+{drivers[0]}://u:p@h/db"
+    assert driver_url("postgresql+psycopg2://u@h/db") == "postgresql+psycopg2://u@h/db"
+    assert driver_url("sqlite:///x.db") == "sqlite:///x.db"

@@ -20,11 +20,22 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from resnet_core import study as st
 from resnet_core.cli import run_cli
 from resnet_core.config import apply_overrides
 from resnet_core.identity import run_id
 from resnet_core.store import RunRecord, checkpoint_path, find_record, load_runs
+from resnet_core.study.common import FINISHED, TrialFailed
+from resnet_core.study.final import FinalStage, final_runs
+from resnet_core.study.objective import Objective
+from resnet_core.study.plan import concurrency_from_bench, estimate, plan, plan_lines
+from resnet_core.study.pruners import PRUNERS, RUNG_PRUNERS, describe_pruner, make_pruner, prunable_epochs
+from resnet_core.study.recovery import stale_reason, unmarked_reason
+from resnet_core.study.report import write_reports
+from resnet_core.study.search import SAMPLERS, create_study, make_sampler
+from resnet_core.study.space import read_space, validate_space
+from resnet_core.study.spec import StudySpec, base_run, budget, spec_from_study, trial_config
+from resnet_core.study.storage import default_storage, open_storage
+from resnet_core.study.workers import WorkerJob, resumed_seed, run_study, run_worker
 from study_helpers import fake_error, fake_fit, tiny_request
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,7 +81,7 @@ def tiny_args(results: Path, space: Path, *extra: str) -> list[str]:
 
 def load(results: Path, name: str = "tiny", group: str = "tiny") -> optuna.Study:
     """A study of the journal file ``<results>/studies/<group>.log`` (a --compare group shares one)."""
-    return optuna.load_study(study_name=name, storage=st.open_storage(st.default_storage(results, group)))
+    return optuna.load_study(study_name=name, storage=open_storage(default_storage(results, group)))
 
 
 def states(study: optuna.Study) -> list[str]:
@@ -81,22 +92,22 @@ def states(study: optuna.Study) -> list[str]:
 
 
 def test_builtin_spaces_parse_and_validate():
-    base = st.base_run("resnet20", st.budget("quick"))
-    recipe = st.read_space("recipe")
+    base = base_run("resnet20", budget("quick"))
+    recipe = read_space("recipe")
     assert {p.dotted for p in recipe.params} == {"train.lr", "train.weight_decay", "train.momentum", "train.batch_size",
                                                  "train.label_smoothing", "train.warmup_fraction"}
     assert recipe.param("lr").log and recipe.param("batch_size").values() == (64, 128, 256)
-    arch = st.read_space("architecture")
+    arch = read_space("architecture")
     assert {"model.depth", "model.residual", "model.shortcut", "model.norm", "model.preact",
             "model.width_multiplier"} <= {p.dotted for p in arch.params}
-    assert st.validate_space(arch, base) == base
+    assert validate_space(arch, base) == base
     assert arch.without("residual").param("residual") is None and arch.param("model.residual").values() == (True, False)
 
 
 
 def test_the_recipe_space_sets_warm_up_and_momentum_aside_under_the_quick_budgets_one_cycle_only():
-    recipe = st.read_space("recipe")
-    quick_base = st.base_run("resnet20", st.budget("quick"))
+    recipe = read_space("recipe")
+    quick_base = base_run("resnet20", budget("quick"))
     assert quick_base.train.schedule == "onecycle" and quick_base.train.cycle_momentum
     quick = recipe.applicable_to(quick_base)  # one-cycle ramps up by itself and cycles the momentum
     assert [p.name for p in quick.params] == ["lr", "weight_decay", "batch_size", "label_smoothing"]
@@ -105,33 +116,33 @@ def test_the_recipe_space_sets_warm_up_and_momentum_aside_under_the_quick_budget
     assert "here schedule = 'onecycle', so warmup_fraction stays 0.0" in quick.describe()
     assert "here cycle_momentum = True, so momentum is not used (cycle_momentum = true (the quick budget's) sets " \
            "the momentum from the lr)" in quick.describe()
-    standard = recipe.applicable_to(st.base_run("resnet20", st.budget("standard")))  # the paper's step schedule
+    standard = recipe.applicable_to(base_run("resnet20", budget("standard")))  # the paper's step schedule
     assert standard.params == recipe.params and standard.inactive == ()
-    assert not st.base_run("resnet20", st.budget("standard")).train.cycle_momentum
+    assert not base_run("resnet20", budget("standard")).train.cycle_momentum
 
 
 def test_a_when_value_is_checked_on_its_own_not_against_the_studys_other_settings(tmp_path):
-    base = st.base_run("resnet20", st.budget("quick"))  # cycle_momentum: optimizer = "adam" alone is invalid here
+    base = base_run("resnet20", budget("quick"))  # cycle_momentum: optimizer = "adam" alone is invalid here
     good = tmp_path / "good.toml"
     good.write_text('[params.lr]\ntype = "float"\nlow = 0.1\nhigh = 0.2\nwhen = { optimizer = ["sgd", "adam"] }\n')
-    st.validate_space(st.read_space(str(good)), base)
+    validate_space(read_space(str(good)), base)
     bad = tmp_path / "bad.toml"
     bad.write_text('[params.lr]\ntype = "float"\nlow = 0.1\nhigh = 0.2\nwhen = { cycle_momentum = ["maybe"] }\n')
     with pytest.raises(ValueError, match="when: cycle_momentum='maybe' is invalid: expected true or false"):
-        st.validate_space(st.read_space(str(bad)), base)
+        validate_space(read_space(str(bad)), base)
 
 
 def test_a_momentum_the_quick_budgets_cycle_would_override_is_refused(tmp_path):
-    base = st.base_run("resnet20", st.budget("quick"))
+    base = base_run("resnet20", budget("quick"))
     path = tmp_path / "momentum.toml"
     for text, where in ((TINY_SPACE, "params.momentum"), ('[params.lr]\ntype = "float"\nlow = 0.1\nhigh = 0.2\n'
                                                           '[fixed]\nmomentum = 0.5\n', "[fixed] momentum")):
         path.write_text(text)
         with pytest.raises(ValueError, match=rf"{re.escape(where)} would not be used: cycle_momentum = true"):
-            st.validate_space(st.read_space(str(path)), base)
+            validate_space(read_space(str(path)), base)
     off = apply_overrides(base, {"cycle_momentum": False})
     path.write_text(TINY_SPACE)
-    assert st.validate_space(st.read_space(str(path)), off) == off
+    assert validate_space(read_space(str(path)), off) == off
 
 
 TINY_WARMUP_SPACE = TINY_SPACE + """
@@ -185,8 +196,8 @@ def test_the_recipe_space_warms_up_over_a_fraction_of_any_run_length(total):
     from resnet_core.config import TrainConfig
     from resnet_core.schedules import lr_at, warmup_length
 
-    param = st.read_space("recipe").param("warmup_fraction")
-    assert st.read_space("recipe").param("warmup_iterations") is None  # an absolute count outlasted short runs
+    param = read_space("recipe").param("warmup_fraction")
+    assert read_space("recipe").param("warmup_iterations") is None  # an absolute count outlasted short runs
     for fraction in (param.low, 0.05, 0.1, param.high):
         cfg = TrainConfig(schedule="constant", lr=0.1, warmup_fraction=fraction)
         ramp = warmup_length(cfg, total)
@@ -282,7 +293,7 @@ def test_pruned_trials_stop_early_and_are_counted(tmp_path, space, monkeypatch):
         def prune(self, study, trial):
             return True
 
-    monkeypatch.setitem(st.PRUNERS, "always", lambda epochs, first_rung, reduction, bootstrap: Always())
+    monkeypatch.setitem(PRUNERS, "always", lambda epochs, first_rung, reduction, bootstrap: Always())
     args = tiny_args(tmp_path, space, "--pruner", "always", "--epochs", "3", "--trials", "2")
     assert run_driver.main(args) == 0
     study = load(tmp_path)
@@ -308,10 +319,10 @@ def test_failed_and_diverged_trials_do_not_stop_the_study(tmp_path, space):
             return RunRecord(run_id="y", status="failed", config={}, error="OutOfMemoryError: CUDA out of memory")
         return fit(run, callbacks, results_dir, data, progress)
 
-    setup, data = st.plan(tiny_request(tmp_path, space))
-    counts = st.run_study(setup.spec, 3, ["cpu"], data=data, progress=False, threads=1, fit=flaky_fit)
+    setup, data = plan(tiny_request(tmp_path, space))
+    counts = run_study(setup.spec, 3, ["cpu"], data=data, progress=False, threads=1, fit=flaky_fit)
     assert counts["finished"] == 3 and counts["failed"] == 1  # a diverged trial is a finished (pruned) one
-    st.write_reports("tiny", setup.spec.storage, str(tmp_path), figures=False)
+    write_reports("tiny", setup.spec.storage, str(tmp_path), figures=False)
     study = load(tmp_path)
     assert states(study) == ["PRUNED", "FAIL", "COMPLETE", "COMPLETE"]
     assert "training loss became nan" in study.trials[0].user_attrs["diverged_reason"]
@@ -342,12 +353,12 @@ def diverging_fit(status: str, above: float):
 
 def _optimize(setup, data, sampler, fit, n_trials: int) -> optuna.Study:
     study = optuna.create_study(sampler=sampler, pruner=optuna.pruners.NopPruner())
-    study.optimize(st.Objective(setup.spec, "cpu", data, fit=fit), n_trials=n_trials, catch=(st.TrialFailed,))
+    study.optimize(Objective(setup.spec, "cpu", data, fit=fit), n_trials=n_trials, catch=(TrialFailed,))
     return study
 
 
 def test_a_diverged_trial_ends_pruned_at_chance_error_with_a_violated_constraint(tmp_path, space, capsys):
-    setup, data = st.plan(tiny_request(tmp_path, space))
+    setup, data = plan(tiny_request(tmp_path, space))
     study = _optimize(setup, data, optuna.samplers.RandomSampler(seed=0), diverging_fit("diverged", 0.0), 1)
     trial = study.trials[0]
     assert trial.state == TrialState.PRUNED and trial.intermediate_values == {1: 50.0, 2: 90.0}
@@ -358,7 +369,7 @@ def test_a_diverged_trial_ends_pruned_at_chance_error_with_a_violated_constraint
     assert "trial 0 diverged in epoch 2" in capsys.readouterr().err
     with pytest.raises(ValueError):  # never the best trial, so never the final stage's
         study.best_trial
-    assert st.final_runs(setup.spec, study, st.FinalStage(seeds=1)) == []
+    assert final_runs(setup.spec, study, FinalStage(seeds=1)) == []
     # TPE's split (Optuna 5.1) after 1 COMPLETE trial and 5 pruned at epoch 1: its best 3 ("below") take the
     # complete one, then pruned ones by deepest step first. Its chance error at epoch 2 would rank the
     # diverged trial first among the pruned; its constraint puts it after all of them.
@@ -374,10 +385,10 @@ def test_a_diverged_trial_ends_pruned_at_chance_error_with_a_violated_constraint
 
 
 def test_tpe_proposes_a_region_that_diverges_less_than_when_its_trials_failed(tmp_path, space):
-    setup, data = st.plan(tiny_request(tmp_path, space))
+    setup, data = plan(tiny_request(tmp_path, space))
     proposed = {}
     for status in ("diverged", "failed"):
-        study = _optimize(setup, data, st.make_sampler("tpe", 0), diverging_fit(status, 0.06), 40)
+        study = _optimize(setup, data, make_sampler("tpe", 0), diverging_fit(status, 0.06), 40)
         after_startup = [t for t in study.trials if t.number >= 10]
         proposed[status] = sum(t.params["lr"] > 0.06 for t in after_startup)
     # Of the 30 trials after TPE's 10 random ones: FAIL left TPE in the region (its best trials sit at
@@ -385,13 +396,13 @@ def test_tpe_proposes_a_region_that_diverges_less_than_when_its_trials_failed(tm
     assert proposed["failed"] >= 24 and proposed["diverged"] <= 15, proposed
 
 
-@pytest.mark.parametrize("sampler", sorted(st.SAMPLERS))
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
 def test_every_sampler_goes_on_past_diverged_trials(tmp_path, space, sampler):
     try:
-        made = st.make_sampler(sampler, 0)
+        made = make_sampler(sampler, 0)
     except ValueError as exc:  # an optional dependency (cmaes) is not installed
         pytest.skip(str(exc))
-    setup, data = st.plan(tiny_request(tmp_path, space))
+    setup, data = plan(tiny_request(tmp_path, space))
     study = _optimize(setup, data, made, diverging_fit("diverged", 0.06), 12)  # past every startup phase
     assert {t.state for t in study.trials} <= {TrialState.COMPLETE, TrialState.PRUNED} and len(study.trials) == 12
 
@@ -399,10 +410,11 @@ def test_every_sampler_goes_on_past_diverged_trials(tmp_path, space, sampler):
 # The study tiny_args asks for, run with a fit that hangs after epoch 1 (tests/study_helpers.py).
 HANGING_WORKER = """
 from pathlib import Path
-from resnet_core import study as st
+from resnet_core.study.plan import plan
+from resnet_core.study.workers import run_study
 from study_helpers import hanging_fit, tiny_request
-setup, data = st.plan(tiny_request(Path({results!r}), Path({space!r}), pruner="sha"))  # reads epoch 1
-st.run_study(setup.spec, 2, ["cpu"], data=data, progress=False, threads=1, fit=hanging_fit)
+setup, data = plan(tiny_request(Path({results!r}), Path({space!r}), pruner="sha"))  # reads epoch 1
+run_study(setup.spec, 2, ["cpu"], data=data, progress=False, threads=1, fit=hanging_fit)
 """
 
 
@@ -417,7 +429,7 @@ def test_worker_killed_with_sigkill_is_recovered_and_the_study_completes(tmp_pat
         while time.time() < deadline:  # wait until the trial has reported epoch 1 (and checkpointed it)
             time.sleep(0.5)
             storage = tmp_path / "studies" / "tiny.log"
-            if storage.exists() and "tiny" in optuna.get_all_study_names(st.open_storage(str(storage))):
+            if storage.exists() and "tiny" in optuna.get_all_study_names(open_storage(str(storage))):
                 running = load(tmp_path).get_trials(states=(TrialState.RUNNING,))
                 if running and running[0].intermediate_values:
                     break
@@ -432,7 +444,7 @@ def test_worker_killed_with_sigkill_is_recovered_and_the_study_completes(tmp_pat
     assert run_driver.main(args) == 0
     study = load(tmp_path)
     assert not study.get_trials(states=(TrialState.RUNNING,))
-    assert len(study.get_trials(states=st.FINISHED)) == 2
+    assert len(study.get_trials(states=FINISHED)) == 2
     first = study.trials[0]
     assert first.state == TrialState.FAIL and "died" in first.user_attrs["fail_reason"]
     retry = study.trials[1]
@@ -445,7 +457,7 @@ def test_two_workers_share_the_default_store(tmp_path, space, capfd):
     args = tiny_args(tmp_path, space, "--trials", "4", "--workers", "2")
     assert run_driver.main(args) == 0
     study = load(tmp_path)
-    finished = study.get_trials(states=st.FINISHED)
+    finished = study.get_trials(states=FINISHED)
     assert 4 <= len(finished) <= 5  # two workers may each start the last trial
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.FAIL))
     assert len({t.user_attrs["pid"] for t in study.trials}) == 2  # two processes, not threads
@@ -483,7 +495,7 @@ def test_compare_tunes_each_value_and_compares_final_seeds(tmp_path, space):
         # Each value's paired baseline: the recipe with the compared field at that value, the same seeds.
         baseline = runs.loc[runs["run_id"].isin(sub.user_attrs["baseline_run_ids"])]
         assert sorted(baseline["seed"]) == [1000, 1001] and (baseline["model.residual"] == value).all()
-        assert (baseline["train.lr"] == st.trial_config(spec_of(tmp_path, sub), {}).train.lr).all()
+        assert (baseline["train.lr"] == trial_config(spec_of(tmp_path, sub), {}).train.lr).all()
     report = (out / "report.md").read_text()
     assert "TEST error" in report and (out / "isolation.png").exists()
     assert "## Tuned against untuned per value (TEST error, %, paired by seed)" in report
@@ -491,8 +503,8 @@ def test_compare_tunes_each_value_and_compares_final_seeds(tmp_path, space):
     assert [v["final"]["paired"]["pairs"] for v in values] == [2, 2]
 
 
-def spec_of(results: Path, study: optuna.Study) -> st.StudySpec:
-    return st.spec_from_study(study, str(results / "studies" / "tiny.log"), str(results))
+def spec_of(results: Path, study: optuna.Study) -> StudySpec:
+    return spec_from_study(study, str(results / "studies" / "tiny.log"), str(results))
 
 
 def test_compare_values_that_are_one_value_of_the_field_are_a_plan_error(tmp_path, space, capsys):
@@ -530,11 +542,11 @@ def test_a_study_worker_pins_its_gpu(tmp_path, space, monkeypatch):
     pinned = []
     monkeypatch.setattr(devices.torch.cuda, "set_device", pinned.append)
     monkeypatch.delenv("TORCHINDUCTOR_COMPILE_THREADS", raising=False)
-    setup, _ = st.plan(tiny_request(tmp_path, space, epochs=1))
-    st.create_study(setup.spec)
+    setup, _ = plan(tiny_request(tmp_path, space, epochs=1))
+    create_study(setup.spec)
     threads = torch.get_num_threads()
     try:
-        assert st.run_worker(st.WorkerJob(setup.spec, target=0, device="cuda:1", threads=1)) == 0
+        assert run_worker(WorkerJob(setup.spec, target=0, device="cuda:1", threads=1)) == 0
     finally:
         torch.set_num_threads(threads)
     assert pinned == [devices.torch.device("cuda:1")]
@@ -582,12 +594,12 @@ def test_stale_reason_tells_dead_from_slow_workers():
     dead = subprocess.Popen(["true"])
     dead.wait()
     host, now = "thishost", time.time()
-    assert "died" in st.stale_reason(_running_trial(host=host, pid=dead.pid, heartbeat=now), 600, now, host)
+    assert "died" in stale_reason(_running_trial(host=host, pid=dead.pid, heartbeat=now), 600, now, host)
     alive = _running_trial(host=host, pid=os.getppid(), heartbeat=now - 10_000)
-    assert st.stale_reason(alive, 600, now, host) is None  # a live local worker with a long epoch
+    assert stale_reason(alive, 600, now, host) is None  # a live local worker with a long epoch
     remote = _running_trial(host="elsewhere", pid=1, heartbeat=now - 700)
-    assert "no heartbeat" in st.stale_reason(remote, 600, now, host)
-    assert st.stale_reason(_running_trial(host="elsewhere", pid=1, heartbeat=now - 100), 600, now, host) is None
+    assert "no heartbeat" in stale_reason(remote, 600, now, host)
+    assert stale_reason(_running_trial(host="elsewhere", pid=1, heartbeat=now - 100), 600, now, host) is None
 
 
 def test_a_trial_its_worker_never_fully_marked_is_stale_after_a_minute_not_the_epoch_grace():
@@ -596,27 +608,27 @@ def test_a_trial_its_worker_never_fully_marked_is_stale_after_a_minute_not_the_e
     for attrs in ({}, {"host": "thishost"}):  # killed before marking, or between its host and pid writes
         trial = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs=attrs)
         trial.datetime_start = start
-        assert st.unmarked_reason(trial, 600, now + 30) is None
-        assert "its worker never started it (61 s old, grace 60 s)" == st.unmarked_reason(trial, 600, now + 61)
-        assert st.unmarked_reason(trial, 20, now + 21) is not None  # a shorter --stale-after still rules
+        assert unmarked_reason(trial, 600, now + 30) is None
+        assert "its worker never started it (61 s old, grace 60 s)" == unmarked_reason(trial, 600, now + 61)
+        assert unmarked_reason(trial, 20, now + 21) is not None  # a shorter --stale-after still rules
     marked = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs={"host": "thishost", "pid": 1})
     marked.datetime_start = start
-    assert st.unmarked_reason(marked, 600, now + 10_000) is None  # the pid and heartbeat rules judge it
+    assert unmarked_reason(marked, 600, now + 10_000) is None  # the pid and heartbeat rules judge it
 
 
 def test_samplers_are_seeded_per_worker_and_on_resume():
-    assert st.resumed_seed(7, 2, 0) == (7, 2)  # a fresh study is reproducible
-    resumed = st.resumed_seed(7, 0, 12)
-    assert resumed != (7, 0) and resumed == st.resumed_seed(7, 0, 12) and resumed != st.resumed_seed(7, 1, 12)
-    assert isinstance(st.make_sampler("tpe", 0), optuna.samplers.TPESampler)
-    assert isinstance(st.make_sampler("qmc", 0), optuna.samplers.QMCSampler)
-    assert isinstance(st.make_sampler("gp", 0), optuna.samplers.GPSampler)
+    assert resumed_seed(7, 2, 0) == (7, 2)  # a fresh study is reproducible
+    resumed = resumed_seed(7, 0, 12)
+    assert resumed != (7, 0) and resumed == resumed_seed(7, 0, 12) and resumed != resumed_seed(7, 1, 12)
+    assert isinstance(make_sampler("tpe", 0), optuna.samplers.TPESampler)
+    assert isinstance(make_sampler("qmc", 0), optuna.samplers.QMCSampler)
+    assert isinstance(make_sampler("gp", 0), optuna.samplers.GPSampler)
     try:
         import cmaes  # noqa: F401
     except ImportError:
         with pytest.raises(ValueError, match="needs the cmaes package"):
-            st.make_sampler("cmaes", 0)
-    pruner = st.make_pruner("median", 12)
+            make_sampler("cmaes", 0)
+    pruner = make_pruner("median", 12)
     assert isinstance(pruner, optuna.pruners.MedianPruner) and pruner._n_warmup_steps == 4  # epochs 1-3 protected
 
 
@@ -628,13 +640,13 @@ def _pruned_at(pruner_name: str, epochs: int, bad_from: int, first_rung: int | N
     the way the objective does it (Optuna step = epoch number from 1, never asked at the last)."""
     # A fixed name: Hyperband puts a trial in a bracket by a hash of the study name and trial number.
     study = optuna.create_study(study_name="warm-up", direction="minimize", sampler=optuna.samplers.RandomSampler(0),
-                                pruner=st.make_pruner(pruner_name, epochs, first_rung, reduction))
+                                pruner=make_pruner(pruner_name, epochs, first_rung, reduction))
     for index in range(9):
         good = study.ask()
         for epoch in range(1, epochs + 1):
             good.report(0.5 - 0.01 * index - 0.01 * epoch, epoch)
             stopped = epoch < epochs and good.should_prune()  # also records the rungs halving pruners compare
-            assert pruner_name in st.RUNG_PRUNERS or not stopped  # a rung's first trials stop there (bootstrap)
+            assert pruner_name in RUNG_PRUNERS or not stopped  # a rung's first trials stop there (bootstrap)
         study.tell(good, 0.5 - 0.01 * index - 0.01 * epochs)
     trial = study.ask()
     for epoch in range(1, epochs):
@@ -650,8 +662,8 @@ def test_the_median_pruner_never_prunes_inside_its_stated_warm_up(epochs):
     first = warm + 1
     # Bad from epoch 1, it survives the warm-up and is cut at the first epoch after it (or finishes).
     assert _pruned_at("median", epochs, bad_from=1) == (first if first < epochs else None)
-    assert st.prunable_epochs("median", epochs) == list(range(first, epochs))
-    text = st.describe_pruner("median", epochs)
+    assert prunable_epochs("median", epochs) == list(range(first, epochs))
+    text = describe_pruner("median", epochs)
     assert f"1{f'-{warm}' if warm > 1 else ''} protected as warm-up" in text
     if first < epochs:
         assert f"may prune at epoch{'s' * (first < epochs - 1)} {first}" in text
@@ -660,14 +672,14 @@ def test_the_median_pruner_never_prunes_inside_its_stated_warm_up(epochs):
 
 
 def test_successive_halving_judges_only_after_the_warm_up_at_its_rungs():
-    assert st.prunable_epochs("sha", 20) == [6, 18]  # warm-up epochs 1-5; rungs 6 x 3^k before epoch 20
+    assert prunable_epochs("sha", 20) == [6, 18]  # warm-up epochs 1-5; rungs 6 x 3^k before epoch 20
     assert _pruned_at("sha", 20, bad_from=1) == 6
     assert _pruned_at("sha", 20, bad_from=7) == 18  # promoted at 6, judged again only at the next rung
-    assert "epochs 1-5 protected as warm-up; may prune at epochs 6, 18 only" in st.describe_pruner("sha", 20)
+    assert "epochs 1-5 protected as warm-up; may prune at epochs 6, 18 only" in describe_pruner("sha", 20)
 
 
 def test_hyperband_never_prunes_inside_the_warm_up():
-    assert st.prunable_epochs("hyperband", 20) == [6, 18]
+    assert prunable_epochs("hyperband", 20) == [6, 18]
     assert _pruned_at("hyperband", 20, bad_from=1) in (6, 18)  # its bracket decides the first rung
 
 # ---------------------------------------------------------------------------- injected fit
@@ -676,11 +688,11 @@ def test_hyperband_never_prunes_inside_the_warm_up():
 def test_the_objective_trains_through_an_injected_fit_and_leaves_globals_alone(tmp_path, space):
     import torch
 
-    setup, data = st.plan(tiny_request(tmp_path, space))
+    setup, data = plan(tiny_request(tmp_path, space))
     optuna.logging.set_verbosity(optuna.logging.INFO)
     threads = torch.get_num_threads()
-    counts = st.run_study(setup.spec, 3, ["cpu"], data=data, progress=False, fit=fake_fit)
-    timing = st.estimate(setup.spec, setup.train_size, setup.eval_size, ["cpu"], 3, threads=threads + 1)
+    counts = run_study(setup.spec, 3, ["cpu"], data=data, progress=False, fit=fake_fit)
+    timing = estimate(setup.spec, setup.train_size, setup.eval_size, ["cpu"], 3, threads=threads + 1)
     assert optuna.logging.get_verbosity() == optuna.logging.INFO  # only a CLI or a worker's entry sets it
     assert torch.get_num_threads() == threads and timing["per_trial_s"] > 0
     assert counts["complete"] == 3
@@ -691,8 +703,8 @@ def test_the_objective_trains_through_an_injected_fit_and_leaves_globals_alone(t
 
 
 def test_spawned_workers_get_the_injected_fit(tmp_path, space):
-    setup, _ = st.plan(tiny_request(tmp_path, space))
-    counts = st.run_study(setup.spec, 2, ["cpu", "cpu"], progress=False, threads=1, fit=fake_fit)
+    setup, _ = plan(tiny_request(tmp_path, space))
+    counts = run_study(setup.spec, 2, ["cpu", "cpu"], progress=False, threads=1, fit=fake_fit)
     assert counts["failed"] == 0 and 2 <= counts["complete"] <= 3  # two workers may each start the last trial
     study = load(tmp_path)
     assert all(t.value == pytest.approx(fake_error(t.params["lr"])) for t in study.trials)
@@ -702,13 +714,13 @@ def test_spawned_workers_get_the_injected_fit(tmp_path, space):
 def test_a_study_created_before_a_new_config_field_goes_on(tmp_path, space):
     """The study stores its base config; a field added since (at its default) or the tutorial's old
     name is the same question, so the study continues instead of asking for a new name."""
-    setup, _ = st.plan(tiny_request(tmp_path, space))
-    study, created = st.create_study(setup.spec)
+    setup, _ = plan(tiny_request(tmp_path, space))
+    study, created = create_study(setup.spec)
     assert created
     old = json.loads(json.dumps(study.user_attrs["base_config"]))
     del old["train"]["warmup_fraction"]  # as written before that field existed
     study.set_user_attr("base_config", old)
-    again, created = st.create_study(setup.spec)
+    again, created = create_study(setup.spec)
     assert not created and again.study_name == study.study_name
 
 
@@ -728,18 +740,18 @@ def test_workers_sharing_a_gpu_count_as_one_gpu_unless_a_measurement_says_otherw
 def test_the_study_estimate_and_plan_line_say_how_shared_gpus_count(tmp_path, space, monkeypatch):
     planning = sys.modules["resnet_core.study.plan"]  # the package's name "plan" is the function
 
-    setup, _ = st.plan(tiny_request(tmp_path, space))
+    setup, _ = plan(tiny_request(tmp_path, space))
     monkeypatch.setattr(planning, "measure_step_rate", lambda run, steps: 1000.0)  # no GPU here to measure
 
-    def estimate(devices, **kwargs):
-        return st.estimate(setup.spec, setup.train_size, setup.eval_size, devices, 12, **kwargs)
+    def estimate_on(devices, **kwargs):
+        return estimate(setup.spec, setup.train_size, setup.eval_size, devices, 12, **kwargs)
 
-    one = estimate(["cuda:0"])
-    assert estimate(["cuda:0"] * 3)["total_s"] == pytest.approx(one["total_s"])  # they take turns
-    assert estimate(["cuda:0", "cuda:1", "cuda:2"])["total_s"] == pytest.approx(one["total_s"] / 3)
-    measured = estimate(["cuda:0"] * 2, concurrency={2: 1.5})
+    one = estimate_on(["cuda:0"])
+    assert estimate_on(["cuda:0"] * 3)["total_s"] == pytest.approx(one["total_s"])  # they take turns
+    assert estimate_on(["cuda:0", "cuda:1", "cuda:2"])["total_s"] == pytest.approx(one["total_s"] / 3)
+    measured = estimate_on(["cuda:0"] * 2, concurrency={2: 1.5})
     assert measured["total_s"] == pytest.approx(one["total_s"] / 1.5)
-    lines = st.plan_lines(setup, setup.spec, 12, 0, ["cuda:0"] * 3, estimate(["cuda:0"] * 3))
+    lines = plan_lines(setup, setup.spec, 12, 0, ["cuda:0"] * 3, estimate_on(["cuda:0"] * 3))
     assert lines[-1].startswith("time     measured 1,000 training images/s")
     assert lines[-1].endswith("; shared GPUs: 3 workers on 1 GPU counted as 1 GPU at full speed "
                               "(workers sharing a GPU take turns; no measurement of concurrent processes)")
@@ -757,13 +769,13 @@ def test_the_speed_up_of_workers_sharing_a_gpu_comes_from_a_benchmarks_processes
     result = bench_result(tmp_path / "bench.json", [
         ("eager", 128, 1, 1000.0), ("processes", 128, 1, 900.0), ("processes", 128, 2, 1350.0),
         ("processes", 512, 1, 3000.0), ("processes", 512, 2, 3000.0)])
-    assert st.concurrency_from_bench(result, 128) == {1: 1.0, 2: pytest.approx(1.5)}  # over one process
-    assert st.concurrency_from_bench(result, 400) == {1: 1.0, 2: 1.0}  # the nearest measured batch
+    assert concurrency_from_bench(result, 128) == {1: 1.0, 2: pytest.approx(1.5)}  # over one process
+    assert concurrency_from_bench(result, 400) == {1: 1.0, 2: 1.0}  # the nearest measured batch
     no_single = bench_result(tmp_path / "two.json", [("eager", 128, 1, 1000.0), ("processes", 128, 2, 1500.0)])
-    assert st.concurrency_from_bench(no_single, 128) == {2: 1.5}  # over the in-process eager row
+    assert concurrency_from_bench(no_single, 128) == {2: 1.5}  # over the in-process eager row
     for bad in (bench_result(tmp_path / "none.json", [("eager", 128, 1, 1000.0)]), tmp_path / "missing.json"):
         with pytest.raises(ValueError, match=f"^--concurrency-from {bad}: ") as refused:
-            st.concurrency_from_bench(bad, 128)
+            concurrency_from_bench(bad, 128)
         assert "\n" not in str(refused.value)
 
 

@@ -15,7 +15,12 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from resnet_core import study as st
+from resnet_core.study.figures import importance_figure
+from resnet_core.study.importance import deepest_rung, rung_importances, rung_study
+from resnet_core.study.plan import plan
+from resnet_core.study.report import write_study_report
+from resnet_core.study.rungs import diverged_by_region, rung_summary, rung_values
+from resnet_core.study.tables import study_markdown
 from resnet_core.study.importance import importance_lines
 
 DISTS = {"lr": FloatDistribution(0.01, 1.0, log=True), "momentum": FloatDistribution(0.5, 0.9),
@@ -57,18 +62,18 @@ def test_the_rung_table_counts_and_ranks_every_trial_at_every_epoch_it_measured(
         _trial(TrialState.RUNNING, {1: 48.0}),
         _diverged(3, {1: 70.0}),  # its chance error at epoch 3 is a stand-in, not a measurement
     )
-    values = st.rung_values(study)
+    values = rung_values(study)
     assert sorted(values["epoch"].unique()) == [1, 4, 12]
     assert values.groupby("epoch").size().to_dict() == {1: 6, 4: 3, 12: 2}
     at_1 = values.loc[values["epoch"] == 1]
     assert list(at_1["trial"]) == [3, 1, 4, 0, 2, 5] and list(at_1["rank"]) == [1, 2, 3, 4, 5, 6]
     assert at_1.set_index("trial").loc[4, "state"] == "RUNNING"
-    summary = st.rung_summary(values, top=2).set_index("epoch")
+    summary = rung_summary(values, top=2).set_index("epoch")
     assert summary.loc[1, "trials"] == 6 and summary.loc[1, "median"] == pytest.approx(49.0)
     assert summary.loc[1, "best 2 (trial: val error %)"] == "3: 44.00, 1: 45.00"
     assert summary.loc[4, "best 2 (trial: val error %)"] == "0: 40.00, 3: 41.00"
     assert summary.loc[12, "best 2 (trial: val error %)"] == "0: 30.00, 1: 33.00"
-    text = st.study_markdown(study, {"budget_epochs": 12}, None)
+    text = study_markdown(study, {"budget_epochs": 12}, None)
     section = text.split("## Ranking at every rung")[1].split("##")[0]
     assert "| 1 | 6 | 49.00 | 3: 44.00, 1: 45.00, 4: 48.00, 0: 50.00, 2: 60.00 |" in section
     assert [line.split(" | ")[0] for line in section.splitlines() if line.startswith("| ") and "trial" not in line] \
@@ -77,8 +82,8 @@ def test_the_rung_table_counts_and_ranks_every_trial_at_every_epoch_it_measured(
 
 def test_an_empty_study_says_no_trial_measured_validation():
     empty = optuna.create_study()
-    assert st.rung_values(empty).empty
-    assert "No trial has measured validation yet." in st.study_markdown(empty, {}, None)
+    assert rung_values(empty).empty
+    assert "No trial has measured validation yet." in study_markdown(empty, {}, None)
 
 
 # ---------------------------------------------------------------------------- importances at a rung
@@ -98,7 +103,7 @@ def _planted_study() -> optuna.Study:
 
 
 def test_importances_at_the_deepest_rung_with_8_trials_recover_the_planted_parameter():
-    importances = st.rung_importances(_planted_study(), seeds=3)
+    importances = rung_importances(_planted_study(), seeds=3)
     assert (importances.epoch, importances.trials) == (4, 24)  # epoch 12 has 7 trials: skipped
     table = importances.table.set_index("param")
     assert list(importances.table["param"])[0] == "lr" and table.loc["lr", "importance_mean"] > 0.8
@@ -111,29 +116,29 @@ def test_importances_at_the_deepest_rung_with_8_trials_recover_the_planted_param
     assert summary["params"]["lr"]["mean"] == pytest.approx(table.loc["lr", "importance_mean"])
     text = "\n".join(importance_lines(importances))
     assert "at epoch 4, 24 trials" in text and "| lr |" in text
-    figure = st.importance_figure(importances)
+    figure = importance_figure(importances)
     assert figure.axes and "at epoch 4, 24 trials" in figure.axes[0].get_title()
 
 
 def test_with_fewer_than_8_trials_at_every_rung_importances_are_not_computed_and_the_report_says_so():
     study = _study(*[_trial(TrialState.COMPLETE, {1: 50.0 - i, 2: 40.0 - i}, lr=0.01 * (i + 1)) for i in range(7)])
-    importances = st.rung_importances(study)
+    importances = rung_importances(study)
     assert importances.epoch is None and importances.table.empty
     assert importances.reason == "no epoch was reached by at least 8 trials (most: 7 trials at epoch 2)"
     assert importances.summary() == {"epoch": None, "reason": importances.reason}
-    text = st.study_markdown(study, {"budget_epochs": 2}, None)
+    text = study_markdown(study, {"budget_epochs": 2}, None)
     assert "## Parameter importances\n\nNot computed: no epoch was reached by at least 8 trials" in text
     with pytest.raises(ValueError, match="at least 8 trials"):
-        st.importance_figure(importances)
+        importance_figure(importances)
 
 
 def test_the_deepest_rung_is_the_deepest_epoch_8_trials_reached():
     study = _planted_study()
-    assert st.deepest_rung(study) == (4, 24)
-    assert st.deepest_rung(study, 7) == (12, 7)
-    assert st.deepest_rung(study, 25) == (1, 30)
-    assert st.deepest_rung(study, 31) is None
-    rung = st.rung_study(study, 4)
+    assert deepest_rung(study) == (4, 24)
+    assert deepest_rung(study, 7) == (12, 7)
+    assert deepest_rung(study, 25) == (1, 30)
+    assert deepest_rung(study, 31) is None
+    rung = rung_study(study, 4)
     assert len(rung.trials) == 24 and all(t.state == TrialState.COMPLETE for t in rung.trials)
 
 
@@ -151,7 +156,7 @@ def test_diverged_trials_by_region_count_trials_and_divergences_per_bin():
                      distributions=DISTS, user_attrs={"run_status": "diverged"}),  # recorded before: a FAIL
         _trial(TrialState.RUNNING, {1: 50.0}, lr=0.6),  # still running: not counted
     )
-    table = st.diverged_by_region(study)
+    table = diverged_by_region(study)
     rows = {(r.param, r.region): (r.trials, r.diverged) for r in table.itertuples()}
     # lr: 3 equal bins of log10 over [0.01, 1]: edges 0.01, 0.0464, 0.215, 1
     assert rows[("lr", "0.01 to 0.0464")] == (1, 0)
@@ -163,7 +168,7 @@ def test_diverged_trials_by_region_count_trials_and_divergences_per_bin():
     assert rows[("momentum", "0.767 to 0.9")] == (3, 2)
     assert rows[("batch_size", "64")] == (4, 2) and rows[("batch_size", "128")] == (2, 1)
     assert list(table["param"]).count("lr") == 3 and len(table) == 8
-    text = st.study_markdown(study, {"budget_epochs": 2}, None)
+    text = study_markdown(study, {"budget_epochs": 2}, None)
     assert "## Diverged trials by region" in text
     assert "Counts by state: RUNNING 1, COMPLETE 2, PRUNED 3 (2 diverged), FAIL 1 (1 diverged)" in text
     assert "Pruner: 1 trial pruned, 1 of 10 epochs not trained" in text  # the diverged stopped of themselves
@@ -171,8 +176,8 @@ def test_diverged_trials_by_region_count_trials_and_divergences_per_bin():
 
 def test_no_divergence_no_region_table():
     study = _study(_trial(TrialState.COMPLETE, {1: 30.0}), _trial(TrialState.PRUNED, {1: 60.0}))
-    assert st.diverged_by_region(study).empty
-    assert "Diverged trials" not in st.study_markdown(study, {"budget_epochs": 2}, None)
+    assert diverged_by_region(study).empty
+    assert "Diverged trials" not in study_markdown(study, {"budget_epochs": 2}, None)
 
 
 def test_a_diverged_trial_is_never_the_best_trial():
@@ -191,14 +196,14 @@ def test_the_report_writes_rungs_importances_and_their_figure(tmp_path):
     space = tmp_path / "space.toml"
     space.write_text('[params.lr]\ntype = "float"\nlow = 0.01\nhigh = 1.0\nlog = true\n'
                      '[params.momentum]\ntype = "float"\nlow = 0.5\nhigh = 0.9\n')
-    setup, _ = st.plan(tiny_request(tmp_path, space))
+    setup, _ = plan(tiny_request(tmp_path, space))
     dists = {name: DISTS[name] for name in ("lr", "momentum")}
     study = optuna.create_study(direction="minimize")
     for trial in _planted_study().trials:
         params = {name: trial.params[name] for name in dists}
         study.add_trial(create_trial(state=trial.state, value=trial.value, params=params, distributions=dists,
                                      intermediate_values=trial.intermediate_values))
-    out = st.write_study_report(study, setup.spec, tmp_path / "report")
+    out = write_study_report(study, setup.spec, tmp_path / "report")
     rungs = (out / "rungs.csv").read_text().splitlines()
     assert rungs[0] == "epoch,trial,state,val_error,rank" and len(rungs) == 1 + 30 + 24 + 7
     header = (out / "importances.csv").read_text().splitlines()[0]
