@@ -63,9 +63,12 @@ def module_imports(text: str, module: str, is_package: bool, modules: set[str]) 
     """The ``modules`` that ``text`` imports anywhere: at the top, inside functions, under ``if
     TYPE_CHECKING``. ``from package import name`` imports the submodule ``name`` where there is one,
     else the package. (A parent package, run before any of its submodules, is not counted: a package
-    that imports its submodules would otherwise be a circle with each of them.)"""
+    that imports its submodules would otherwise be a circle with each of them. Nor is what an
+    ``if __name__ == "__main__":`` block imports: it runs only as ``python -m module``, an entry point.)"""
     found: set[str] = set()
-    for node in ast.walk(ast.parse(text)):
+    tree = ast.parse(text)
+    entry = {id(n) for block in tree.body if _is_main_block(block) for n in ast.walk(block)}
+    for node in (n for n in ast.walk(tree) if id(n) not in entry):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -73,6 +76,13 @@ def module_imports(text: str, module: str, is_package: bool, modules: set[str]) 
             submodules = {f"{source}.{alias.name}" for alias in node.names} & modules
             found |= submodules | ({source} if len(submodules) < len(node.names) else set())
     return (found & modules) - {module}
+
+
+def _is_main_block(node: ast.stmt) -> bool:
+    """``if __name__ == "__main__":`` at a module's top level."""
+    return (isinstance(node, ast.If) and isinstance(node.test, ast.Compare)
+            and isinstance(node.test.left, ast.Name) and node.test.left.id == "__name__"
+            and any(isinstance(c, ast.Constant) and c.value == "__main__" for c in node.test.comparators))
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -106,7 +116,8 @@ def test_the_layout_checks_find_a_circle_through_any_import():
     assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) == []
     text = ("from typing import TYPE_CHECKING\nfrom resnet_core.study import figures as sf, plan\n"
             "from .spec import StudySpec\nif TYPE_CHECKING:\n    from resnet_core.engine import Trainer\n"
-            "def f():\n    import resnet_core.bench\n    from resnet_core import study\n")
+            "def f():\n    import resnet_core.bench\n    from resnet_core import study\n"
+            "if __name__ == '__main__':\n    from resnet_core.commands import parsers\n")
     modules = {"resnet_core", "resnet_core.study", "resnet_core.study.figures", "resnet_core.study.spec",
                "resnet_core.study.report", "resnet_core.engine", "resnet_core.bench"}
     assert module_imports(text, "resnet_core.study.report", False, modules) == {
