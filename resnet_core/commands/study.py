@@ -28,55 +28,48 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import optuna
 
-from resnet_core import study as st
-from resnet_core.budgets import resolve_study_budget
 from resnet_core.cli import UsageError, check_flags, check_positive_seconds, entry
 from resnet_core.commands.parsers import study_parser as build_parser
 from resnet_core.config import default_data_source, parse_assignments
-from resnet_core.devices import resolve_device, worker_devices
-from resnet_core.migrate import print_migration
-from resnet_core.runner import WorkerPool, check_fuse, check_parallelism, fuses
+from resnet_core.runner import check_fuse, check_parallelism
+from resnet_core.study import StudyOrder, StudyRequest, execute_study, plan_study, report_study
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _check_numbers(args)
-    # Records named by an older run-id schema: renamed, so trials find them (a dry run only says so).
-    print_migration(args.results, dry_run=args.dry_run)
-    devices = worker_devices(args.workers, args.device, args.workers_per_gpu)
-    single = len(devices) == 1
-    data_device = _data_device(devices[0]) if single else "cpu"  # several workers: each loads its own copy
-    budget, why = resolve_study_budget(args.budget, resolve_device(devices[0]).type)
-    setup, data = st.plan(st.StudyRequest(
-        space=args.space, model=args.model, budget=budget.name, epochs=args.epochs, iterations=args.iterations,
+    plan = plan_study(order_from(args))
+    print("\n".join(plan.lines), flush=True)
+    if args.dry_run:
+        return 0
+    for line in execute_study(plan):
+        print(line)
+    report = report_study(plan)
+    print("\n".join(report.lines))
+    for warning in report.warnings:
+        print(warning, file=sys.stderr)
+    return 0 if report.reached else 1
+
+
+def order_from(args: argparse.Namespace) -> StudyOrder:
+    """The flags as a study order: the question (a StudyRequest) and how to run it."""
+    request = StudyRequest(
+        space=args.space, model=args.model, epochs=args.epochs, iterations=args.iterations,
         data=args.data or default_data_source(), subset=args.subset, val_size=args.val_size, seed=args.seed or 0,
         overrides=tuple(parse_assignments(args.set).items()), sampler=args.sampler, pruner=args.pruner,
         storage=args.storage, study_name=args.study_name, results=args.results, stale_after=args.stale_after,
-        compare=args.compare, data_device=data_device, trials=args.add if args.add is not None else args.trials,
-    ))
-    specs = st.compare_specs(setup.spec, args.compare, _values(args.compare_values)) if args.compare else [setup.spec]
-    for spec in specs:  # a resumed study asked another question is refused here, dry run or not
-        st.check_resumable(spec, args.allow_change)
-    targets = [_target(args, st.current_counts(s)["finished"]) for s in specs]
-    stage = final_stage(args, budget)
-    _print_plan(setup, specs, targets, devices, args, stage, why)
-    if args.dry_run:
-        return 0
-    for spec, target in zip(specs, targets):
-        st.run_study(spec, target, devices, timeout=args.timeout, data=data if single else None,
-                     progress=not args.quiet, threads=args.threads, allow_change=args.allow_change,
-                     memory_fraction=args.gpu_memory_fraction)
-    pool = WorkerPool(tuple(devices), args.threads, args.gpu_memory_fraction, fuse=fuses(args.fuse, devices))
-    _final_stage(specs, stage, pool, not args.quiet)
-    out = st.write_reports(setup.spec.name, setup.spec.storage, args.results, figures=not args.no_figures)
-    reached = _print_outcome(specs, targets, out)
-    for warning in st.report_warnings(setup.spec.storage, args.results):
-        print(warning, file=sys.stderr)
-    return 0 if reached else 1
+        compare=args.compare)
+    values = tuple(v.strip() for v in args.compare_values.split(",") if v.strip()) if args.compare_values else None
+    return StudyOrder(
+        request, budget=args.budget, trials=args.trials, add=args.add, workers=args.workers, device=args.device,
+        workers_per_gpu=args.workers_per_gpu, threads=args.threads, memory_fraction=args.gpu_memory_fraction,
+        fuse=args.fuse, timeout=args.timeout, allow_change=args.allow_change, compare_values=values,
+        final_seeds=args.final_seeds, final_epochs=args.final_epochs, final_top=args.final_top,
+        concurrency_from=args.concurrency_from, figures=not args.no_figures, progress=not args.quiet,
+        dry_run=args.dry_run)
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
@@ -87,72 +80,10 @@ def _check_numbers(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < 0:
             raise UsageError(f"--{name} {value}: expected an integer >= 0 ({meaning})")
-    if args.final_seeds is not None and args.final_seeds < 0:
-        raise UsageError(f"--final-seeds {args.final_seeds}: expected an integer >= 0 (0 skips the final stage)")
-    if args.final_epochs is not None and args.final_epochs < 1:
-        raise UsageError(f"--final-epochs {args.final_epochs}: expected an integer >= 1")
     check_flags(args)
     check_positive_seconds(args, "timeout", "stale_after")
     check_parallelism(args.workers, args.workers_per_gpu, args.threads, args.gpu_memory_fraction)
     check_fuse(args.fuse)
-
-
-def _data_device(device: str) -> str:
-    return str(resolve_device(device))
-
-
-def _values(text: str | None) -> list[str] | None:
-    return [v.strip() for v in text.split(",") if v.strip()] if text else None
-
-
-def _target(args: argparse.Namespace, finished: int) -> int:
-    return finished + args.add if args.add is not None else args.trials
-
-
-def final_stage(args: argparse.Namespace, budget) -> st.FinalStage:
-    """--final-seeds (default: the budget's; 3 per value with --compare, whose interval needs seeds)."""
-    seeds = args.final_seeds if args.final_seeds is not None else (3 if args.compare else budget.search.final_seeds)
-    return st.FinalStage(seeds, args.final_epochs, args.final_top)
-
-
-def _print_plan(setup, specs, targets, devices, args, stage: st.FinalStage, why: str) -> None:
-    done = [st.current_counts(s)["finished"] for s in specs]
-    measured = (st.concurrency_from_bench(args.concurrency_from, setup.spec.base.train.batch_size)
-                if args.concurrency_from else None)
-    timing = st.estimate(setup.spec, setup.train_size, setup.eval_size, devices,
-                         sum(max(0, t - d) for t, d in zip(targets, done)), args.threads, measured)
-    for line in st.plan_lines(setup, setup.spec, sum(targets), sum(done), devices, timing, why):
-        print(line)
-    if args.compare:
-        print(f"compare  {args.compare}: {len(specs)} sub-studies ({', '.join(s.name for s in specs)}), "
-              f"{targets[0]} finished trials each, then the final stage per value")
-    print(f"final    {stage.describe() if stage.seeds else 'skipped (--final-seeds 0)'}")
-    sys.stdout.flush()
-
-
-def _final_stage(specs, stage: st.FinalStage, pool: WorkerPool, progress: bool) -> None:
-    """The best config of each (sub-)study re-trained by the trials' workers, every value's seeds at
-    once (finished runs are found, not trained again)."""
-    if stage.seeds == 0:
-        return
-    studies = [(spec, optuna.load_study(study_name=spec.name, storage=st.open_storage(spec.storage, spec.stale_after)))
-               for spec in specs]
-    for (spec, _), records in zip(studies, st.train_finals(studies, stage, pool, progress)):
-        if not records:
-            print(f"{spec.name}: no COMPLETE trial, no final stage")
-
-
-def _print_outcome(specs, targets, out: Path) -> bool:
-    """One line per (sub-)study; True when every one reached its target of finished trials."""
-    reached = True
-    for spec, target in zip(specs, targets):
-        c = st.current_counts(spec)
-        reached &= c["finished"] >= target
-        status = "reached" if c["finished"] >= target else "NOT reached"
-        print(f"{spec.name}: {c['finished']} finished ({c['complete']} complete, {c['pruned']} pruned), "
-              f"{c['failed']} failed; target {target} {status}")
-    print("\n".join(st.console_summary(out)))
-    return reached
 
 
 def console() -> None:

@@ -22,6 +22,7 @@ The package exports what the command lines use; everything else is imported from
 """
 
 from resnet_core.study.compare import compare_specs
+from resnet_core.study.experiment import StudyOrder, StudyPlan, execute_study, plan_study, report_study
 from resnet_core.study.final import FinalStage, train_finals
 from resnet_core.study.plan import (
     StudyRequest, check_resumable, concurrency_from_bench, current_counts, estimate, plan, plan_lines,
@@ -33,5 +34,6 @@ from resnet_core.study.workers import run_study
 __all__ = [
     "FinalStage", "StudyRequest", "check_resumable", "compare_specs", "concurrency_from_bench", "current_counts",
     "default_storage", "estimate", "open_storage", "plan", "plan_lines", "report_warnings", "run_study",
-    "train_finals", "write_reports", "console_summary",
+    "train_finals", "write_reports", "console_summary", "StudyOrder", "StudyPlan", "execute_study", "plan_study",
+    "report_study",
 ]

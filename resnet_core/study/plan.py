@@ -38,6 +38,7 @@ class Setup:
     eval_size: int
     data_description: str
     val_size: int | None = None  # validation images of a trial (the default adapts to small data)
+    test_size: int = 0  # test images a final run measures at its end
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,8 @@ def plan(request: StudyRequest) -> tuple[Setup, Any]:
                      stale_after=r.stale_after, first_rung=first_rung, reduction=reduction, bootstrap=bootstrap,
                      max_rungs=max_rungs)
     tested = len(bundle.test_y) if TRIAL_TEST_EVAL != "never" else 0  # what one trial evaluates each epoch
-    return Setup(spec, len(bundle.train_y), len(bundle.val_y) + tested, bundle.description, len(bundle.val_y)), bundle
+    return Setup(spec, len(bundle.train_y), len(bundle.val_y) + tested, bundle.description, len(bundle.val_y),
+                 len(bundle.test_y)), bundle
 
 
 def _fit_budget_sizes(base: RunConfig, r: StudyRequest, plan_budget: Budget) -> RunConfig:
@@ -165,6 +167,15 @@ def check_resumable(spec: StudySpec, allow_change: bool = False) -> None:
         check_same_question(study, spec, allow_change)
 
 
+def resumable_counts(spec: StudySpec, allow_change: bool = False) -> dict[str, int]:
+    """:func:`check_resumable` and :func:`current_counts` on one opening of the storage."""
+    study = _recorded(spec.storage, spec.name, spec.stale_after)
+    if study is None:
+        return {k: 0 for k in ("finished", "running", "waiting", "failed", "complete", "pruned")}
+    check_same_question(study, spec, allow_change)
+    return counts(study)
+
+
 def current_counts(spec: StudySpec) -> dict[str, int]:
     """Counts of an existing study (all zeros if it does not exist yet); creates nothing."""
     study = _recorded(spec.storage, spec.name, spec.stale_after)
@@ -197,6 +208,8 @@ def plan_lines(setup: Setup, spec: StudySpec, target: int, done: int, devices: l
         lines.append(f"time     measured {timing['images_per_s']:,.0f} training images/s -> "
                      f"~{timing['per_trial_s']:.0f} s per full trial, ~{timing['total_s'] / 60:.1f} min expected "
                      f"for the trials to run (~{timing['full_s'] / 60:.1f} min if none were pruned)"
+                     + (f", ~{timing['final_s'] / 60:.1f} min for the final stage's {timing['final_runs']} runs"
+                        if timing.get("final_runs") else "")
                      + (f"; {timing['sharing']}" if timing.get("sharing") else ""))
     return lines
 
@@ -223,11 +236,13 @@ def rung_line(spec: StudySpec, trials: int) -> str:
 
 
 def estimate(spec: StudySpec, train_size: int, eval_size: int, devices: Sequence[str], trials: int,
-             threads: int | None = None, concurrency: Mapping[int, float] | None = None) -> dict[str, Any]:
+             threads: int | None = None, concurrency: Mapping[int, float] | None = None,
+             final_runs: int = 0, test_size: int = 0) -> dict[str, Any]:
     """Seconds per trial and in all from a short measured step rate (pruning makes it shorter),
     measured on ``devices[0]`` with the threads one worker will have (this process's own thread
     count is restored). Workers sharing a GPU count as that GPU's throughput times its measured
-    ``concurrency`` (:func:`resnet_core.devices.parallel_throughput`).
+    ``concurrency`` (:func:`resnet_core.devices.parallel_throughput`). ``final_runs``: the final
+    stage's runs, each as many steps as a full trial and a measurement of ``test_size`` images.
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(worker_threads(len(devices), threads))
@@ -244,8 +259,9 @@ def estimate(spec: StudySpec, train_size: int, eval_size: int, devices: Sequence
     at_once = max(1.0, min(parallel, trials))
     expected = epochs * per_epoch + passes * evaluation
     full = trials * (per_trial + evaluation * len(set(run.train.val_epochs or ()) | {spec.budget_epochs}))
+    final = final_runs * (per_trial + (eval_size + test_size) / (3 * rate)) / max(1.0, min(parallel, final_runs))
     return {"images_per_s": rate, "per_trial_s": per_trial, "total_s": expected / at_once, "full_s": full / at_once,
-            "parallel": parallel, "sharing": sharing}
+            "parallel": parallel, "sharing": sharing, "final_s": final, "final_runs": final_runs}
 
 
 def concurrency_from_bench(path: str | Path, batch: int) -> dict[int, float]:
