@@ -16,10 +16,9 @@ from resnet_core.config import RunConfig, apply_overrides, resolve_field
 from resnet_core.data import load_data, pool_size, training_images
 from resnet_core.devices import parallel_throughput
 from resnet_core.engine import check_fits_data, estimate_seconds, measure_step_rate
-from resnet_core.runner import check_writable
 from resnet_core.schedules import make_budget
 from resnet_core.splits import capped_val_size
-from resnet_core.store import check_name
+from resnet_core.store import check_name, check_writable
 from resnet_core.study.pruners import (RUNG_PRUNERS, bootstrap_for, describe_pruner, expected_work, make_pruner,
                                       prunable_epochs, rung_rule)
 from resnet_core.study.search import check_same_question, counts, describe_sampler, make_sampler
