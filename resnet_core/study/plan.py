@@ -17,7 +17,7 @@ from resnet_core.data import load_data, pool_size, training_images
 from resnet_core.devices import parallel_throughput
 from resnet_core.engine import check_fits_data, estimate_seconds, measure_step_rate
 from resnet_core.schedules import make_budget
-from resnet_core.splits import capped_val_size
+from resnet_core.splits import capped_subset, capped_val_size
 from resnet_core.store import check_name, check_writable
 from resnet_core.study.pruners import (RUNG_PRUNERS, bootstrap_for, describe_pruner, expected_work, make_pruner,
                                       prunable_epochs, rung_rule)
@@ -120,8 +120,8 @@ def _fit_budget_sizes(base: RunConfig, r: StudyRequest, plan_budget: Budget) -> 
     images = training_images(base.data)
     if budget_val:
         base = apply_overrides(base, {"val_size": capped_val_size(plan_budget.val_size, images)})
-    if budget_subset and pool_size(base.data, images) < base.data.subset:
-        base = apply_overrides(base, {"subset": None})
+    if budget_subset:
+        base = apply_overrides(base, {"subset": capped_subset(base.data.subset, pool_size(base.data, images))})
     return base
 
 
