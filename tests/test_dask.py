@@ -26,7 +26,8 @@ from grid_helpers import COMPARED, FAST, RUN, driver, grid_file_fixture, keep_to
 from resnet_core.budgets import GRID_BUDGETS
 from resnet_core.cli import run_cli
 from resnet_core.dask_runner import RESUBMITS, run_all_dask
-from resnet_core.grid import expand, load_grid
+from resnet_core.grid.cells import expand
+from resnet_core.grid.spec import load_grid
 
 grid = grid_file_fixture("dasked")
 OVERRIDES = {"data.source": "synthetic:400", "val_size": 40, "device": "cpu"}

@@ -8,6 +8,8 @@ Re-record (only when a plan is meant to change, saying why in the commit): RECOR
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
 import os
 from pathlib import Path
@@ -17,9 +19,9 @@ import pytest
 from resnet_core.cli import run_cli
 from resnet_core.commands import grid as grid_command
 from resnet_core.config import to_dict
-from resnet_core.grid import iter_cells, run_count
+from resnet_core.grid import estimate as grid_estimate
+from resnet_core.grid import plan as grid_plan
 from resnet_core.identity import RUN_ID_SCHEMA, run_id
-from resnet_core.runner import plan_devices
 from resnet_core.store import RunRecord, write_record
 
 FIXTURE = Path(__file__).resolve().parent / "data" / "grid_plans.json"
@@ -40,21 +42,15 @@ def finish(results: Path, run) -> None:
                                     final={"test_error": 50.0}, provenance={"run_id_schema": RUN_ID_SCHEMA}))
 
 
-def recorded_plan(argv: list[str], results: Path) -> dict:
+def recorded_plan(argv: list[str]) -> dict:
     """The plan of ``resnet-grid argv --dry-run``, as plain values."""
-    args = grid_command.parse_args(argv)
-    spec = grid_command.build_spec(args)
-    budget, why = grid_command.fit_subset(args, *grid_command.choose_budget(args, spec), spec)
-    devices = plan_devices(args.workers, args.device, args.workers_per_gpu)
-    dry = grid_command.DryRun(str(results), devices[0], run_count(spec))
-    runs = []
-    for cell in iter_cells(spec, grid_command.overrides(args), budget):
-        dry.add(cell)
-        runs.append({"run_id": cell.run_id, "cell": cell.label, "seed": cell.seed})
+    plan = grid_plan.plan_grid(dataclasses.replace(grid_command.request_of(grid_command.parse_args(argv)), dry_run=True))
+    dry = grid_estimate.dry_run(plan)
+    budget = plan.budget
     return {
-        "budget": {"name": budget.name, "why": why, "epochs": budget.epochs, "iterations": budget.iterations,
+        "budget": {"name": budget.name, "why": plan.why, "epochs": budget.epochs, "iterations": budget.iterations,
                    "subset": budget.subset},
-        "runs": runs,
+        "runs": [{"run_id": cell.run_id, "cell": cell.label, "seed": cell.seed} for cell in plan.iter_cells()],
         "cells": {label: {"runs": n, "done": done} for label, (n, done, _) in dry.cells.items()},
         "estimate": {"runs": dry.runs, "done": dry.done, "seconds": round(dry.seconds, 6),
                      "sizes": sorted(list(sizes) for sizes in dry.sizes.values())},
@@ -63,20 +59,18 @@ def recorded_plan(argv: list[str], results: Path) -> dict:
 
 @pytest.fixture
 def fixed_rate(monkeypatch):
-    monkeypatch.setattr(grid_command, "measure_step_rate", lambda run, steps: RATE)
+    monkeypatch.setattr(grid_estimate, "measure_step_rate", lambda run, steps: RATE)
 
 
 def plan_of(name: str, tmp_path: Path, capsys) -> dict:
     results = tmp_path / name
     argv = [*CASES[name], "--results", str(results)]
     if name == "degradation":
-        args = grid_command.parse_args(argv)
-        budget, _ = grid_command.choose_budget(args, grid_command.build_spec(args))
-        first = next(iter_cells(grid_command.build_spec(args), grid_command.overrides(args), budget))
-        finish(results, first.run)
+        plan = grid_plan.plan_grid(dataclasses.replace(grid_command.request_of(grid_command.parse_args(argv)), dry_run=True))
+        finish(results, next(plan.iter_cells()).run)
     assert run_cli(grid_command.main, [*argv, "--dry-run"]) == 0
     printed = capsys.readouterr().out.splitlines()
-    return {**recorded_plan(argv, results), "printed": printed}
+    return {**recorded_plan(argv), "printed": printed}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -91,3 +85,12 @@ def test_a_grid_plans_as_recorded(name, tmp_path, capsys, fixed_rate, one_thread
     assert sorted(plan) == sorted(expected)
     for field in expected:  # one field at a time: a failure names what changed
         assert plan[field] == expected[field], field
+
+
+def test_a_budget_subset_is_one_ceiling_for_grids_and_studies():
+    from resnet_core import splits
+
+    study_plan = importlib.import_module("resnet_core.study.plan")  # resnet_core.study.plan is also a function
+
+    assert splits.capped_subset(10000, 250) is None and splits.capped_subset(250, 250) == 250
+    assert grid_plan.capped_subset is splits.capped_subset is study_plan.capped_subset  # one rule, two flows

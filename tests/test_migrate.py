@@ -17,8 +17,10 @@ import torch
 from resnet_core import migrate
 from resnet_core.cli import run_cli
 from resnet_core.commands import grid as grid_command
+from resnet_core.grid import estimate as grid_estimate
+from resnet_core.grid import plan as grid_plan
 from resnet_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig, to_dict
-from resnet_core.grid_report import build_grid_report
+from resnet_core.grid.report import build_grid_report
 from resnet_core.identity import run_id
 from resnet_core.migrate import MARKER, current_run_ids, migrate_run_ids, print_migration, schema1_run_id, with_previous_ids
 from resnet_core.runner import run_all, split_done
@@ -314,10 +316,10 @@ def test_the_grid_dry_run_on_an_old_folder_writes_nothing_and_counts_its_finishe
     grid.write_text("name = 'g'\nseeds = 1\n[fixed]\nbatch_size = 32\n[axes]\ndepth = [8, 14]\n")
     argv = ["--grid", str(grid), "--data", "synthetic:200", "--val-size", "40", "--subset", "120", "--epochs", "1",
             "--device", "cpu", "--results", str(results), "--dry-run"]
-    monkeypatch.setattr(grid_command, "measure_step_rate", lambda run, steps: 1000.0)
+    monkeypatch.setattr(grid_estimate, "measure_step_rate", lambda run, steps: 1000.0)
     cells = []
     with monkeypatch.context() as patch:  # the grid's own runs, as its command builds them
-        patch.setattr(grid_command, "print_migration", lambda where, runs, **how: cells.extend(runs) or
+        patch.setattr(grid_plan, "print_migration", lambda where, runs, **how: cells.extend(runs) or
                       print_migration(where, (), **how))
         assert run_cli(grid_command.main, argv) == 0
     write_old_record(results, cells[0])  # depth 8 finished under schema 1
