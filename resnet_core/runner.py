@@ -264,7 +264,8 @@ def run_all(
     memory_fraction: float | None = None,
     fuse: str = "auto",
 ) -> list[Outcome]:
-    """Train every run not yet finished, ``workers`` at a time; returns outcomes in ``runs`` order.
+    """Train every run not yet finished, ``workers`` at a time; returns outcomes in ``runs`` order. The
+    library's one-call path: it migrates records of an older run-id schema first, as a command does.
 
     A failed or diverged run is an outcome, never an exception. Ctrl-C propagates (exit 130 in
     the command lines); records of finished runs are on disk, a run cut off keeps its last
@@ -275,6 +276,7 @@ def run_all(
     check_parallelism(workers, workers_per_gpu, threads, memory_fraction)
     devices = plan_devices(workers, device, workers_per_gpu)
     pool = WorkerPool(devices, threads, memory_fraction, fuse=fuses(fuse, devices))
+    print_migration(results_dir, runs)  # runs stored under an older run-id schema count as done
     return train_all(runs, results_dir, pool, progress, desc)
 
 
@@ -282,8 +284,8 @@ def train_all(runs: Sequence[RunConfig], results_dir: str | Path, pool: WorkerPo
               desc: str = "runs") -> list[Outcome]:
     """:func:`run_all` on the worker ``pool``'s devices: one process per device slot (in this
     process when there is one slot); a run another process is training is waited for and its
-    record read back."""
-    print_migration(results_dir, runs)  # runs stored under an older run-id schema count as done
+    record read back. Records of an older run-id schema are the caller's to migrate first (a command
+    does it once, when it plans: resnet_core/grid/plan.py, resnet-study, resnet-train)."""
     done, pending = split_done(runs, results_dir)
     pool = dataclasses.replace(pool, threads=pool.threads_each())  # counted here: every worker gets the same
     outcomes = {o.run_id: o for o in done}
