@@ -10,9 +10,9 @@ trained again, and a claim whose holder died is free at once.
 
 Parallelism is joblib's loky backend, one process per worker, one run at a time per process. On
 several GPUs each run claims a free device slot (``devices.worker_devices``) with an exclusive file
-lock, so a GPU never gets more than ``workers_per_gpu`` runs however the runs finish. On the CPU
-each worker gets ``cores // workers`` threads so that workers do not fight over cores (CPU results
-are bitwise repeatable only at the same thread count: ``threads`` pins it). A run that runs out of
+lock, so a GPU never gets more than ``workers_per_gpu`` runs however the runs finish. Each worker
+gets ``cores // workers`` threads so that workers do not fight over cores (CPU results are bitwise
+repeatable only at the same thread count: ``threads`` pins it); :mod:`resnet_core.slots` sets them. A run that runs out of
 GPU memory is tried once more (:mod:`resnet_core.gpu_memory`). A study's final stage trains here
 too, on the study's devices and threads. The same runs on a Dask cluster: :mod:`resnet_core.dask_runner`.
 """
@@ -30,19 +30,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-import torch
 from joblib import Parallel, delayed
 
 from resnet_core.config import DataConfig, RunConfig
 from resnet_core.identity import run_id
 from resnet_core.data import DataBundle, load_data
-from resnet_core.devices import available_cpus, prepare_worker, resolve_device, worker_devices
+from resnet_core.devices import resolve_device, worker_devices
 from resnet_core.engine import check_fits_data
 from resnet_core.engine import fit as engine_fit
 from resnet_core.fused_fit import fit_group
-from resnet_core.gpu_memory import check_memory_fraction, fit_all_retrying_oom, limit_memory
+from resnet_core.gpu_memory import check_memory_fraction, fit_all_retrying_oom
 from resnet_core.migrate import print_migration
 from resnet_core.progress import progress_bar
+from resnet_core.slots import Slot, occupy, worker_threads
 from resnet_core.store import FINAL_STATUSES, RunRecord, claim_run, find_record
 
 BUSY = "busy"  # not an outcome: another process holds the run's claim (train_job's answer, never returned)
@@ -108,7 +108,7 @@ class WorkerPool:
     fuse: bool = False
 
     def threads_each(self) -> int:
-        return self.threads or max(1, available_cpus() // len(self.devices))
+        return worker_threads(len(self.devices), self.threads)
 
 
 # Data configs a worker keeps loaded: a worker alternating between a few (a --compare pair, a grid
@@ -162,25 +162,21 @@ def train_job(runs: list[RunConfig], results_dir: str, pool: WorkerPool, lock_di
 
 
 def _train_claimed(runs: list[RunConfig], results_dir: str, pool: WorkerPool, lock_dir: str | None) -> list[Outcome]:
-    """Train claimed runs on a free device slot: one with ``pool.fit``, several as one fused group."""
-    previous = torch.get_num_threads()
-    try:
-        with _device_slot(pool.devices, lock_dir) as device:
-            resolved = resolve_device(device)
-            prepare_worker(resolved, pool.threads_each())
-            limit_memory(resolved, pool.memory_fraction)
-            runs = [dataclasses.replace(run, device=device) for run in runs]
-            try:
-                data = worker_data(runs[0].data, device)
-            except Exception:  # noqa: BLE001 - fit loads again and records the failure as a result
-                data = None
-            if len(runs) == 1:
-                train = lambda: [pool.fit(runs[0], results_dir=results_dir, data=data)]  # noqa: E731
-            else:
-                train = lambda: fit_group(runs, results_dir=results_dir, data=data)  # noqa: E731
-            return [outcome_of(r, trained_now=True) for r in fit_all_retrying_oom(train, results_dir)]
-    finally:
-        torch.set_num_threads(previous)  # one worker trains in the caller's process: its setting comes back
+    """Train claimed runs on a free device slot: one with ``pool.fit``, several as one fused group. The
+    slot's threads and device are set while they train (one worker trains in the caller's process:
+    its settings come back)."""
+    with _device_slot(pool.devices, lock_dir) as device, \
+            occupy(Slot(device, pool.threads_each(), pool.memory_fraction)):
+        runs = [dataclasses.replace(run, device=device) for run in runs]
+        try:
+            data = worker_data(runs[0].data, device)
+        except Exception:  # noqa: BLE001 - fit loads again and records the failure as a result
+            data = None
+        if len(runs) == 1:
+            train = lambda: [pool.fit(runs[0], results_dir=results_dir, data=data)]  # noqa: E731
+        else:
+            train = lambda: fit_group(runs, results_dir=results_dir, data=data)  # noqa: E731
+        return [outcome_of(r, trained_now=True) for r in fit_all_retrying_oom(train, results_dir)]
 
 
 def fusion_jobs(runs: Sequence[RunConfig], fuse: bool, max_members: int = MAX_FUSED) -> list[list[RunConfig]]:
