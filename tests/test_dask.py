@@ -194,14 +194,16 @@ def test_budget_auto_goes_by_the_devices_of_the_cluster_workers(grid, tmp_path):
 
     from resnet_core import dask_runner
 
+    from resnet_core.grid import plan as grid_plan
+
     command = driver("run")
-    args = command.parse_args(["--grid", str(grid), "--dask", "local:1"])
+    request = command.request_of(command.parse_args(["--grid", str(grid), "--dask", "local:1"]))
     with one_worker() as cluster, Client(cluster) as client:
         assert dask_runner.cluster_device_type(client) == "cpu"
         client.run(lambda: setattr(torch.cuda, "is_available", lambda: True))  # the worker now has a "GPU"
         assert dask_runner.cluster_device_type(client) == "cuda"  # this driver has none: the workers' answer
         assert dask_runner.cluster_device_type(client, "cpu") == "cpu"  # runs asking for the CPU get the CPU
-        budget, why = command.choose_budget(args, command.build_spec(args), client)
+        budget, why = grid_plan.choose_budget(request, grid_plan.build_spec(request), client)
     assert budget.name == "paper" and "CUDA" in why
 
 
