@@ -18,7 +18,7 @@ from typing import Any
 
 _PUBLIC = {
     "available_grids": "spec", "load_grid": "spec",
-    "GridRequest": "plan", "GridPlan": "plan", "check_request": "plan", "plan_grid": "plan",
+    "GridRequest": "plan", "check_request": "plan", "plan_grid": "plan",
     "dry_run": "estimate", "estimate_lines": "estimate",
     "cluster": "execute", "execute_plan": "execute", "summary": "execute",
     "publish_report": "report",
