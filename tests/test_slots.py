@@ -89,3 +89,16 @@ def test_a_worker_in_the_callers_process_trains_in_its_slot_and_gives_the_thread
     (outcome,) = runner.train_all([run], tmp_path, pool, progress=False)
     assert outcome.status == "completed" and torch.get_num_threads() == before
     assert find_record(tmp_path, outcome.run_id).provenance["threads"] == target
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_a_slot_gives_the_memory_cap_and_the_current_device_back():
+    torch.cuda.init()
+    last = torch.device("cuda", torch.cuda.device_count() - 1)
+    before_device, before_cap = torch.cuda.current_device(), torch.cuda.get_per_process_memory_fraction(last)
+    with slots.occupy(slots.Slot(str(last), 1, memory_fraction=0.25)):
+        assert torch.cuda.current_device() == last.index
+        assert torch.cuda.get_per_process_memory_fraction(last) == pytest.approx(0.25)
+    assert torch.cuda.current_device() == before_device
+    assert torch.cuda.get_per_process_memory_fraction(last) == pytest.approx(before_cap)
