@@ -44,11 +44,12 @@ from distributed import Client, Event, Future, KilledWorker, LocalCluster, Worke
 
 from resnet_core.config import RunConfig
 from resnet_core.identity import run_id
-from resnet_core.devices import available_cpus, prepare_worker, resolve_device, worker_devices
+from resnet_core.devices import available_cpus, resolve_device, worker_devices
 from resnet_core.engine import fit
 from resnet_core.gpu_memory import fit_retrying_oom
 from resnet_core.runner import Outcome, outcome_of, runs_bar, split_done, tally, worker_data
 from resnet_core.schedules import make_budget
+from resnet_core.slots import Slot, occupy
 from resnet_core.store import (
     FINAL_STATUSES,
     RunRecord,
@@ -263,7 +264,16 @@ def train_remote(task: Task) -> dict[str, Any] | None:
         return {"error": _threads_error(worker.address, worker.state.nthreads)}
     run = dataclasses.replace(task.run, device=device_here(task.run.device, worker))
     try:
-        prepare_worker(resolve_device(run.device), _task_threads(task.threads, worker))  # in the task's thread
+        resolve_device(run.device)  # a device this worker lacks: the user's to fix, so not retried
+    except ValueError as exc:
+        return {"error": f"on worker {worker.address}: {_first_line(exc)}"}
+    with occupy(Slot(run.device, _task_threads(task.threads, worker))):  # in the task's thread
+        return _train_task(task, run, worker, stop)
+
+
+def _train_task(task: Task, run: RunConfig, worker, stop: Event) -> dict[str, Any]:
+    """:func:`train_remote` in its slot: the data, then fit in a scratch directory."""
+    try:
         data = worker_data(run.data, run.device)
         total = make_budget(run.train, len(data.train_y)).total_iterations
     except (ValueError, OSError) as exc:

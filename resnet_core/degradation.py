@@ -13,7 +13,8 @@ scan: the two effect sizes against length. Nothing pools runs of different lengt
 comparison and the figures are drawn at the longest length, and say so.
 
 A degradation report compares families and depths only: a grid whose other axes vary (``lr``, say)
-would pool those cells, so such a grid is refused when it is planned (``grid.REPORT_FIELDS``).
+would pool those cells, so such a grid is refused when it is planned (the ``fields`` of its entry in
+resnet_core/grid/kinds.py).
 """
 
 from __future__ import annotations
@@ -323,9 +324,10 @@ def degradation_kind(table: pd.DataFrame, histories: pd.DataFrame, manifest: Map
     out.figures["curves"] = plot_learning_curves(histories, longest, hue="depth", panel="family")
     out.figures["final_vs_depth"] = plot_final_vs_depth(longest)
     out.figures["grad_norms"] = plot_grad_norms(histories, longest, epochs="all")
+    out.captions = {name: CAPTIONS[name] for name in out.figures}
     if named:
-        out.captions = {name: f"{CAPTIONS[name].removesuffix('.')}; runs {named}." for name in
-                        ("curves", "final_vs_depth", "grad_norms")}
+        out.captions.update({name: f"{CAPTIONS[name].removesuffix('.')}; runs {named}." for name in
+                             ("curves", "final_vs_depth", "grad_norms")})
     return out
 
 

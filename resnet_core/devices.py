@@ -308,17 +308,6 @@ def _device_kind(device: str) -> str:
     return resolve_device(device).type if device == "auto" else torch.device(device).type
 
 
-def prepare_worker(device: torch.device, threads: int) -> None:
-    """Set up the calling thread to train on ``device`` as one of several workers: ``threads``
-    torch threads for a CPU run (its share of the cores), the run's GPU as the current device, and
-    its share of the compile pool. OpenMP keeps the thread count and CUDA the current device per
-    thread, so call this in the thread that trains."""
-    if device.type == "cpu":
-        torch.set_num_threads(threads)
-    pin_device(device)  # stray allocations (cuDNN workspaces) land on the run's GPU
-    share_compile_threads(threads)
-
-
 def share_compile_threads(threads: int) -> None:
     """Give this worker process its share of the cores for ``torch.compile``'s Inductor pool.
 

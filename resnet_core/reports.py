@@ -1,7 +1,7 @@
 """Building blocks of grid reports: the run table, per-cell summaries, header, generic figures.
 
 Pure functions (docs/DESIGN.md, "Reports"): a DataFrame in, a DataFrame, a string or a matplotlib
-Figure out; report kinds (resnet_core/degradation.py) build on them and resnet_core/grid_report.py
+Figure out; report kinds (resnet_core/degradation.py) build on them and resnet_core/grid/report.py
 assembles and writes them. Figures are built on ``Figure`` objects (no
 pyplot state), so they render with the Agg canvas anywhere, also without a display.
 
@@ -13,6 +13,7 @@ seed is labelled as such; diverged runs are counted and shown, never averaged in
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -21,12 +22,17 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from resnet_core.grid_manifest import shown_path
 from resnet_core.stats import mean_interval
 
 METRICS = ("test_error", "train_error", "val_error")
 METRIC_LABELS = {"test_error": "test error (%)", "train_error": "train error (%)", "val_error": "val error (%)"}
 STATUS_COLUMNS = ("completed", "diverged", "failed", "stopped", "missing")
+
+
+def shown_path(path: str) -> str:
+    """A path as a report may print it: relative to the working directory, never absolute
+    (an absolute path names the machine that made the report, not the data or the grid)."""
+    return os.path.relpath(path) if os.path.isabs(path) else path
 
 
 # ---------------------------------------------------------------------------- the run table

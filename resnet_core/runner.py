@@ -10,9 +10,9 @@ trained again, and a claim whose holder died is free at once.
 
 Parallelism is joblib's loky backend, one process per worker, one run at a time per process. On
 several GPUs each run claims a free device slot (``devices.worker_devices``) with an exclusive file
-lock, so a GPU never gets more than ``workers_per_gpu`` runs however the runs finish. On the CPU
-each worker gets ``cores // workers`` threads so that workers do not fight over cores (CPU results
-are bitwise repeatable only at the same thread count: ``threads`` pins it). A run that runs out of
+lock, so a GPU never gets more than ``workers_per_gpu`` runs however the runs finish. Each worker
+gets ``cores // workers`` threads so that workers do not fight over cores (CPU results are bitwise
+repeatable only at the same thread count: ``threads`` pins it); :mod:`resnet_core.slots` sets them. A run that runs out of
 GPU memory is tried once more (:mod:`resnet_core.gpu_memory`). A study's final stage trains here
 too, on the study's devices and threads. The same runs on a Dask cluster: :mod:`resnet_core.dask_runner`.
 """
@@ -30,19 +30,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-import torch
 from joblib import Parallel, delayed
 
 from resnet_core.config import DataConfig, RunConfig
 from resnet_core.identity import run_id
 from resnet_core.data import DataBundle, load_data
-from resnet_core.devices import available_cpus, prepare_worker, resolve_device, worker_devices
+from resnet_core.devices import resolve_device, worker_devices
 from resnet_core.engine import check_fits_data
 from resnet_core.engine import fit as engine_fit
 from resnet_core.fused_fit import fit_group
-from resnet_core.gpu_memory import check_memory_fraction, fit_all_retrying_oom, limit_memory
+from resnet_core.gpu_memory import check_memory_fraction, fit_all_retrying_oom
 from resnet_core.migrate import print_migration
 from resnet_core.progress import progress_bar
+from resnet_core.slots import Slot, occupy, worker_threads
 from resnet_core.store import FINAL_STATUSES, RunRecord, claim_run, find_record
 
 BUSY = "busy"  # not an outcome: another process holds the run's claim (train_job's answer, never returned)
@@ -108,7 +108,7 @@ class WorkerPool:
     fuse: bool = False
 
     def threads_each(self) -> int:
-        return self.threads or max(1, available_cpus() // len(self.devices))
+        return worker_threads(len(self.devices), self.threads)
 
 
 # Data configs a worker keeps loaded: a worker alternating between a few (a --compare pair, a grid
@@ -162,25 +162,21 @@ def train_job(runs: list[RunConfig], results_dir: str, pool: WorkerPool, lock_di
 
 
 def _train_claimed(runs: list[RunConfig], results_dir: str, pool: WorkerPool, lock_dir: str | None) -> list[Outcome]:
-    """Train claimed runs on a free device slot: one with ``pool.fit``, several as one fused group."""
-    previous = torch.get_num_threads()
-    try:
-        with _device_slot(pool.devices, lock_dir) as device:
-            resolved = resolve_device(device)
-            prepare_worker(resolved, pool.threads_each())
-            limit_memory(resolved, pool.memory_fraction)
-            runs = [dataclasses.replace(run, device=device) for run in runs]
-            try:
-                data = worker_data(runs[0].data, device)
-            except Exception:  # noqa: BLE001 - fit loads again and records the failure as a result
-                data = None
-            if len(runs) == 1:
-                train = lambda: [pool.fit(runs[0], results_dir=results_dir, data=data)]  # noqa: E731
-            else:
-                train = lambda: fit_group(runs, results_dir=results_dir, data=data)  # noqa: E731
-            return [outcome_of(r, trained_now=True) for r in fit_all_retrying_oom(train, results_dir)]
-    finally:
-        torch.set_num_threads(previous)  # one worker trains in the caller's process: its setting comes back
+    """Train claimed runs on a free device slot: one with ``pool.fit``, several as one fused group. The
+    slot's threads and device are set while they train (one worker trains in the caller's process:
+    its settings come back)."""
+    with _device_slot(pool.devices, lock_dir) as device, \
+            occupy(Slot(device, pool.threads_each(), pool.memory_fraction)):
+        runs = [dataclasses.replace(run, device=device) for run in runs]
+        try:
+            data = worker_data(runs[0].data, device)
+        except Exception:  # noqa: BLE001 - fit loads again and records the failure as a result
+            data = None
+        if len(runs) == 1:
+            train = lambda: [pool.fit(runs[0], results_dir=results_dir, data=data)]  # noqa: E731
+        else:
+            train = lambda: fit_group(runs, results_dir=results_dir, data=data)  # noqa: E731
+        return [outcome_of(r, trained_now=True) for r in fit_all_retrying_oom(train, results_dir)]
 
 
 def fusion_jobs(runs: Sequence[RunConfig], fuse: bool, max_members: int = MAX_FUSED) -> list[list[RunConfig]]:
@@ -234,23 +230,6 @@ def plan_devices(workers: int, device: str = "auto", workers_per_gpu: int = 1) -
     return tuple(worker_devices(workers, device, workers_per_gpu))
 
 
-def check_writable(folder: str | Path, what: str = "results directory") -> Path:
-    """Create ``folder`` and write a probe file there: an unwritable place is one line now, not a
-    crash after the first run has trained. Returns the absolute folder."""
-    target = Path(folder)
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=target, prefix=".probe.", suffix=".tmp"):
-            pass
-    except FileExistsError:  # a regular file holds the folder's name
-        reason, where = "Not a directory", target
-    except OSError as exc:
-        reason, where = exc.strerror or type(exc).__name__, exc.filename or target
-    else:
-        return target.resolve()
-    raise ValueError(f"{what} {str(folder)!r} is not writable: {reason} ({where})")
-
-
 def preload_data(runs: Sequence[RunConfig]) -> dict[DataConfig, DataBundle]:
     """Load every distinct data config once, on the CPU, before the workers start.
 
@@ -281,7 +260,8 @@ def run_all(
     memory_fraction: float | None = None,
     fuse: str = "auto",
 ) -> list[Outcome]:
-    """Train every run not yet finished, ``workers`` at a time; returns outcomes in ``runs`` order.
+    """Train every run not yet finished, ``workers`` at a time; returns outcomes in ``runs`` order. The
+    library's one-call path: it migrates records of an older run-id schema first, as a command does.
 
     A failed or diverged run is an outcome, never an exception. Ctrl-C propagates (exit 130 in
     the command lines); records of finished runs are on disk, a run cut off keeps its last
@@ -292,6 +272,7 @@ def run_all(
     check_parallelism(workers, workers_per_gpu, threads, memory_fraction)
     devices = plan_devices(workers, device, workers_per_gpu)
     pool = WorkerPool(devices, threads, memory_fraction, fuse=fuses(fuse, devices))
+    print_migration(results_dir, runs)  # runs stored under an older run-id schema count as done
     return train_all(runs, results_dir, pool, progress, desc)
 
 
@@ -299,8 +280,8 @@ def train_all(runs: Sequence[RunConfig], results_dir: str | Path, pool: WorkerPo
               desc: str = "runs") -> list[Outcome]:
     """:func:`run_all` on the worker ``pool``'s devices: one process per device slot (in this
     process when there is one slot); a run another process is training is waited for and its
-    record read back."""
-    print_migration(results_dir, runs)  # runs stored under an older run-id schema count as done
+    record read back. Records of an older run-id schema are the caller's to migrate first (a command
+    does it once, when it plans: resnet_core/grid/plan.py, resnet-study, resnet-train)."""
     done, pending = split_done(runs, results_dir)
     pool = dataclasses.replace(pool, threads=pool.threads_each())  # counted here: every worker gets the same
     outcomes = {o.run_id: o for o in done}

@@ -28,6 +28,13 @@ def capped_val_size(ceiling: int, n: int) -> int:
     return min(ceiling, default_val_size(n))
 
 
+def capped_subset(ceiling: int, pool: int) -> int | None:
+    """A training subset chosen as a ceiling (a budget's): ``ceiling``, or None (every image) on data
+    whose ``pool`` of training images left after validation is smaller, so small data train on all
+    they hold instead of failing. A subset the user gave is not a ceiling: it is kept as given."""
+    return ceiling if pool >= ceiling else None
+
+
 def effective_val_size(requested: int, n: int) -> int:
     """The validation images a run carves from ``n`` training images: as requested, except that the
     default (DEFAULT_VAL_SIZE) on data with no more images than it becomes ``default_val_size(n)``.

@@ -126,6 +126,23 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def check_writable(folder: str | Path, what: str = "results directory") -> Path:
+    """Create ``folder`` and write a probe file there: an unwritable place is one line now, not a
+    crash after the first run has trained. Returns the absolute folder."""
+    target = Path(folder)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=target, prefix=".probe.", suffix=".tmp"):
+            pass
+    except FileExistsError:  # a regular file holds the folder's name
+        reason, where = "Not a directory", target
+    except OSError as exc:
+        reason, where = exc.strerror or type(exc).__name__, exc.filename or target
+    else:
+        return target.resolve()
+    raise ValueError(f"{what} {str(folder)!r} is not writable: {reason} ({where})")
+
+
 def runs_dir(results_dir: str | os.PathLike) -> Path:
     return Path(results_dir) / "runs"
 

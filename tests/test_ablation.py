@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 
 from resnet_core.cli import run_cli
-from resnet_core.grid import expand, load_grid
+from resnet_core.grid.cells import expand
+from resnet_core.grid.spec import load_grid
 from resnet_core.runner import run_all
 from resnet_core.stats import mean_interval
 

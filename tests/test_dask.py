@@ -26,7 +26,8 @@ from grid_helpers import COMPARED, FAST, RUN, driver, grid_file_fixture, keep_to
 from resnet_core.budgets import GRID_BUDGETS
 from resnet_core.cli import run_cli
 from resnet_core.dask_runner import RESUBMITS, run_all_dask
-from resnet_core.grid import expand, load_grid
+from resnet_core.grid.cells import expand
+from resnet_core.grid.spec import load_grid
 
 grid = grid_file_fixture("dasked")
 OVERRIDES = {"data.source": "synthetic:400", "val_size": 40, "device": "cpu"}
@@ -193,14 +194,16 @@ def test_budget_auto_goes_by_the_devices_of_the_cluster_workers(grid, tmp_path):
 
     from resnet_core import dask_runner
 
+    from resnet_core.grid import plan as grid_plan
+
     command = driver("run")
-    args = command.parse_args(["--grid", str(grid), "--dask", "local:1"])
+    request = command.request_of(command.parse_args(["--grid", str(grid), "--dask", "local:1"]))
     with one_worker() as cluster, Client(cluster) as client:
         assert dask_runner.cluster_device_type(client) == "cpu"
         client.run(lambda: setattr(torch.cuda, "is_available", lambda: True))  # the worker now has a "GPU"
         assert dask_runner.cluster_device_type(client) == "cuda"  # this driver has none: the workers' answer
         assert dask_runner.cluster_device_type(client, "cpu") == "cpu"  # runs asking for the CPU get the CPU
-        budget, why = command.choose_budget(args, command.build_spec(args), client)
+        budget, why = grid_plan.choose_budget(request, grid_plan.build_spec(request), client)
     assert budget.name == "paper" and "CUDA" in why
 
 

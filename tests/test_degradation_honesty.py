@@ -12,8 +12,9 @@ import statsmodels.formula.api as smf
 from scipy import stats as scipy_stats
 
 from resnet_core.degradation import degradation_kind, degradation_sentence, residual_sentence, verdicts_for
-from resnet_core.grid import expand, load_grid
-from resnet_core.grid_manifest import manifest
+from resnet_core.grid.cells import expand
+from resnet_core.grid.manifest import manifest
+from resnet_core.grid.spec import load_grid
 from resnet_core.reports import _interval_bars, grid_line, header_lines
 from resnet_core.trends import LACK_OF_FIT, PLAIN_SLOPE, RESIDUAL_SLOPE, term, trend_table
 

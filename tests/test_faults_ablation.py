@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 
 from grid_helpers import COMPARED, FAST, RUN, driver, grid_file_fixture, keep_torch_threads, reference, run_grid  # noqa: F401
 from resnet_core.cli import run_cli
-from resnet_core.grid_report import Report, write_report
+from resnet_core.grid.report import Report, write_report
 from resnet_core.store import RunRecord
 
 grid = grid_file_fixture("faults")

@@ -22,7 +22,9 @@ import pandas as pd
 import pytest
 
 from grid_helpers import REPO, RUN, driver, keep_torch_threads  # noqa: F401
-from resnet_core import grid as grids
+from resnet_core.grid import estimate as grid_estimate
+from resnet_core.grid import cells as grid_cells
+from resnet_core.grid import spec as grid_spec
 from resnet_core.cli import run_cli
 from resnet_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from resnet_core.engine import fit
@@ -125,13 +127,13 @@ def test_copied_and_misnamed_records_are_reported_once_and_never_counted(grid, r
 def test_a_dotted_axis_replaces_the_same_field_and_two_spellings_are_an_error(tmp_path, capsys):
     path = tmp_path / "tiny.toml"
     path.write_text('seeds = 1\n[axes]\nresidual = [true, false]\ndepth = [8, 14]\n')
-    spec = grids.with_axis(grids.load_grid(str(path), tmp_path), "model.depth", ["8"])
+    spec = grid_spec.with_axis(grid_spec.load_grid(str(path), tmp_path), "model.depth", ["8"])
     assert spec.axes == (("residual", (True, False)), ("depth", (8,)))
-    cells = grids.expand(spec, {"data.source": "synthetic:400"})
+    cells = grid_cells.expand(spec, {"data.source": "synthetic:400"})
     assert [c.label for c in cells] == ["residual=true, depth=8", "residual=false, depth=8"]
 
     path.write_text('seeds = 1\n[axes]\nresidual = [true, false]\nmodel.depth = [8, 14]\n')  # a nested table
-    assert grids.load_grid(str(path), tmp_path).axes == (("residual", (True, False)), ("depth", (8, 14)))
+    assert grid_spec.load_grid(str(path), tmp_path).axes == (("residual", (True, False)), ("depth", (8, 14)))
 
     path.write_text('seeds = 1\n[axes]\ndepth = [8, 14]\n"model.depth" = [8]\n')
     assert run_cli(driver("run").main, ["--grid", str(path), *FAST, "--results", str(tmp_path / "r"), "--dry-run"]) == 2
@@ -242,7 +244,8 @@ def test_a_huge_dry_run_measures_each_model_once_and_prints_progress(tmp_path, c
                     f"weight_decay = [{lrs}]\n")
     run = driver("run")
     measured = []
-    monkeypatch.setattr(run, "measure_step_rate", lambda cfg, steps: measured.append(cfg.model.depth) or 1000.0)
+    monkeypatch.setattr(grid_estimate, "measure_step_rate",
+                        lambda cfg, steps: measured.append(cfg.model.depth) or 1000.0)
     started = time.monotonic()
     assert run_cli(run.main, ["--grid", str(path), *FAST, "--results", str(tmp_path / "r"), "--dry-run"]) == 0
     assert time.monotonic() - started < 60
@@ -254,9 +257,9 @@ def test_a_huge_dry_run_measures_each_model_once_and_prints_progress(tmp_path, c
     assert not (tmp_path / "r").exists()
 
     path.write_text("[axes]\n" + "".join(f"{f} = [{lrs}]\n" for f in ("lr", "momentum", "weight_decay", "gamma")))
-    spec = grids.load_grid(str(path), tmp_path)  # 10^8 cells x 3 seeds: cells are built only when asked for
-    assert grids.run_count(spec) == 3 * 10**8
-    first = next(grids.iter_cells(spec, {"data.source": "synthetic:400"}))
+    spec = grid_spec.load_grid(str(path), tmp_path)  # 10^8 cells x 3 seeds: cells are built only when asked for
+    assert grid_cells.run_count(spec) == 3 * 10**8
+    first = next(grid_cells.iter_cells(spec, {"data.source": "synthetic:400"}))
     assert first.label == "lr=0.001, momentum=0.001, weight_decay=0.001, gamma=0.001" and first.seed == 0
 
 

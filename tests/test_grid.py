@@ -11,14 +11,10 @@ import pytest
 from resnet_core.budgets import GRID_BUDGETS
 from resnet_core.cli import run_cli
 from resnet_core.recipes import PAPER, TUTORIAL
-from resnet_core.grid_manifest import load_manifest, save_manifest
-from resnet_core.grid import (
-    expand,
-    load_grid,
-    parse_axis_option,
-    with_axis,
-    with_seeds,
-)
+from resnet_core.grid import estimate as grid_estimate
+from resnet_core.grid.cells import expand
+from resnet_core.grid.manifest import load_manifest, save_manifest
+from resnet_core.grid.spec import load_grid, parse_axis_option, with_axis, with_seeds
 from resnet_core.identity import identity_settings
 from resnet_core.models import PRESETS
 
@@ -190,7 +186,7 @@ CELL_GRID = '[fixed]\ndepth = 8\nbatch_size = 32\n[axes]\nresidual = [true, fals
 def dry_run(monkeypatch, tmp_path: Path, path: Path, *extra: str) -> int:
     """``resnet-grid --dry-run`` of ``path`` on tiny synthetic data (no step rate measured): its exit code."""
     run = load_driver("run")
-    monkeypatch.setattr(run, "measure_step_rate", lambda cfg, steps: 1000.0)
+    monkeypatch.setattr(grid_estimate, "measure_step_rate", lambda cfg, steps: 1000.0)
     return run_cli(run.main, ["--grid", str(path), "--data", "synthetic:200", "--epochs", "1", "--device", "cpu",
                               "--results", str(tmp_path / "r"), "--dry-run", *extra])
 
@@ -250,3 +246,19 @@ def test_a_grid_measures_the_test_set_only_where_its_report_reads_it(tmp_path):
     assert expand(load_grid(str(kept)))[0].run.train.test_eval == "every_epoch"  # the grid file's own setting wins
     every_epoch = expand(load_grid("shortcuts", GRIDS), {"test_eval": "every_epoch"})  # --set: the ids of every-epoch runs
     assert all("train.test_eval" not in identity_settings(cell.run) for cell in every_epoch)
+
+
+def test_a_report_kind_is_one_registry_entry_that_grid_files_and_reports_both_read(tmp_path, monkeypatch):
+    from resnet_core.grid import kinds
+    from resnet_core.grid.report import generic_kind
+
+    path = write(tmp_path, 'report = "mine"\nseeds = 1\n[axes]\nlr = [0.1, 0.2]\n')
+    with pytest.raises(ValueError, match="report='mine' is invalid: expected one of degradation, generic"):
+        load_grid(str(path))
+    monkeypatch.setitem(kinds.KINDS, "mine", kinds.ReportKind(
+        "mine", "resnet_core.grid.report:generic_kind", measurements=(("test_eval", "never"),), fields=("train.lr",)))
+    spec = load_grid(str(path))
+    assert spec.report == "mine" and kinds.report_kind(spec.report).builder() is generic_kind
+    assert {cell.run.train.test_eval for cell in expand(spec)} == {"never"}  # what the kind measures
+    with pytest.raises(ValueError, match="axis 'depth' cannot be in a grid with report = 'mine'.* axes over lr$"):
+        expand(with_axis(spec, "depth", ["8", "14"]))  # the fields its fits compare

@@ -17,8 +17,10 @@ import torch
 from resnet_core import migrate
 from resnet_core.cli import run_cli
 from resnet_core.commands import grid as grid_command
+from resnet_core.grid import estimate as grid_estimate
+from resnet_core.grid import plan as grid_plan
 from resnet_core.config import DataConfig, ModelConfig, RunConfig, TrainConfig, to_dict
-from resnet_core.grid_report import build_grid_report
+from resnet_core.grid.report import build_grid_report
 from resnet_core.identity import run_id
 from resnet_core.migrate import MARKER, current_run_ids, migrate_run_ids, print_migration, schema1_run_id, with_previous_ids
 from resnet_core.runner import run_all, split_done
@@ -314,10 +316,10 @@ def test_the_grid_dry_run_on_an_old_folder_writes_nothing_and_counts_its_finishe
     grid.write_text("name = 'g'\nseeds = 1\n[fixed]\nbatch_size = 32\n[axes]\ndepth = [8, 14]\n")
     argv = ["--grid", str(grid), "--data", "synthetic:200", "--val-size", "40", "--subset", "120", "--epochs", "1",
             "--device", "cpu", "--results", str(results), "--dry-run"]
-    monkeypatch.setattr(grid_command, "measure_step_rate", lambda run, steps: 1000.0)
+    monkeypatch.setattr(grid_estimate, "measure_step_rate", lambda run, steps: 1000.0)
     cells = []
     with monkeypatch.context() as patch:  # the grid's own runs, as its command builds them
-        patch.setattr(grid_command, "print_migration", lambda where, runs, **how: cells.extend(runs) or
+        patch.setattr(grid_plan, "print_migration", lambda where, runs, **how: cells.extend(runs) or
                       print_migration(where, (), **how))
         assert run_cli(grid_command.main, argv) == 0
     write_old_record(results, cells[0])  # depth 8 finished under schema 1
@@ -327,3 +329,35 @@ def test_the_grid_dry_run_on_an_old_folder_writes_nothing_and_counts_its_finishe
     out, err = capsys.readouterr()
     assert "a real run would migrate 1 run record" in err and "2 runs, 1 already done" in out
     assert snapshot(results) == before
+
+
+def test_each_command_migrates_once_and_a_report_never(tmp_path, monkeypatch, capsys, one_thread):
+    """One migration per command, where it plans (a local grid used to migrate again in its runner, a
+    study again in its final stage); reports only read, so they never rename anything."""
+    from importlib import import_module
+
+    from test_study import TINY_SPACE, tiny_args
+
+    calls = []
+    real = migrate.migrate_run_ids
+    monkeypatch.setattr(migrate, "migrate_run_ids", lambda *args, **kw: calls.append(args[0]) or real(*args, **kw))
+    results, grid, space = tmp_path / "results", tmp_path / "g.toml", tmp_path / "space.toml"
+    grid.write_text("name = 'g'\nreport = 'generic'\nseeds = 1\n[fixed]\ndepth = 8\nbatch_size = 32\n"
+                    "[axes]\nresidual = [true]\n")
+    space.write_text(TINY_SPACE)
+    tiny = ["--data", "synthetic:200", "--val-size", "40", "--subset", "100", "--epochs", "1", "--device", "cpu",
+            "--threads", "1", "--results", str(results), "--quiet"]
+    commands = {
+        "grid": ("grid", ["--grid", str(grid), *tiny]),
+        "grid report": ("grid_report", ["--grid", "g", "--results", str(results)]),
+        "train": ("train", ["--set", "depth=8", "--batch-size", "32", *tiny]),
+        "study": ("study", tiny_args(results, space, "--trials", "1", "--final-seeds", "1", "--final-epochs", "1")),
+        "study report": ("study_report", ["--study-name", "tiny", "--results", str(results), "--no-figures"]),
+    }
+    counted = {}
+    for name, (module, argv) in commands.items():
+        main = import_module(f"resnet_core.commands.{module}").main
+        calls.clear()
+        assert run_cli(main, argv) == 0, capsys.readouterr()
+        counted[name] = len(calls)
+    assert counted == {"grid": 1, "grid report": 0, "train": 1, "study": 1, "study report": 0}

@@ -13,7 +13,7 @@ from scipy import stats as scipy_stats
 from resnet_core.config import DataConfig, ModelConfig, RunConfig, apply_overrides, to_dict
 from resnet_core.identity import run_id
 from resnet_core.degradation import PLAIN_REFERENCE_COLUMN, paper_comparison
-from resnet_core.grid_report import build_report, write_report
+from resnet_core.grid.report import build_report, write_report
 from resnet_core.reports import display_table, grid_table, markdown_table, summarize_cells
 from resnet_core.store import RunRecord, load_histories, load_runs, write_record
 

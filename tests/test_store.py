@@ -79,3 +79,13 @@ def test_a_write_leaves_the_process_umask_alone_and_gives_the_usual_mode(tmp_pat
     monkeypatch.setattr(store.os, "umask", forbidden)
     path = write_record(tmp_path, make_record())
     assert path.stat().st_mode & 0o777 == 0o666 & ~current
+
+
+def test_the_writability_check_lives_in_the_store_and_names_the_folder(tmp_path):
+    from resnet_core import runner, store
+
+    assert store.check_writable(tmp_path / "new" / "results") == (tmp_path / "new" / "results").resolve()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match=r"results directory '.*file' is not writable: Not a directory"):
+        store.check_writable(tmp_path / "file")
+    assert not hasattr(runner, "check_writable")  # one home: every caller imports it from the store

@@ -539,8 +539,9 @@ def test_a_study_worker_pins_its_gpu(tmp_path, space, monkeypatch):
 
     monkeypatch.setattr(devices.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(devices.torch.cuda, "device_count", lambda: 2)
-    pinned = []
-    monkeypatch.setattr(devices.torch.cuda, "set_device", pinned.append)
+    pinned = []  # (device, Inductor's share of the cores) as the worker pins its GPU
+    monkeypatch.setattr(devices.torch.cuda, "set_device",
+                        lambda device: pinned.append((device, os.environ.get("TORCHINDUCTOR_COMPILE_THREADS"))))
     monkeypatch.delenv("TORCHINDUCTOR_COMPILE_THREADS", raising=False)
     setup, _ = plan(tiny_request(tmp_path, space, epochs=1))
     create_study(setup.spec)
@@ -549,8 +550,8 @@ def test_a_study_worker_pins_its_gpu(tmp_path, space, monkeypatch):
         assert run_worker(WorkerJob(setup.spec, target=0, device="cuda:1", threads=1)) == 0
     finally:
         torch.set_num_threads(threads)
-    assert pinned == [devices.torch.device("cuda:1")]
-    assert os.environ["TORCHINDUCTOR_COMPILE_THREADS"] == "1"  # its share of the cores for Inductor
+    assert pinned == [(devices.torch.device("cuda:1"), "1")]  # its share of the cores for Inductor
+    assert "TORCHINDUCTOR_COMPILE_THREADS" not in os.environ  # given back: the worker ran in this process
 
 
 def test_report_driver_rebuilds_reports_with_figures(tmp_path, space):

@@ -16,7 +16,8 @@ from resnet_core.budgets import GRID_BUDGETS, STUDY_BUDGETS, lookup, resolve_gri
 from resnet_core.cli import run_cli
 from resnet_core.recipes import recipe
 from resnet_core.degradation import degradation_sentence, residual_sentence, trends_for, verdicts_for
-from resnet_core.grid import expand, load_grid
+from resnet_core.grid.cells import expand
+from resnet_core.grid.spec import load_grid
 from resnet_core.trends import INTERACTION, PLAIN_SLOPE, RESIDUAL_SLOPE, TREND_COLUMNS, scan_table, term, trend_table
 
 from grid_helpers import driver

@@ -32,8 +32,8 @@ from resnet_core.devices import resolve_device
 from resnet_core.engine import check_fits_data, fit
 from resnet_core.migrate import print_migration
 from resnet_core.models import resolve_model
-from resnet_core.runner import check_writable
-from resnet_core.store import claim_holder, claim_run, record_path
+
+from resnet_core.store import check_writable, claim_holder, claim_run, record_path
 
 # flag name -> config field, for the flags that are shortcuts of --set
 FLAG_FIELDS = {

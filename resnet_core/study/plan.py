@@ -16,17 +16,16 @@ from resnet_core.config import RunConfig, apply_overrides, resolve_field
 from resnet_core.data import load_data, pool_size, training_images
 from resnet_core.devices import parallel_throughput
 from resnet_core.engine import check_fits_data, estimate_seconds, measure_step_rate
-from resnet_core.runner import check_writable
 from resnet_core.schedules import make_budget
-from resnet_core.splits import capped_val_size
-from resnet_core.store import check_name
+from resnet_core.splits import capped_subset, capped_val_size
+from resnet_core.store import check_name, check_writable
 from resnet_core.study.pruners import (RUNG_PRUNERS, bootstrap_for, describe_pruner, expected_work, make_pruner,
                                       prunable_epochs, rung_rule, simulated_work)
 from resnet_core.study.search import check_same_question, counts, describe_sampler, make_sampler
 from resnet_core.study.space import SPACES_DIR, check_settings_kept, read_space, validate_space
 from resnet_core.study.spec import TRIAL_TEST_EVAL, StudySpec, base_run, budget, default_study_name, trial_config
 from resnet_core.study.storage import check_storage, default_storage, describe_storage, is_rdb_url, open_storage
-from resnet_core.study.workers import worker_threads
+from resnet_core.slots import worker_threads
 
 
 @dataclass(frozen=True)
@@ -129,8 +128,8 @@ def _fit_budget_sizes(base: RunConfig, r: StudyRequest, plan_budget: Budget) -> 
     images = training_images(base.data)
     if budget_val:
         base = apply_overrides(base, {"val_size": capped_val_size(plan_budget.search.val_size, images)})
-    if budget_subset and pool_size(base.data, images) < base.data.subset:
-        base = apply_overrides(base, {"subset": None})
+    if budget_subset:
+        base = apply_overrides(base, {"subset": capped_subset(base.data.subset, pool_size(base.data, images))})
     return base
 
 

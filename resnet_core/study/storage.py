@@ -12,8 +12,7 @@ from typing import Any
 import optuna
 from sqlalchemy.exc import IntegrityError, ProgrammingError
 
-from resnet_core.runner import check_writable
-from resnet_core.store import check_name
+from resnet_core.store import check_name, check_writable
 from resnet_core.study.common import experimental_ok
 from resnet_core.study.journal import InterruptSafeJournal, RepairingJournalFile
 from resnet_core.study.recovery import RetryStaleTrial, heartbeat_settings

@@ -14,13 +14,11 @@ from typing import Any, Callable
 
 import numpy as np
 import optuna
-import torch
 from optuna.trial import TrialState
 
-from resnet_core.devices import available_cpus, pin_device, resolve_device, share_compile_threads
 from resnet_core.engine import fit as engine_fit
-from resnet_core.gpu_memory import limit_memory
 from resnet_core.progress import progress_bar
+from resnet_core.slots import Slot, occupy, worker_threads
 from resnet_core.study.common import MAX_CONSECUTIVE_FAILURES, TrialFailed, say
 from resnet_core.study.objective import Objective
 from resnet_core.study.recovery import heartbeat_settings, recover_stale_trials, requeue
@@ -87,20 +85,11 @@ def run_worker(job: WorkerJob, data: Any = None, on_trial: Callable[[optuna.Stud
     Workers that check at the same moment may each start the last trial: at most workers - 1
     trials beyond the target.
     """
-    previous = torch.get_num_threads()
-    try:
-        if job.threads:
-            torch.set_num_threads(job.threads)
-            share_compile_threads(job.threads)
+    with occupy(Slot(job.device, job.threads or None, job.memory_fraction)):  # given back when it returns
         return _run_trials(job, data, on_trial)
-    finally:
-        torch.set_num_threads(previous)  # a worker run in the caller's process gives its setting back
 
 
 def _run_trials(job: WorkerJob, data: Any, on_trial: Callable[[optuna.Study], None] | None) -> int:
-    device = resolve_device(job.device)
-    pin_device(device)
-    limit_memory(device, job.memory_fraction)
     spec = job.spec
     storage = open_storage(spec.storage, spec.stale_after)
     study = optuna.load_study(study_name=spec.name, storage=storage, sampler=optuna.samplers.RandomSampler(),
@@ -185,13 +174,6 @@ def _worker_entry(job: WorkerJob) -> None:
         run_worker(job)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
-
-
-def worker_threads(n_workers: int, requested: int | None = None) -> int:
-    """CPU threads per worker: the cores split evenly, so workers do not oversubscribe them
-    (intra-op threads that outnumber free cores spin and stall: 20x slower on a busy machine).
-    """
-    return requested if requested else max(1, available_cpus() // max(1, n_workers))
 
 
 def worker_jobs(spec: StudySpec, target: int, devices: list[str], timeout: float | None,

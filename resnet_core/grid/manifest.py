@@ -5,18 +5,12 @@ runs again, and the grid named by its name and file hash (a path moves between m
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from resnet_core.grid import GRIDS_DIR, Cell, GridSpec
+from resnet_core.grid.cells import Cell
+from resnet_core.grid.spec import GRIDS_DIR, GridSpec
 from resnet_core.store import atomic_write_text, check_name
-
-
-def shown_path(path: str) -> str:
-    """A path as a report may print it: relative to the working directory, never absolute
-    (an absolute path names the machine that made the report, not the data or the grid)."""
-    return os.path.relpath(path) if os.path.isabs(path) else path
 
 
 def manifest(spec: GridSpec, cells: Sequence[Cell], budget: Mapping[str, Any] | None = None) -> dict[str, Any]:

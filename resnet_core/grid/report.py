@@ -1,5 +1,5 @@
 """A grid's report: the generic part (header, cells, per-cell figure) plus its kind's part, and the
-files they become. Report kinds are a registry: a grid file's ``report = "..."`` picks one.
+files they become. A grid file's ``report = "..."`` picks its kind from the registry (resnet_core/grid/kinds.py).
 
 Reports read only the run records and the grid's manifest (docs/DESIGN.md, result store), so they
 can be rebuilt at any time without training (``ablation/report.py``).
@@ -10,14 +10,14 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import pandas as pd
 from matplotlib.figure import Figure
 
-from resnet_core.degradation import CAPTIONS as DEGRADATION_CAPTIONS
-from resnet_core.degradation import KindOutput, degradation_kind
-from resnet_core.grid_manifest import load_manifest, report_dir
+from resnet_core.degradation import KindOutput
+from resnet_core.grid.kinds import report_kind
+from resnet_core.grid.manifest import load_manifest, report_dir
 from resnet_core.migrate import current_run_ids
 from resnet_core.provenance import code_state
 from resnet_core.reports import (
@@ -30,13 +30,10 @@ from resnet_core.reports import (
     plural,
     summarize_cells,
 )
-from resnet_core.store import atomic_write_bytes, atomic_write_text, load_histories, load_runs
-
-Kind = Callable[[pd.DataFrame, pd.DataFrame, Mapping[str, Any]], KindOutput]
-
+from resnet_core.store import atomic_write_bytes, atomic_write_text, load_histories, load_runs, misnamed_warning
 
 GENERIC_CURVES = ("Train error (dashed) and validation error (solid) per epoch, mean over completed seeds "
-                  "(generic grids measure the test set at the end only: grid.REPORT_MEASUREMENTS).")
+                  "(generic grids measure the test set at the end only: grid/kinds.py).")
 
 
 def generic_kind(table: pd.DataFrame, histories: pd.DataFrame, manifest: Mapping[str, Any]) -> KindOutput:
@@ -45,12 +42,9 @@ def generic_kind(table: pd.DataFrame, histories: pd.DataFrame, manifest: Mapping
                       captions={"curves": GENERIC_CURVES})
 
 
-# The names a grid file's ``report`` key may take (grid.REPORTS lists the same names for validation).
-KINDS: dict[str, Kind] = {"generic": generic_kind, "degradation": degradation_kind}
-CAPTIONS = {
+CAPTIONS = {  # the generic part's figures; a kind captions its own (KindOutput.captions)
     "test_error_by_cell": "Final test error per cell: mean over completed seeds (n per cell in its label), bars a "
                           "95% t-interval clipped to the possible 0-100%.",
-    **DEGRADATION_CAPTIONS,
 }
 
 
@@ -70,13 +64,6 @@ def _section(title: str, body: str) -> str:
     return f"\n## {title}\n\n{body}\n"
 
 
-def kind_of(manifest: Mapping[str, Any]) -> Kind:
-    name = manifest.get("report", "generic")
-    if name not in KINDS:
-        raise ValueError(f"report={name!r} is invalid: expected one of {', '.join(KINDS)}")
-    return KINDS[name]
-
-
 def build_report(runs: pd.DataFrame, histories: pd.DataFrame, manifest: Mapping[str, Any],
                  built_by: Mapping[str, Any] | None = None) -> Report:
     """Tables, verdicts and figures of one grid from the result store's frames and its manifest.
@@ -87,7 +74,7 @@ def build_report(runs: pd.DataFrame, histories: pd.DataFrame, manifest: Mapping[
     axes = list(manifest["axes"])
     summary = summarize_cells(table, axes)
     skipped, misnamed = list(runs.attrs.get("skipped", [])), list(runs.attrs.get("misnamed", []))
-    extra = kind_of(manifest)(table, histories, manifest)
+    extra: KindOutput = report_kind(manifest.get("report", "generic")).builder()(table, histories, manifest)
     parts = ["\n".join(header_lines(table, manifest, skipped, built_by, misnamed)),
              *(_section(title, body) for title, body in extra.sections[:1]),  # verdicts first, when any
              _section("Cells", markdown_table(display_table(summary, axes))),
@@ -138,6 +125,10 @@ def build_grid_report(results_dir: str | Path, grid_name: str) -> Report:
     return build_report(runs, load_histories(results_dir), manifest, code_state())
 
 
-def write_grid_report(results_dir: str | Path, grid_name: str) -> list[Path]:
-    """Rebuild a grid's report from its manifest and the run records (no training)."""
-    return write_report(build_grid_report(results_dir, grid_name), report_dir(results_dir, grid_name))
+def publish_report(results_dir: str | Path, grid_name: str) -> tuple[list[Path], list[str]]:
+    """Write a grid's report from its records (no training): the files written and the warnings a
+    command prints (unreadable files, misnamed records in ``runs/``)."""
+    report = build_grid_report(results_dir, grid_name)
+    paths = write_report(report, report_dir(results_dir, grid_name))
+    warnings = (skipped_warning(report, results_dir), misnamed_warning(report.misnamed, results_dir))
+    return paths, [warning for warning in warnings if warning]

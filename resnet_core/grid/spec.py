@@ -7,14 +7,14 @@ Field names are canonical (``model.depth`` and ``depth`` are one name, a nested 
 key too): two spellings of one field in one table are an error, and ``--axis model.depth=...``
 replaces a ``depth`` axis. Axis values are converted to the field's type as they are read (``0.10``
 and ``0.1`` are one value, listed twice), cell names are unique, and two cells that resolve to one
-run config are an error rather than one run counted under two labels. :func:`iter_cells` builds runs
-one at a time (a dry run of a huge grid never holds them all); :func:`expand` builds them all.
+run config are an error rather than one run counted under two labels. :func:`resnet_core.grid.cells.iter_cells`
+builds runs one at a time (a dry run of a huge grid never holds them all); ``expand`` builds them all.
 
 File format (all keys optional except ``axes`` or ``cells``; see resnet_core/grids/*.toml)::
 
     name = "degradation"           # default: the file's stem
     description = "..."
-    report = "degradation"         # which report the grid gets: degradation | generic
+    report = "degradation"         # which report the grid gets: a kind of resnet_core/grid/kinds.py
     model = "resnet20"             # base model preset (resnet_core.models.PRESETS)
     recipe = "paper"               # base recipe (resnet_core.recipes.RECIPES)
     seeds = 3                      # seeds 0..2, or a list [0, 5, 7]
@@ -37,7 +37,7 @@ File format (all keys optional except ``axes`` or ``cells``; see resnet_core/gri
 
 Layering of one run (docs/DESIGN.md, "Config layers"): model preset and recipe (base, then the cell's,
 then the axes'), then the budget (length, subset, the schedule every cell shares: resnet_core/budgets.py),
-what the report kind measures (:data:`REPORT_MEASUREMENTS`), ``fixed``, the cell's settings, the axis
+what the report kind measures (``kinds.ReportKind.measurements``), ``fixed``, the cell's settings, the axis
 values (so an ``epochs`` axis scans the length), ``when`` rules, the budget's own rules, and last the
 command-line overrides (data, device).
 """
@@ -47,42 +47,22 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import itertools
-import math
 import tomllib
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-from resnet_core.budgets import Budget
-from resnet_core.config import (
-    SECTIONS, RunConfig, apply_overrides, canonical_name, canonical_settings, coerce, field_index, get_field,
-    resolve_field,
-)
-from resnet_core.identity import run_id
-from resnet_core.recipes import recipe
-from resnet_core.models import resolve_model
+from resnet_core.config import SECTIONS, RunConfig, canonical_name, canonical_settings, coerce, resolve_field
+from resnet_core.grid.kinds import Pairs, report_kind
 from resnet_core.store import check_name
 
-GRIDS_DIR = Path(__file__).resolve().parent / "grids"  # the built-in grids ship inside the package
+GRIDS_DIR = Path(__file__).resolve().parents[1] / "grids"  # the built-in grids ship inside the package
 TOP_KEYS = ("name", "description", "report", "model", "recipe", "seeds", "fixed", "axes", "cells", "when")
 NAMED_AXES = ("model", "recipe")  # axes whose values are preset / recipe names, not field values
 CELL_KEYS = ("name", "model", "recipe")  # a [[cells]] entry: these, plus any config field
 RULE_KEYS = ("match", "set")
 DEFAULT_SEEDS = 3  # a claim is a mean over seeds (docs/DESIGN.md, rules of evidence)
-
-Pairs = tuple[tuple[str, Any], ...]
-
-# What each report kind reads of its runs' held-out measurements, as settings applied under the grid
-# file's own (a [fixed] or --set test_eval asks for more): a grid measures no more than its report
-# reads. degradation: its curves plot the test error of every epoch (He et al. 2015 Fig. 6), so it
-# keeps the default; no figure reads its per-epoch validation, but a val_epochs setting would change
-# the run ids its committed references were trained under. generic: reads the final test error only
-# (its curves plot validation), so the test set is measured once, at the end.
-REPORT_MEASUREMENTS: dict[str, Pairs] = {"degradation": (), "generic": (("test_eval", "end"),)}
-REPORTS = tuple(REPORT_MEASUREMENTS)  # grid_report.KINDS builds a report of each
-
 
 @dataclass(frozen=True)
 class Variant:
@@ -125,24 +105,9 @@ class GridSpec:
         return (("variant",) if self.variants else ()) + tuple(name for name, _ in self.axes)
 
 
-@dataclass(frozen=True)
-class Cell:
-    """One run of a grid: the cell's axis values (seed excluded), the seed and the run config."""
 
-    key: Pairs
-    seed: int
-    run: RunConfig
-
-    @property
-    def label(self) -> str:
-        return ", ".join(f"{name}={_show(value)}" for name, value in self.key) or "base"
-
-    @functools.cached_property  # hashing the config is the costliest step of a cell; asked for often
-    def run_id(self) -> str:
-        return run_id(self.run)
-
-
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
+    """A value as a label shows it (booleans as TOML writes them)."""
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
@@ -205,7 +170,7 @@ def _parse_axis(where: str, name: str, values: Any) -> tuple[str, tuple[Any, ...
         raise ValueError(f"{where}: axis {name!r}: {exc}") from None
     repeat = _repeat(canonical)
     if repeat:
-        (first, again), value = (_show(values[i]) for i in repeat), _show(canonical[repeat[0]])
+        (first, again), value = (show_value(values[i]) for i in repeat), show_value(canonical[repeat[0]])
         given = f"{first} twice" if first == again else f"{first} and {again}, both {name}={value}"
         raise ValueError(f"{where}: axis {name!r} lists {given}: give each value once")
     return name, tuple(canonical)
@@ -254,9 +219,7 @@ def parse_grid(values: Mapping[str, Any], source: str, default_name: str) -> Gri
     """A :class:`GridSpec` from a grid file's parsed TOML; keys and field names are checked."""
     where = source
     _check_keys(where, values, TOP_KEYS)
-    report = values.get("report", "generic")
-    if report not in REPORTS:
-        raise ValueError(f"{where}: report={report!r} is invalid: expected one of {', '.join(REPORTS)}")
+    report = report_kind(values.get("report", "generic"), f"{where}: report").name
     fixed = canonical_settings(_table(where, values.get("fixed", {}), "fixed"), f"{where}: fixed")
     axes = canonical_settings(_table(where, values.get("axes", {}), "axes"), f"{where}: axes", extra=NAMED_AXES)
     if "seed" in axes and "seeds" in values:
@@ -336,12 +299,6 @@ def with_seeds(spec: GridSpec, count: int) -> GridSpec:
     return dataclasses.replace(spec, seeds=_parse_seeds("--seeds", count))
 
 
-# ------------------------------------------------------------------------------- expansion
-
-def _base_run(model: str, recipe_name: str) -> RunConfig:
-    return RunConfig(model=resolve_model(model), train=recipe(recipe_name))
-
-
 def coerce_field(name: str, value: Any) -> Any:
     """``value`` converted to the type of config field ``name`` ("110" -> 110 for depth)."""
     return coerce(value, _annotation(resolve_field(name)), name)
@@ -353,108 +310,3 @@ def _annotation(dotted: str) -> Any:
     return typing.get_type_hints(cls)[field_name]
 
 
-def _matches(run: RunConfig, match: Pairs) -> bool:
-    return all(get_field(run, resolve_field(name)) == coerce_field(name, value) for name, value in match)
-
-
-def _budget_rules(budget: Budget | None) -> tuple[Rule, ...]:
-    return tuple(Rule(match=match, set=settings) for match, settings in (budget.rules if budget else ()))
-
-
-def _point_run(spec: GridSpec, variant: Variant | None, point: Pairs, budget: Budget | None = None) -> RunConfig:
-    """The config of one grid point (before seed and command-line overrides)."""
-    named = dict((k, v) for k, v in point if k in NAMED_AXES)
-    model = named.get("model") or (variant.model if variant and variant.model else spec.model)
-    recipe_name = named.get("recipe") or (variant.recipe if variant and variant.recipe else spec.recipe)
-    run = _base_run(model, recipe_name)
-    if budget is not None:
-        run = apply_overrides(run, budget.settings())
-    run = apply_overrides(run, dict(REPORT_MEASUREMENTS[spec.report]))
-    run = apply_overrides(run, dict(spec.fixed))
-    if variant is not None:
-        run = apply_overrides(run, dict(variant.settings))
-    run = apply_overrides(run, {k: v for k, v in point if k not in NAMED_AXES})
-    for rule in spec.rules + _budget_rules(budget):
-        if _matches(run, rule.match):
-            run = apply_overrides(run, dict(rule.set))
-    return run
-
-
-def _cell_key(spec: GridSpec, variant: Variant | None, point: Pairs, run: RunConfig) -> Pairs:
-    """Axis values as the config holds them (coerced: "56" -> 56), presets and recipes by name."""
-    key = [("variant", variant.name)] if variant is not None else []
-    for name, value in point:
-        key.append((name, value if name in NAMED_AXES else get_field(run, resolve_field(name))))
-    return tuple(key)
-
-
-def _points(spec: GridSpec) -> Iterator[Pairs]:
-    names = [name for name, _ in spec.axes]
-    return (tuple(zip(names, combo)) for combo in itertools.product(*(values for _, values in spec.axes)))
-
-
-def run_count(spec: GridSpec) -> int:
-    """How many runs the grid has (cells x seeds), without building any."""
-    return max(1, len(spec.variants)) * math.prod(len(values) for _, values in spec.axes) * len(spec.seeds)
-
-
-def iter_cells(spec: GridSpec, overrides: Mapping[str, Any] | None = None, budget: Budget | None = None) -> Iterator[Cell]:
-    """Each (cell, seed) of the grid as a validated run config, built when asked for (the seeds of a
-    cell come together); ``budget`` (resnet_core/budgets.py) sets length, subset and the shared
-    schedule under the grid file, ``overrides`` are applied last. A config error, an override of an
-    axis's field and two cells that are one run are each a one-line ValueError naming the grid file
-    and the cell(s), raised when that cell is reached: a cell is a set of runs of its own.
-    """
-    overrides = dict(overrides or {})
-    _check_overrides(spec, overrides)
-    seen: dict[str, str] = {}  # run id of a cell's first seed -> the cell's label
-    for variant in spec.variants or (None,):
-        for point in _points(spec):
-            where = ", ".join(f"{k}={_show(v)}" for k, v in ((("variant", variant.name),) if variant else ()) + point)
-            try:
-                run = apply_overrides(_point_run(spec, variant, point, budget), overrides)
-                key = _cell_key(spec, variant, point, run)
-            except ValueError as exc:
-                raise ValueError(f"{spec.source}: cell {where or 'base'}: {exc}") from None
-            cells = [Cell(key=key, seed=seed, run=dataclasses.replace(run, seed=seed)) for seed in spec.seeds]
-            _check_distinct(spec, cells[0], seen)
-            yield from cells
-
-
-def expand(spec: GridSpec, overrides: Mapping[str, Any] | None = None, budget: Budget | None = None) -> list[Cell]:
-    """Every (cell, seed) of the grid, all validated (see :func:`iter_cells`): what a real run checks
-    before anything trains."""
-    _check_report_axes(spec)
-    return list(iter_cells(spec, overrides, budget))
-
-
-# The fields a report kind compares; an axis over any other field would be pooled into its fits.
-REPORT_FIELDS = {"degradation": ("model.residual", "model.depth", "train.epochs", "train.iterations")}
-
-
-def _check_report_axes(spec: GridSpec) -> None:
-    """A degradation report fits family x depth (per length): an axis over another field is refused."""
-    allowed = REPORT_FIELDS.get(spec.report, ())
-    for name in (n for n, _ in spec.axes if allowed and n != "model" and resolve_field(n) not in allowed):
-        raise ValueError(f"{spec.source}: axis {name!r} cannot be in a grid with report = {spec.report!r}, whose fits "
-                         "would pool its values: use report = \"generic\", or axes over residual, depth, epochs or iterations")
-
-
-def _check_overrides(spec: GridSpec, overrides: Mapping[str, Any]) -> None:
-    """An override of an axis's field (or of the seed) gives every cell that one value: the cells
-    would be one run under several labels. Names a config does not know are apply_overrides' to refuse."""
-    axes = {field_index().get(name): name for name, _ in spec.axes if name not in NAMED_AXES} | {"seed": "seed"}
-    for name, value in overrides.items():
-        axis = axes.get(field_index().get(name))
-        if axis is not None:
-            raise ValueError(f"{spec.source}: --set {name}={_show(value)} pins the axis {axis!r} to one value: "
-                             f"give --axis {axis}={_show(value)} instead")
-
-
-def _check_distinct(spec: GridSpec, cell: Cell, seen: dict[str, str]) -> None:
-    """Two cells of one run config would count one run as two: refuse the grid. A cell's seeds differ
-    from each other in the seed only, so its first seed's run id stands for the whole cell."""
-    if cell.run_id in seen:
-        raise ValueError(f"{spec.source}: cells {seen[cell.run_id]!r} and {cell.label!r} are the same run "
-                         "(one config): what tells them apart changes nothing; drop one or make them differ")
-    seen[cell.run_id] = cell.label
