@@ -223,9 +223,10 @@ def test_a_grid_manifest_without_runs_is_one_line(grid, results, capsys):
 
 
 def test_train_checks_its_results_folder_before_training(tmp_path, capsys, monkeypatch):
+    from resnet_core import single_run
     from resnet_core.commands import train
 
-    monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("trained before checking the results folder"))
+    monkeypatch.setattr(single_run, "fit", lambda *a, **k: pytest.fail("trained before checking the results folder"))
     (tmp_path / "a_file").write_text("")
     results = tmp_path / "a_file" / "results"  # nothing can be created below a regular file, even as root
     argv = ["--set", "depth=8", "--epochs", "1", "--data", "synthetic:200", "--val-size", "40", "--device", "cpu", "--quiet",

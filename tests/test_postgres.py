@@ -43,9 +43,9 @@ import functools, os, socket, sys
 host = os.environ.get("TEST_HOST")
 if host:
     socket.gethostname = lambda: host
-from resnet_core import study
+from resnet_core.study import experiment
 from study_helpers import host_fit
-study.run_study = functools.partial(study.run_study, fit=host_fit)
+experiment.run_study = functools.partial(experiment.run_study, fit=host_fit)  # what execute_study calls
 from resnet_core.commands import study as run
 from resnet_core.cli import run_cli
 sys.exit(run_cli(run.main, sys.argv[1:]))

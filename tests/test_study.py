@@ -784,11 +784,12 @@ def test_the_study_plan_counts_shared_gpus_at_a_benchmarks_measured_speed_up(tmp
     import torch
 
     from resnet_core.commands import study as command
+    from resnet_core.study import experiment
 
     result = bench_result(tmp_path / "bench.json", [("processes", 50, 1, 900.0), ("processes", 50, 3, 1800.0)])
-    monkeypatch.setattr(command, "worker_devices", lambda workers, device, per_gpu: ["cuda:0"] * 3)  # no GPU here
+    monkeypatch.setattr(experiment, "worker_devices", lambda workers, device, per_gpu: ["cuda:0"] * 3)  # no GPU here
     monkeypatch.setattr(sys.modules["resnet_core.study.plan"], "measure_step_rate", lambda run, steps: 1000.0)
-    monkeypatch.setattr(command, "resolve_device", lambda name: torch.device("cpu"))
+    monkeypatch.setattr(experiment, "resolve_device", lambda name: torch.device("cpu"))
     assert run_cli(command.main, tiny_args(tmp_path, space, "--trials", "2", "--dry-run",
                                            "--concurrency-from", str(result))) == 0
     assert ("shared GPUs: 3 workers on 1 GPU counted as 2 GPUs at full speed "

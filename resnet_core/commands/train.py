@@ -13,101 +13,24 @@ Ctrl-C or SIGTERM (the record says "stopped", the checkpoint is kept, and the re
 from __future__ import annotations
 
 import argparse
-import json
-import tomllib
-from pathlib import Path
-from typing import Any
 
 import torch
 
 from resnet_core.cli import check_flags, entry
 from resnet_core.commands.parsers import train_parser as build_parser
-from resnet_core.config import (
-    DataConfig, RunConfig, apply_overrides, default_data_source, parse_assignments, to_dict,
-)
-from resnet_core.identity import run_id
-from resnet_core.recipes import recipe
-from resnet_core.data import DataBundle, load_data
+from resnet_core.config import RunConfig
+from resnet_core.data import load_data
 from resnet_core.devices import resolve_device
-from resnet_core.engine import check_fits_data, fit
+from resnet_core.engine import check_fits_data
 from resnet_core.migrate import print_migration
-from resnet_core.models import resolve_model
-
-from resnet_core.store import check_writable, claim_holder, claim_run, record_path
-
-# flag name -> config field, for the flags that are shortcuts of --set
-FLAG_FIELDS = {
-    "epochs": "train.epochs",
-    "iterations": "train.iterations",
-    "lr": "train.lr",
-    "batch_size": "train.batch_size",
-    "optimizer": "train.optimizer",
-    "schedule": "train.schedule",
-    "weight_decay": "train.weight_decay",
-    "data": "data.source",
-    "subset": "data.subset",
-    "val_size": "data.val_size",
-    "seed": "seed",
-    "device": "device",
-}
-
-
-def read_config_file(path: Path) -> dict[str, Any]:
-    """A TOML file of ``field = value`` (or ``[model]``/``[train]``/``[data]`` tables); data only."""
-    try:
-        values = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"--config {path}: no such file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"--config {path}: malformed TOML ({exc})") from None
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update({f"{key}.{inner}": v for inner, v in value.items()})
-        else:
-            flat[key] = value
-    return flat
+from resnet_core.single_run import FLAG_FIELDS, dry_run_lines, layered_config, summary_line, train_claimed
+from resnet_core.store import check_writable, record_path
 
 
 def resolve_run_config(args: argparse.Namespace) -> RunConfig:
-    """Preset and recipe, then the config file, then the flags, then --set."""
-    # $RESNET_CORE_DATA is the lowest layer: a config file, --data or --set replace it.
-    run = RunConfig(model=resolve_model(args.model), train=recipe(args.recipe), data=DataConfig(source=default_data_source()))
-    if args.config:
-        run = apply_overrides(run, read_config_file(args.config))
-    flags = {field: getattr(args, name) for name, field in FLAG_FIELDS.items() if getattr(args, name) is not None}
-    run = apply_overrides(run, flags)
-    return apply_overrides(run, parse_assignments(args.set))
-
-
-def config_as_used(run: RunConfig, data: DataBundle) -> dict[str, Any]:
-    """The config with the validation size its data resolve to: the default ``val_size`` holds out
-    10% of small data (splits.effective_val_size), and the record's provenance states that size too."""
-    values = to_dict(run)
-    values["data"]["val_size"] = len(data.val_y)
-    return values
-
-
-def split_line(data: DataBundle) -> str:
-    return (f"data {data.description}: {len(data.train_y):,} training / {len(data.val_y):,} validation / "
-            f"{len(data.test_y):,} test images")
-
-
-def summary_line(record, model_name: str, path: Path) -> str:
-    final = record.final
-    parts = [f"{record.status}: {model_name}", f"run {record.run_id}"]
-    if final:
-        parts.append(f"epochs {final['epochs']} ({final['iterations']} it)")
-        parts.append(f"train err {final['train_error']:.2f}%")
-        if final.get("val_error") is not None:  # absent when a run stopped at an epoch val_epochs skips
-            parts.append(f"val err {final['val_error']:.2f}%")
-        if final.get("test_error") is not None:  # absent when the run's test_eval never reached it
-            parts.append(f"test err {final['test_error']:.2f}%")
-    parts.append(f"{record.wall_seconds:.0f} s")
-    if record.error:
-        parts.append(f"error: {record.error}")
-    parts.append(f"record {path}")
-    return " | ".join(parts)
+    """Preset and recipe, then --config, then the flags, then --set."""
+    flags = {name: getattr(args, name) for name in FLAG_FIELDS}
+    return layered_config(args.model, args.recipe, args.config, flags, args.set)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,18 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     data = load_data(run.data, "cpu" if args.dry_run else device)
     check_fits_data(run, data.num_classes, data.train_x.shape[1])
     if args.dry_run:
-        data = load_data(run.data, "cpu")  # the sizes it resolves to, and bad data as the real run would see it
-        print(json.dumps(config_as_used(run, data), indent=1))
-        print(split_line(data))
-        print(f"run {run_id(run)}; record {record_path(args.results, run_id(run))}")
+        print("\n".join(dry_run_lines(run, data, args.results)))
         return 0
     check_writable(args.results)  # an unwritable folder: one line now, not after an epoch of training
     print_migration(args.results, [run])  # a record or checkpoint under an older run-id schema: renamed
-    with claim_run(args.results, run_id(run)) as claimed:
-        if not claimed:
-            raise ValueError(f"run {run_id(run)} is being trained by another process "
-                             f"({claim_holder(args.results, run_id(run))}): wait for it, or use another --results")
-        record = fit(run, results_dir=args.results, data=data, progress=not args.quiet)
+    record = train_claimed(run, args.results, data, progress=not args.quiet)
     print(summary_line(record, args.model, record_path(args.results, record.run_id)))
     return 0 if record.status == "completed" else 1
 
