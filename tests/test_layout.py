@@ -9,8 +9,6 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "resnet_core"
 MAX_LINES = 500
 MAX_COMMAND_LINES = 400  # commands/ and grid/: flag adapters and the grid layer stay short
-# Issue 28: commands/grid.py shrinks when grid planning moves into the grid/ package; remove it here then.
-LONG_COMMAND_MODULES = {"resnet_core/commands/grid.py"}
 # What a run imports never reaches the layers built on it: a fit knows no grid, study or worker pool.
 ABOVE_FIT = ("resnet_core.commands", "resnet_core.study", "resnet_core.grid", "resnet_core.runner",
              "resnet_core.dask_runner")
@@ -42,7 +40,7 @@ def test_no_module_in_commands_or_grid_exceeds_400_lines():
     sizes = {str(p.relative_to(PACKAGE.parent)): len(p.read_text(encoding="utf-8").splitlines()) for p in paths}
     assert sizes  # commands/ was found
     too_long = {name: lines for name, lines in sizes.items()
-                if lines > MAX_COMMAND_LINES and name not in LONG_COMMAND_MODULES}
+                if lines > MAX_COMMAND_LINES}
     assert not too_long, f"modules over {MAX_COMMAND_LINES} lines (move the logic into the library): {too_long}"
 
 

@@ -15,25 +15,19 @@ checking stores; ``spec`` the study spec; ``search`` samplers, pruners, creating
 ``outcome`` what the final stage answers (tuned against untuned); ``compare`` --compare groups;
 ``plan`` checking a request before any trial; ``rungs`` the ranking at every rung and where
 trials diverged; ``importance`` parameter importances at a rung; ``tables``/``figures`` report content;
-``report`` report files.
+``report`` report files; ``experiment`` the study as one experiment (order -> plan -> execute ->
+report), which the command drives.
 
 The package exports what the command lines use; everything else is imported from its module
 (``from resnet_core.study.final import final_table``).
 """
 
-from resnet_core.study.compare import compare_specs
-from resnet_core.study.experiment import StudyOrder, StudyPlan, execute_study, plan_study, report_study
-from resnet_core.study.final import FinalStage, train_finals
-from resnet_core.study.plan import (
-    StudyRequest, check_resumable, concurrency_from_bench, current_counts, estimate, plan, plan_lines,
-)
-from resnet_core.study.report import console_summary, report_warnings, write_reports
-from resnet_core.study.storage import default_storage, open_storage
-from resnet_core.study.workers import run_study
+from resnet_core.study.experiment import StudyOrder, execute_study, plan_study, report_study
+from resnet_core.study.plan import StudyRequest
+from resnet_core.study.report import report_warnings, write_reports
+from resnet_core.study.storage import default_storage
 
 __all__ = [
-    "FinalStage", "StudyRequest", "check_resumable", "compare_specs", "concurrency_from_bench", "current_counts",
-    "default_storage", "estimate", "open_storage", "plan", "plan_lines", "report_warnings", "run_study",
-    "train_finals", "write_reports", "console_summary", "StudyOrder", "StudyPlan", "execute_study", "plan_study",
-    "report_study",
+    "StudyOrder", "StudyRequest", "default_storage", "execute_study", "plan_study", "report_study", "report_warnings",
+    "write_reports",
 ]

@@ -103,8 +103,8 @@ def bootstrap_for(trials: int, name: str, epochs: int, first_rung: int | None = 
     Optuna promotes each of the first reduction - 1 trials at a rung that is the best so far there
     (it cannot pause a trial until the rung fills), so every early record goes on: in a 50-trial quick
     study TPE kept beating its own rung records and 13 of 21 trials at epoch 4 trained all 12 epochs,
-    not the 1/4 the budget names. Holding the first ``reduction`` back (Optuna's ``bootstrap_count``)
-    makes a trial go on only as the best 1/reduction of at least reduction + 1. The hold-back repeats
+    not the 1/4 asked for (rungs 1 and 4, factor 4). Holding the first ``reduction`` back (Optuna's
+    ``bootstrap_count``) makes a trial go on only as the best 1/reduction of at least reduction + 1. The hold-back repeats
     at every rung: about (reduction + 1) x reduction^(rungs - 1) trials pass before the first one
     completes, so a study holds back only when it has at least twice that many (small studies still
     complete trials).
