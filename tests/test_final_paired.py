@@ -101,6 +101,9 @@ def test_the_verdict_sentence_is_chosen_by_the_interval():
         "Tuning raised test error by 0.80 points (95% CI 0.10 to 1.50)."
     assert outcome.verdict({"diff": -0.3, "ci95": [-1.1, 0.5], "interval": "x"}) == \
         "No clear gain from tuning at this budget (difference -0.30 points, 95% CI -1.10 to 0.50)."
+    assert outcome.verdict({"diff": -4.7, "ci95": [-5.6, -3.8], "interval": "x", "kind": "test set"}) == (
+        "Tuning lowered test error by 4.70 points (95% CI 3.80 to 5.60; one seed: the test set's sampling only, "
+        "not seed-to-seed variation).")
 
 
 def test_a_pair_with_one_side_missing_is_left_out_and_named():

@@ -83,3 +83,5 @@ def test_the_report_header_names_the_data_fingerprint_and_the_code(tmp_path, spa
     code = next(line for line in report.splitlines() if line.startswith("| code that ran the trials"))
     assert "git " in code and ("clean tree" in code or "uncommitted changes" in code or "unknown" in code)
     assert any(line.startswith("| report built by") for line in report.splitlines())
+    space_row = next(line for line in report.splitlines() if line.startswith("| search space"))
+    assert "2 searched parameters<br>lr float [0.01, 0.2] log (untuned: 0.1)<br>momentum" in space_row

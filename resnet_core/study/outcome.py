@@ -165,11 +165,18 @@ def verdict(difference: Mapping[str, Any] | None) -> str:
     if ci is None:
         return f"No verdict on tuning: the difference {diff:.2f} points has no interval ({difference['interval']})."
     low, high = ci
+    scope = VERDICT_SCOPE.get(difference.get("kind"), "")
     if high < 0:
-        return f"Tuning lowered test error by {-diff:.2f} points (95% CI {-high:.2f} to {-low:.2f})."
+        return f"Tuning lowered test error by {-diff:.2f} points (95% CI {-high:.2f} to {-low:.2f}{scope})."
     if low > 0:
-        return f"Tuning raised test error by {diff:.2f} points (95% CI {low:.2f} to {high:.2f})."
-    return f"No clear gain from tuning at this budget (difference {diff:.2f} points, 95% CI {low:.2f} to {high:.2f})."
+        return f"Tuning raised test error by {diff:.2f} points (95% CI {low:.2f} to {high:.2f}{scope})."
+    return (f"No clear gain from tuning at this budget (difference {diff:.2f} points, 95% CI {low:.2f} to "
+            f"{high:.2f}{scope}).")
+
+
+# What a verdict's interval leaves out, said in the sentence itself (a reader may quote it alone).
+VERDICT_SCOPE = {"test set": "; one seed: the test set's sampling only, not seed-to-seed variation",
+                 "seeds only": "; over seeds only, without the test set's sampling"}
 
 
 def chosen_arm(arms: FinalArms) -> tuple[int | None, tuple[FinalRun, ...]]:

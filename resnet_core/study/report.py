@@ -65,7 +65,8 @@ def report_context(spec: StudySpec, runs, run_ids: list[str]) -> dict[str, Any]:
         "split": f"train {unique('provenance.train_size') or '?'} / validation {unique('provenance.val_size') or base.data.val_size} / test "
                  f"{unique('provenance.test_size') or '?'} (validation carved with split_seed {base.data.split_seed})",
         "budget": f"{spec.budget}: {length}, recipe {spec.recipe} ({plural(spec.budget_epochs, 'epoch')} per full trial)",
-        "model": spec.model, "space": spec.space.describe(),
+        "model": spec.model,  # the space one line a parameter (a table cell breaks lines with <br>)
+        "space": "<br>".join(" ".join(line.split()) for line in spec.space.describe_lines(trial_config(spec, {}))),
         "sampler": describe_sampler(spec.sampler, spec.seed),
         "pruner": describe_pruner(*spec.pruner_shape()),
         "hardware": f"{unique('provenance.device_name')}; amp {unique('provenance.amp')}",
