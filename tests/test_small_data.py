@@ -94,7 +94,7 @@ def test_resnet_study_runs_on_synthetic_data_with_default_sizes(tmp_path, capsys
     # 2 trials and the default final stage's one run and its baseline's: the quick budget's 3,250 subset is all 1,800 here (its 2,000 validation images a ceiling too)
     assert _sizes(tmp_path) == [(1800, 200, 500)] * 4
     out = capsys.readouterr().out
-    assert "on 1,800 training images, judged on 200 validation images" in out
+    assert "trials of up to 1 epoch on 1,800 training images, judged on 200 validation images" in out
     report = next((tmp_path / "studies").glob("*/report.md")).read_text()
     assert "train 1800 / validation 200 / test 500" in report and "## Final stage (test error)" in report
 

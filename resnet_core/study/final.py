@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from resnet_core.config import RunConfig, apply_overrides, resolve_field
 from resnet_core.engine import fit as engine_fit
 from resnet_core.migrate import current_run_ids
+from resnet_core.reports import plural
 from resnet_core.identity import run_id
 from resnet_core.runner import WorkerPool, train_all
 from resnet_core.store import RunRecord, find_record, load_runs
@@ -45,7 +46,7 @@ class FinalStage:
                 raise ValueError(f"{flag} {value}: expected an integer >= 1")
 
     def describe(self) -> str:
-        length = f"{self.epochs} epochs" if self.epochs else "the SGD steps of a full trial"
+        length = plural(self.epochs, "epoch") if self.epochs else "the SGD steps of a full trial"
         configs = "the best config" if self.top == 1 else f"each of the best {self.top} configs"
         return (f"{self.seeds} seed{'s' * (self.seeds != 1)} of {configs} on the full training split "
                 f"(validation held out), {length}, and the same seeds of the untuned baseline (the space's recipe); "

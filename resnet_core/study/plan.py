@@ -18,6 +18,7 @@ from resnet_core.devices import parallel_throughput
 from resnet_core.engine import check_fits_data, estimate_seconds, measure_step_rate
 from resnet_core.schedules import make_budget
 from resnet_core.splits import capped_subset, capped_val_size
+from resnet_core.reports import plural
 from resnet_core.store import check_name, check_writable
 from resnet_core.study.pruners import (RUNG_PRUNERS, bootstrap_for, describe_pruner, expected_work, make_pruner,
                                       prunable_epochs, rung_rule, simulated_work)
@@ -187,7 +188,7 @@ def plan_lines(setup: Setup, spec: StudySpec, target: int, done: int, devices: l
                timing: Mapping[str, Any] | None, why: str = "") -> list[str]:
     """What will run, for the console before training starts; ``why``: why this budget was chosen."""
     base = spec.base
-    length = f"{base.train.epochs} epochs" if base.train.epochs else f"{base.train.iterations} iterations"
+    length = plural(base.train.epochs, "epoch") if base.train.epochs else plural(base.train.iterations, "iteration")
     val_size = setup.val_size or base.data.val_size
     lines = [
         f"budget   {spec.budget}{f' ({why})' if why else ''}: trials of up to {length} on {setup.train_size:,} "
@@ -227,7 +228,7 @@ def rung_line(spec: StudySpec, trials: int) -> str:
         where = (f"rungs at epoch{'s' * (len(judged) > 1)} {', '.join(map(str, judged))} of {spec.budget_epochs} "
                  f"({rung_rule(spec.reduction, spec.bootstrap)})")
     else:
-        where = f"judged at {len(judged)} of {spec.budget_epochs} epochs"
+        where = f"judged at {len(judged)} of {plural(spec.budget_epochs, 'epoch')}"
     return (f"pruning  {where}; ~{epochs:.0f} epochs expected for {trials} trials "
             f"({epochs / max(1, full):.0%} of {full} without pruning) and ~{work['complete']:.0f} trials reaching "
             f"the full length, simulated with trials of random quality: a sampler that keeps finding better trials "

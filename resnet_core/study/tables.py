@@ -258,7 +258,7 @@ def coupling_lines(study: optuna.Study, context: Mapping[str, Any], n: int = 5) 
         return []
     epochs, iterations, size = context.get("epochs"), context.get("iterations"), context.get("train_size")
     if epochs:
-        coupling = (f"Coupled parameters: `batch_size` is tuned under a fixed budget of {epochs} epochs, so it also "
+        coupling = (f"Coupled parameters: `batch_size` is tuned under a fixed budget of {plural(epochs, 'epoch')}, so it also "
                     "sets the number of optimizer steps (a smaller batch takes more, smaller steps)"
                     + (f": {size:,} training images // batch size per epoch." if size else "."))
     else:
