@@ -27,7 +27,9 @@ from resnet_core.store import RunRecord, checkpoint_path, find_record, load_runs
 from resnet_core.study.common import FINISHED, TrialFailed
 from resnet_core.study.final import FinalStage, final_runs
 from resnet_core.study.objective import Objective
-from resnet_core.study.plan import concurrency_from_bench, estimate, plan, plan_lines
+from resnet_core.study import estimate as study_estimate
+from resnet_core.study.estimate import concurrency_from_bench, estimate, plan_lines
+from resnet_core.study.plan import plan
 from resnet_core.study.pruners import PRUNERS, RUNG_PRUNERS, describe_pruner, make_pruner, prunable_epochs
 from resnet_core.study.recovery import stale_reason, unmarked_reason
 from resnet_core.study.report import write_reports
@@ -739,10 +741,8 @@ def test_workers_sharing_a_gpu_count_as_one_gpu_unless_a_measurement_says_otherw
 
 
 def test_the_study_estimate_and_plan_line_say_how_shared_gpus_count(tmp_path, space, monkeypatch):
-    planning = sys.modules["resnet_core.study.plan"]  # the package's name "plan" is the function
-
     setup, _ = plan(tiny_request(tmp_path, space))
-    monkeypatch.setattr(planning, "measure_step_rate", lambda run, steps: 1000.0)  # no GPU here to measure
+    monkeypatch.setattr(study_estimate, "measure_step_rate", lambda run, steps: 1000.0)  # no GPU here to measure
 
     def estimate_on(devices, **kwargs):
         return estimate(setup.spec, setup.train_size, setup.eval_size, devices, 12, **kwargs)
@@ -788,7 +788,7 @@ def test_the_study_plan_counts_shared_gpus_at_a_benchmarks_measured_speed_up(tmp
 
     result = bench_result(tmp_path / "bench.json", [("processes", 50, 1, 900.0), ("processes", 50, 3, 1800.0)])
     monkeypatch.setattr(experiment, "worker_devices", lambda workers, device, per_gpu: ["cuda:0"] * 3)  # no GPU here
-    monkeypatch.setattr(sys.modules["resnet_core.study.plan"], "measure_step_rate", lambda run, steps: 1000.0)
+    monkeypatch.setattr(study_estimate, "measure_step_rate", lambda run, steps: 1000.0)
     monkeypatch.setattr(experiment, "resolve_device", lambda name: torch.device("cpu"))
     assert run_cli(command.main, tiny_args(tmp_path, space, "--trials", "2", "--dry-run",
                                            "--concurrency-from", str(result))) == 0

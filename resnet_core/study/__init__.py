@@ -13,7 +13,7 @@ Modules, each importing only those above it:
 checking stores; ``spec`` the study spec; ``search`` samplers, pruners, creating a study;
 ``objective`` one trial; ``workers`` processes running trials; ``final`` the final stage's runs;
 ``outcome`` what the final stage answers (tuned against untuned); ``compare`` --compare groups;
-``plan`` checking a request before any trial; ``rungs`` the ranking at every rung and where
+``plan`` checking a request before any trial; ``estimate`` what the plan says and how long it takes; ``rungs`` the ranking at every rung and where
 trials diverged; ``importance`` parameter importances at a rung; ``tables``/``figures`` report content;
 ``report`` report files; ``experiment`` the study as one experiment (order -> plan -> execute ->
 report), which the command drives.

@@ -20,9 +20,8 @@ from resnet_core.migrate import print_migration
 from resnet_core.runner import WorkerPool, fuses
 from resnet_core.study.compare import compare_specs
 from resnet_core.study.final import FinalStage, train_finals
-from resnet_core.study.plan import (
-    Setup, StudyRequest, concurrency_from_bench, current_counts, estimate, plan, plan_lines, resumable_counts,
-)
+from resnet_core.study.estimate import concurrency_from_bench, estimate, plan_lines
+from resnet_core.study.plan import Setup, StudyRequest, current_counts, plan, resumable_counts
 from resnet_core.study.report import console_summary, report_warnings, write_reports
 from resnet_core.study.spec import StudySpec
 from resnet_core.study.storage import open_storage
