@@ -154,26 +154,22 @@ def _recorded(storage_url: str, name: str, stale_after: float) -> optuna.Study |
     return optuna.load_study(study_name=name, storage=storage)
 
 
-def check_resumable(spec: StudySpec, allow_change: bool = False) -> None:
+def resumable_counts(spec: StudySpec, allow_change: bool = False) -> dict[str, int]:
     """Before any trial (a dry run too): the one-line refusal :func:`create_study` gives when an
-    existing study of this name was asked another question or searched another way; creates nothing."""
+    existing study of this name was asked another question or searched another way, then its counts
+    (:func:`current_counts`), on one opening of the storage; creates nothing."""
     study = _recorded(spec.storage, spec.name, spec.stale_after)
     if study is not None:
         check_same_question(study, spec, allow_change)
-
-
-def resumable_counts(spec: StudySpec, allow_change: bool = False) -> dict[str, int]:
-    """:func:`check_resumable` and :func:`current_counts` on one opening of the storage."""
-    study = _recorded(spec.storage, spec.name, spec.stale_after)
-    if study is None:
-        return {k: 0 for k in ("finished", "running", "waiting", "failed", "complete", "pruned")}
-    check_same_question(study, spec, allow_change)
-    return counts(study)
+    return _counts_or_zeros(study)
 
 
 def current_counts(spec: StudySpec) -> dict[str, int]:
     """Counts of an existing study (all zeros if it does not exist yet); creates nothing."""
-    study = _recorded(spec.storage, spec.name, spec.stale_after)
+    return _counts_or_zeros(_recorded(spec.storage, spec.name, spec.stale_after))
+
+
+def _counts_or_zeros(study: optuna.Study | None) -> dict[str, int]:
     if study is None:
         return {k: 0 for k in ("finished", "running", "waiting", "failed", "complete", "pruned")}
     return counts(study)

@@ -94,7 +94,7 @@ def check_same_question(study: optuna.Study, spec: StudySpec, allow_change: bool
     """A one-line ValueError when ``spec`` asks an existing study another question (base config or
     space), or searches it another way (sampler, pruner) without ``allow_change``; changes nothing.
     Returns (before, now) search settings of an allowed change, None when they are the same.
-    :func:`create_study` and a dry run (``plan.check_resumable``) both ask it, so they refuse alike."""
+    :func:`create_study` and a dry run (``plan.resumable_counts``) both ask it, so they refuse alike."""
     existing = _recorded_attrs(study)
     for key in ("base_config", "space"):
         if key in existing and existing[key] != spec.attrs()[key]:
